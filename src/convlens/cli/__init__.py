@@ -1,0 +1,1 @@
+"""The `convlens` command line: parsing and printing only; every computation lives below it."""

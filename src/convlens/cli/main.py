@@ -1,0 +1,75 @@
+"""The `convlens` program: one Typer app, one module per group of commands.
+
+Each command module exposes `register(app)`; this file only assembles them and turns a
+:class:`~convlens.errors.ConvlensError` into one red line and exit status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from convlens import __version__
+from convlens.cli import data_cmds, model_cmds, report_cmds, train_cmds, visualize
+from convlens.errors import ConvlensError
+
+app = typer.Typer(
+    name="convlens",
+    help="Build, train and see inside convolutional neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"convlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Build, train and see inside convolutional neural networks."""
+
+
+for _module in (data_cmds, model_cmds, train_cmds, visualize, report_cmds):
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (used by the console script and by tests)."""
+    try:
+        app(args=argv, prog_name="convlens", standalone_mode=False)
+    except ConvlensError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 1
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as e:  # click's usage errors carry their own exit code and message
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `convlens visualize` method; each registers a runner with `convlens.cli.visualize.method`."""

@@ -1,0 +1,61 @@
+"""The in-memory data set every other layer receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Dataset:
+    """A labelled image data set held in memory.
+
+    Attributes:
+        name: the name it was loaded by (`mnist`, `fashion-mnist`, `cifar10`, `sample`, `folder:PATH`).
+        split: `"train"` or `"test"`.
+        images: uint8 tensor `(N, C, H, W)`, pixel values 0..255.
+        labels: int64 tensor `(N,)`.
+        classes: class names, index = label.
+        mean: per-channel mean of the *training* split, in [0, 1] units (e.g. `(0.1307,)` for MNIST).
+        std: per-channel standard deviation of the training split, in [0, 1] units.
+        source: where the files were found (shown by `convlens datasets`).
+    """
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(C, H, W)` of one image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 `(N, C, H, W)` -> float32 `(N, C, H, W)`, scaled to [0, 1] then standardised per channel."""
+    x = images.to(torch.float32).div_(255.0)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Inverse of :func:`normalize`: float `(N, C, H, W)` -> float pixels in [0, 1] (not clamped)."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x * s + m

@@ -1,0 +1,29 @@
+"""Shared test fixtures.
+
+The real data sets live in ../shared/data; tests hand that folder to the code through
+CONVLENS_DATA, exactly as a user points convlens at a folder of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if "CONVLENS_DATA" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["CONVLENS_DATA"] = str(SHARED_DATA)
+
+# Two cores on CI: one intra-op thread per test process keeps timings stable and avoids oversubscription.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder of real data sets; tests that need it are skipped when it is absent."""
+    root = os.environ.get("CONVLENS_DATA")
+    if not root or not Path(root).is_dir():
+        pytest.skip("CONVLENS_DATA is not set to a folder of data sets")
+    return Path(root)
