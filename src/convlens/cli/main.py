@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from convlens import __version__
-from convlens.cli import data_cmds, model_cmds, report_cmds, train_cmds, visualize
+from convlens.cli import anatomy_cmds, data_cmds, model_cmds, report_cmds, train_cmds, visualize
 from convlens.errors import ConvlensError
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def _root(
     """Build, train and see inside convolutional neural networks."""
 
 
-for _module in (data_cmds, model_cmds, train_cmds, visualize, report_cmds):
+for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, report_cmds):
     _module.register(app)
 
 

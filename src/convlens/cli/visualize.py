@@ -93,7 +93,9 @@ class VisualizeRequest:
                 else:
                     out.append(int(part))
         except ValueError:
-            raise ConvlensError(f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5") from None
+            raise ConvlensError(
+                f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5"
+            ) from None
         return out
 
 
@@ -154,8 +156,12 @@ def register(app: typer.Typer) -> None:
         channels: str | None = typer.Option(None, help="Channels, e.g. 0-63 or 0,3,5."),
         steps: int | None = typer.Option(None, help="Optimisation steps (actmax)."),
         size: int | None = typer.Option(None, help="Image size (actmax)."),
-        k: int | None = typer.Option(None, "--k", help="Neighbours per query / images per channel."),
-        count: int | None = typer.Option(None, "--count", help="How many images or channels to use."),
+        k: int | None = typer.Option(
+            None, "--k", help="Neighbours per query / images per channel."
+        ),
+        count: int | None = typer.Option(
+            None, "--count", help="How many images or channels to use."
+        ),
         metric: str | None = typer.Option(None, help="Feature distance: cosine or l2 (neighbors)."),
         objective: str | None = typer.Option(
             None, help="actmax objective: channel, neuron, logit, negative."

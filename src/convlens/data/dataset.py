@@ -46,7 +46,9 @@ class Dataset:
         return len(self.classes)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
     """uint8 `(N, C, H, W)` -> float32 `(N, C, H, W)`, scaled to [0, 1] then standardised per channel."""
     x = images.to(torch.float32).div_(255.0)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -33,7 +33,9 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Ten
     notices: list[str] = []
     target_mode = "L" if c == 1 else "RGB"
     if c not in (1, 3):
-        raise ConvlensError(f"the model takes {c}-channel input; only 1 or 3 channels can come from an image file")
+        raise ConvlensError(
+            f"the model takes {c}-channel input; only 1 or 3 channels can come from an image file"
+        )
     if img.mode != target_mode:
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")

@@ -13,12 +13,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-from convlens.fileio import atomic_write_bytes  # noqa: E402
+from convlens.fileio import atomic_write_bytes
 
 
 def to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:

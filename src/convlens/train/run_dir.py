@@ -86,13 +86,15 @@ def read_run_json(path: Path) -> dict[str, Any]:
     """Read and minimally validate `run.json` of a run directory."""
     path = Path(path)
     if not path.is_dir():
-        raise ConvlensError(f"no run directory at {path}; train one with `convlens train MODEL --out {path}`")
+        raise ConvlensError(
+            f"no run directory at {path}; train one with `convlens train MODEL --out {path}`"
+        )
     f = path / RUN_JSON
     if not f.is_file():
         raise ConvlensError(f"{path} is not a run directory: it has no {RUN_JSON}")
     try:
         raw = json.loads(f.read_text())
-        raw["model"]["name"], raw["data"]["name"]  # noqa: B018 - presence check
+        raw["model"]["name"], raw["data"]["name"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConvlensError(f"{f} is corrupt or not a convlens run file ({e})") from None
     return dict(raw)
@@ -140,7 +142,9 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ConvlensError(f"{wfile} does not hold weights of {m['name']} as described in run.json:\n{e}") from None
+        raise ConvlensError(
+            f"{wfile} does not hold weights of {m['name']} as described in run.json:\n{e}"
+        ) from None
     model.to(device).eval()
     d = raw["data"]
     data = DataInfo(
