@@ -29,7 +29,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 
 @contextlib.contextmanager
 def capture(
-    model: nn.Module, layers: Sequence[str], *, detach: bool = True
+    model: nn.Module, layers: Sequence[str], *, detach: bool = True, clone: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of the named layers during the forward passes run inside the block.
 
@@ -43,6 +43,8 @@ def capture(
         model: any module.
         layers: names from `model.named_modules()`.
         detach: store detached tensors (set False to keep the graph, e.g. for Grad-CAM).
+        clone: store a copy, so that a later in-place op (VGG's `ReLU(inplace=True)` after a conv)
+            cannot change the recorded output.
     """
     outputs: dict[str, torch.Tensor] = {}
     handles = []
@@ -51,10 +53,11 @@ def capture(
             module = get_layer(model, name)
 
             def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+                if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+                    out = out[0]
                 if isinstance(out, torch.Tensor):
-                    outputs[name] = out.detach() if detach else out
-                elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
-                    outputs[name] = out[0].detach() if detach else out[0]
+                    t = out.detach() if detach else out
+                    outputs[name] = t.clone() if clone else t
 
             handles.append(module.register_forward_hook(hook))
         yield outputs
