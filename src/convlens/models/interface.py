@@ -1,0 +1,130 @@
+"""The small interface every inspection tool goes through, for our models and for any ``nn.Module``.
+
+Our models subclass :class:`ConvNet` and answer timm's interface directly: ``forward_features(x)``
+gives the penultimate feature vector ``(N, D)``, ``forward_head(f)`` the logits, ``get_classifier()``
+the final layer, and ``forward(x) = forward_head(forward_features(x))``.
+
+The four functions below work on ANY module, so every tool works on torchvision and timm models too:
+
+- :func:`conv_layers` — the ``nn.Conv2d`` layers by name, in registration order (which is forward
+  order for our models and torchvision's).
+- :func:`classifier` — the final layer: ``model.get_classifier()`` when the model has it (ours,
+  timm), else the last ``nn.Linear`` (the last ``nn.Conv2d`` for SqueezeNet-like models).
+- :func:`forward_features` — ours: ``model.forward_features``; timm: ``forward_head(...,
+  pre_logits=True)``; any other module: the flattened INPUT of :func:`classifier`, recorded by a
+  forward pre-hook, the forward being stopped there (later layers never run).
+- :func:`default_layer` — the last convolution outside auxiliary branches (names containing
+  ``aux``), the usual target for Grad-CAM and feature visualisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError
+
+
+class ConvNet(nn.Module):
+    """Base of our classifiers: ``forward(x) = forward_head(forward_features(x))``."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate feature vector, ``(N, C, H, W) -> (N, D)``."""
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the penultimate features, ``(N, D) -> (N, num_classes)``."""
+        return self.get_classifier()(features)
+
+    def get_classifier(self) -> nn.Module:
+        """The final layer (an ``nn.Linear``)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, ``(N, C, H, W) -> (N, num_classes)``."""
+        return self.forward_head(self.forward_features(x))
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """The 2-D convolutions of `model` by qualified name, in registration order.
+
+    Registration order is forward order for sequential-style networks (ours, torchvision's); in
+    branching blocks the branches come in the order they were defined.
+    """
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The final layer of `model` (the one producing the logits).
+
+    Uses ``model.get_classifier()`` when it exists (ours, timm); otherwise the last ``nn.Linear``
+    registered (torchvision's ``fc``, ``classifier[6]``, ``heads.head``, ...), or the last
+    ``nn.Conv2d`` when there is no linear layer (SqueezeNet).
+
+    Raises:
+        ConvlensError: the model has neither a linear nor a convolutional layer.
+    """
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        layer = get()
+        if isinstance(layer, nn.Module):
+            return layer
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linear:
+        return linear[-1]
+    convs = list(conv_layers(model).values())
+    if convs:
+        return convs[-1]
+    raise ConvlensError(f"{type(model).__name__} has no linear or convolutional final layer")
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the classifier's input has been recorded."""
+
+
+def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features of `model` on `x`, ``(N, C, H, W) -> (N, D)`` (graph kept).
+
+    Ours: ``model.forward_features(x)``. timm: ``model.forward_head(model.forward_features(x),
+    pre_logits=True)``. Any other module: the input of :func:`classifier`, flattened to ``(N, D)``
+    (for torchvision's ResNet this is the pooled 2048-vector, for VGG the 4096-vector after FC7).
+    Call under ``torch.inference_mode()`` when no gradient is needed.
+    """
+    if isinstance(model, ConvNet):
+        return model.forward_features(x)
+    head = getattr(model, "forward_head", None)
+    feats = getattr(model, "forward_features", None)
+    if callable(head) and callable(feats):  # timm's interface
+        return head(feats(x), pre_logits=True).flatten(1)
+    final = classifier(model)
+    recorded: list[torch.Tensor] = []
+
+    def pre_hook(_m: nn.Module, args: tuple[object, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            recorded.append(args[0])
+        raise _Stop
+
+    handle = final.register_forward_pre_hook(pre_hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not recorded:
+        raise ConvlensError(
+            f"the final layer of {type(model).__name__} did not run; cannot read its features"
+        )
+    return recorded[0].flatten(1)
+
+
+def default_layer(model: nn.Module) -> str:
+    """Name of the last convolution of `model` outside auxiliary branches.
+
+    Raises:
+        ConvlensError: the model has no ``nn.Conv2d``.
+    """
+    names = [n for n in conv_layers(model) if "aux" not in n.lower()]
+    if not names:
+        raise ConvlensError(f"{type(model).__name__} has no Conv2d layer")
+    return names[-1]

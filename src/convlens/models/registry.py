@@ -1,0 +1,316 @@
+"""The model registry: one dict from name to builder, filled by a decorator that refuses duplicates.
+
+Every family module (``lenet.py``, ``cifar_resnet.py``, ...) decorates its public builders with
+:func:`register_model`; :func:`create` looks a name up, checks the options against the builder's
+keyword-only parameters and builds the model. Two prefixes reach outside the registry:
+``torchvision:<name>`` (any torchvision classifier) and ``timm:<name>`` (when timm is installed).
+
+Builders take keyword-only arguments and always receive ``num_classes`` and ``in_channels``; every
+other parameter is an *option* with a default, listed by :func:`info` and ``convlens models NAME``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError, did_you_mean
+
+TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
+
+# Parameters every builder receives from `create`; all other keyword-only parameters are options.
+_COMMON = ("num_classes", "in_channels")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of one architecture.
+
+    Attributes:
+        name: the registry name (``resnet20``).
+        family: the family it belongs to (``resnet-cifar``), one module per family.
+        paper: authors and year (``He et al. 2016``).
+        title: the paper's title.
+        input_size: the paper's input, ``(C, H, W)``.
+        num_classes: the paper's number of classes (the parameter counts of the papers use it).
+        description: one sentence on what the network is.
+        options: the builder's options and their defaults (``num_classes``/``in_channels`` excluded).
+    """
+
+    name: str
+    family: str
+    paper: str
+    title: str
+    input_size: tuple[int, int, int]
+    num_classes: int
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+    builder: Callable[..., nn.Module] | None = field(default=None, repr=False, compare=False)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+B = TypeVar("B", bound=Callable[..., nn.Module])
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    paper: str,
+    title: str,
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    description: str,
+) -> Callable[[B], B]:
+    """Decorator registering a builder under `name`.
+
+    The builder must take only keyword-only parameters, among them ``num_classes`` and
+    ``in_channels``; every other parameter needs a default and becomes an option.
+
+    Raises:
+        ValueError: `name` is already registered (two families must not silently shadow each other).
+        TypeError: the builder has a positional parameter, or lacks ``num_classes``/``in_channels``.
+    """
+
+    def decorate(builder: B) -> B:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        params = inspect.signature(builder).parameters
+        options: dict[str, Any] = {}
+        for p in params.values():
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                raise TypeError(f"builder of {name!r}: parameter {p.name!r} must be keyword-only")
+            if p.name not in _COMMON:
+                if p.default is inspect.Parameter.empty:
+                    raise TypeError(f"builder of {name!r}: option {p.name!r} needs a default")
+                options[p.name] = p.default
+        missing = [c for c in _COMMON if c not in params]
+        if missing:
+            raise TypeError(f"builder of {name!r} lacks {', '.join(missing)}")
+        _REGISTRY[name] = ModelInfo(
+            name=name,
+            family=family,
+            paper=paper,
+            title=title,
+            input_size=input_size,
+            num_classes=num_classes,
+            description=description,
+            options=options,
+            builder=builder,
+        )
+        return builder
+
+    return decorate
+
+
+def names(family: str | None = None) -> list[str]:
+    """Registered model names in registration order (family by family), optionally of one family.
+
+    ``torchvision:<name>`` and ``timm:<name>`` are accepted by :func:`create` but not listed here;
+    :func:`torchvision_names` lists the former.
+    """
+    return [n for n, i in _REGISTRY.items() if family is None or i.family == family]
+
+
+def families() -> list[str]:
+    """The families in registration order."""
+    return list(dict.fromkeys(i.family for i in _REGISTRY.values()))
+
+
+def torchvision_names() -> list[str]:
+    """Every torchvision classification model, as ``torchvision:<name>``."""
+    import torchvision
+
+    return [
+        TORCHVISION_PREFIX + n for n in torchvision.models.list_models(module=torchvision.models)
+    ]
+
+
+def _unknown(name: str) -> ConvlensError:
+    return ConvlensError(
+        f"unknown model {name!r}.{did_you_mean(name, names())} "
+        "List them with `convlens models`; any torchvision classifier works as torchvision:<name>."
+    )
+
+
+def info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered model or of ``torchvision:<name>``/``timm:<name>``.
+
+    Raises:
+        ConvlensError: unknown name (the message lists close names).
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        from convlens.models.external import torchvision_info
+
+        return torchvision_info(name[len(TORCHVISION_PREFIX) :])
+    if name.startswith(TIMM_PREFIX):
+        from convlens.models.external import timm_info
+
+        return timm_info(name[len(TIMM_PREFIX) :])
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[name]
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
+    """Convert a string option (from the command line) to the type of its default."""
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.lower()
+            if low in _TRUE | _FALSE:
+                return low in _TRUE
+            raise ValueError
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        kind = type(default).__name__
+        raise ConvlensError(f"option {key!r} of {model} takes a {kind}, not {value!r}") from None
+    return value
+
+
+def _check_int(what: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConvlensError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def create(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    **options: Any,
+) -> nn.Module:
+    """Build a model by name.
+
+    Example::
+
+        model = create("resnet20", num_classes=10, in_channels=1)
+        model = create("lenet5", in_channels=1, pool="avg", activation="tanh")
+        model = create("torchvision:mobilenet_v3_small", num_classes=10)
+
+    Args:
+        name: a registered name (see :func:`names`), ``torchvision:<name>`` or ``timm:<name>``.
+        num_classes: outputs of the final layer.
+        in_channels: channels of the input image (1 for MNIST, 3 for CIFAR-10).
+        **options: the model's options (see ``info(name).options``); strings are converted to the
+            type of the option's default, so command-line values can be passed as they come.
+            ``weights_path`` (every model) loads a local state dict file (safetensors, or a
+            ``torch.save`` file read with ``weights_only=True``) after building; never a download.
+
+    Raises:
+        ConvlensError: unknown name (with close names), unknown option, or a bad option value.
+    """
+    num_classes = _check_int("num_classes", num_classes)
+    in_channels = _check_int("in_channels", in_channels)
+    if name.startswith(TORCHVISION_PREFIX):
+        from convlens.models.external import torchvision_model
+
+        return torchvision_model(
+            name[len(TORCHVISION_PREFIX) :],
+            num_classes=num_classes,
+            in_channels=in_channels,
+            **options,
+        )
+    if name.startswith(TIMM_PREFIX):
+        from convlens.models.external import timm_model
+
+        return timm_model(
+            name[len(TIMM_PREFIX) :], num_classes=num_classes, in_channels=in_channels, **options
+        )
+    spec = info(name)
+    weights_path = options.pop("weights_path", None)
+    for key in options:
+        if key not in spec.options:
+            valid = ", ".join(spec.options) or "none"
+            raise ConvlensError(
+                f"{name} has no option {key!r}.{did_you_mean(key, spec.options)} "
+                f"Its options: {valid} (and weights_path)."
+            )
+    kwargs = {k: _coerce(name, k, v, spec.options[k]) for k, v in options.items()}
+    assert spec.builder is not None
+    model = spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if weights_path is not None:
+        load_weights(model, weights_path, strict=True)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file: safetensors, or ``torch.load(weights_only=True)``.
+
+    A checkpoint that nests the weights under ``"state_dict"`` or ``"model"`` is unwrapped.
+
+    Raises:
+        ConvlensError: missing, corrupt or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConvlensError(f"no weights file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors, pickle and zip errors all mean the same thing here
+        raise ConvlensError(f"{path} is not a readable weights file ({e})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConvlensError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
+    """Load a local state dict file into `model` (see :func:`read_state_dict`).
+
+    Raises:
+        ConvlensError: the file is unreadable or holds weights of another architecture.
+    """
+    state = read_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise ConvlensError(
+            f"{path} does not hold weights of {type(model).__name__} as built:\n{e}"
+        ) from None
+
+
+def num_parameters(
+    name: str, *, num_classes: int | None = None, in_channels: int | None = None, **options: Any
+) -> int:
+    """Parameters of a model, counted on the meta device (nothing is allocated or initialised).
+
+    `num_classes` and `in_channels` default to the paper's (``info(name)``), so the counts are the
+    published ones (ResNet-50 25,557,032 for 1000 classes).
+    """
+    spec = info(name)
+    options.pop("weights_path", None)
+    with torch.device("meta"):
+        model = create(
+            name,
+            num_classes=spec.num_classes if num_classes is None else num_classes,
+            in_channels=spec.input_size[0] if in_channels is None else in_channels,
+            **options,
+        )
+    return sum(p.numel() for p in model.parameters())
