@@ -62,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted")
         return 130
     except Exception as e:  # click's usage errors carry their own exit code and message
-        import click
+        try:
+            from click import ClickException
+        except ImportError:  # typer >= 0.22 vendors click as typer._click
+            from typer._click import ClickException
 
-        if isinstance(e, click.ClickException):
+        if isinstance(e, ClickException):
             e.show()
             return e.exit_code
         raise

@@ -120,7 +120,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
     Raises:
         ConvlensError: the directory, `run.json` or the weights are missing or belong to another model.
     """
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from convlens import models
@@ -137,7 +137,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
         )
     try:
         state = load_file(str(wfile), device=str(device))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise ConvlensError(f"{wfile} is truncated or corrupt ({e})") from None
     try:
         model.load_state_dict(state, strict=True)
@@ -152,7 +152,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
         classes=list(d["classes"]),
         mean=tuple(d["mean"]),
         std=tuple(d["std"]),
-        image_shape=tuple(d["image_shape"]),  # type: ignore[arg-type]
+        image_shape=tuple(d["image_shape"]),
         root=d.get("root"),
     )
     return Run(
