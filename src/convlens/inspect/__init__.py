@@ -1,0 +1,28 @@
+"""What a network's layers look for: one function per method, tensors in, tensors or arrays out.
+
+Plotting lives in :mod:`convlens.render`; the CLI runners in :mod:`convlens.cli.methods`.
+Each method module adds its names below (imports, then `__all__`).
+"""
+
+from __future__ import annotations
+
+from convlens.inspect.activations import activations
+from convlens.inspect.features import extract_features
+from convlens.inspect.filters import filters
+from convlens.inspect.neighbors import Neighbors, neighbors
+from convlens.inspect.top_patches import TopPatches, crop_patches, top_patches
+from convlens.inspect.tsne import TSNEMap, tsne, tsne_grid
+
+__all__ = [
+    "Neighbors",
+    "TSNEMap",
+    "TopPatches",
+    "activations",
+    "crop_patches",
+    "extract_features",
+    "filters",
+    "neighbors",
+    "top_patches",
+    "tsne",
+    "tsne_grid",
+]

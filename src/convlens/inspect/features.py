@@ -1,0 +1,132 @@
+"""Streaming a data set through a model: penultimate features (or any layer's) in batches.
+
+Every data-set-wide method of this package (nearest neighbours, t-SNE, top-activating patches) reads
+the images through :func:`batches` and runs the model under :func:`evaluating` and
+`torch.inference_mode()`, so that memory holds one batch of activations plus the outputs kept, whatever
+the size of the data set, and a model left in training mode is neither used nor changed in that mode
+(batch-norm statistics would otherwise move).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from convlens.data import normalize
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` (and every submodule) in eval mode for the block, then restore each one's mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def batches(
+    n: int, batch_size: int, *, description: str = "", progress: bool = False
+) -> Iterator[slice]:
+    """Slices `[start, stop)` covering `range(n)` in steps of `batch_size`; a Rich bar when `progress`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    starts = range(0, n, batch_size)
+    if not progress:
+        for s in starts:
+            yield slice(s, min(s + batch_size, n))
+        return
+    from rich.progress import Progress
+
+    # Transient: the bar disappears when done, leaving the CLI's output (the written paths) clean.
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description or "batches", total=n)
+        for s in starts:
+            yield slice(s, min(s + batch_size, n))
+            bar.update(task, advance=min(batch_size, n - s))
+
+
+def to_input(
+    images: torch.Tensor,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """A batch of uint8 images -> the normalised float input on `device`; float input passes through.
+
+    Normalisation runs on the device, after the (four times smaller) uint8 copy.
+    """
+    x = images.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        if mean is None or std is None:
+            raise ValueError("uint8 images need the data set's mean and std to be normalised")
+        return normalize(x, mean, std)
+    return x.float()
+
+
+def extract_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    batch_size: int = 256,
+    layer: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Feature vectors of `images`, computed batch by batch under `torch.inference_mode()`.
+
+    Args:
+        model: any module taking `(N, C, H, W)` normalised input.
+        images: uint8 `(N, C, H, W)` pixels (normalised per batch with `mean`/`std`), or float input
+            that is already normalised.
+        mean: per-channel mean in [0, 1] units (the training split's); needed for uint8 images.
+        std: per-channel standard deviation in [0, 1] units.
+        batch_size: images per forward pass; memory is one batch of activations plus the output.
+        layer: None for the penultimate features (`convlens.models.forward_features`, the input of the
+            classifier); else a name from `model.named_modules()`, whose output is flattened (the
+            forward stops at that layer).
+        device: where to run; default the model's device.
+        progress: show a Rich progress bar.
+
+    Returns:
+        float32 `(N, D)` on the CPU.
+    """
+    from convlens import models
+    from convlens.inspect.hooks import get_layer, truncated_forward
+
+    if layer is not None:
+        get_layer(model, layer)  # an unknown name fails before any work, listing the valid ones
+    dev = torch.device(device) if device is not None else model_device(model)
+    n = int(images.shape[0])
+    out: torch.Tensor | None = None
+    with evaluating(model), torch.inference_mode():
+        for sl in batches(n, batch_size, description="features", progress=progress):
+            x = to_input(images[sl], mean, std, dev)  # (B, C, H, W)
+            if layer is None:
+                f = models.forward_features(model, x)  # (B, D)
+            else:
+                f = truncated_forward(model, layer, x)  # (B, C', H', W') or (B, D)
+            f = f.flatten(1).float().cpu()
+            if out is None:
+                # Allocated once the width is known: the kept output, nothing else, grows with N.
+                out = torch.empty(n, f.shape[1], dtype=torch.float32)
+            out[sl] = f
+    if out is None:
+        return torch.empty(0, 0)
+    return out
