@@ -14,6 +14,7 @@ The search order is in :mod:`convlens.data.paths`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,13 +192,15 @@ def describe(name: str, root: Root = None) -> DatasetInfo:
         test = n // mnist.SAMPLE_TEST_EVERY
         return DatasetInfo(
             name,
-            f"bundled ({img_file.parent})",
+            "bundled with convlens",
             [img_file.parent],
             {"train": n - test, "test": test},
             (1, h, w),
             list(mnist.FASHION_CLASSES),
         )
     _check(name, "train")
+    if name.startswith("folder:"):
+        return _describe_folder(name)
     spec = _SPECS[name]
     try:
         loc = locate(name, root)
@@ -212,4 +215,20 @@ def describe(name: str, root: Root = None) -> DatasetInfo:
     shape = next(iter(d.values()))[1]
     return DatasetInfo(
         name, str(loc.found), loc.places, {s: n for s, (n, _) in d.items()}, shape, spec.classes
+    )
+
+
+def _describe_folder(name: str) -> DatasetInfo:
+    from convlens.data.folder import plan_folder
+
+    path = Path(name[len("folder:") :]).expanduser()
+    try:
+        with warnings.catch_warnings():  # listing: the notices are for loading
+            warnings.simplefilter("ignore")
+            plan = plan_folder(path)
+    except ConvlensError as e:
+        return DatasetInfo(name, None, [path], {}, None, [], str(e))
+    sizes = {s: len(v) for s, v in plan.splits.items()}
+    return DatasetInfo(
+        name, str(plan.root), [path], sizes, (plan.channels, *plan.size), plan.classes
     )
