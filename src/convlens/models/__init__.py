@@ -13,7 +13,7 @@ from __future__ import annotations
 
 # Importing the family modules registers their builders, in this order (the listing order).
 # isort: off
-from convlens.models import lenet, cifar_resnet  # noqa: F401
+from convlens.models import lenet, alexnet, vgg, googlenet, resnet, cifar_resnet  # noqa: F401
 
 # isort: on
 from convlens.models.interface import (
@@ -25,6 +25,7 @@ from convlens.models.interface import (
 )
 from convlens.models.registry import (
     ModelInfo,
+    check_options,
     create,
     families,
     info,
@@ -39,6 +40,7 @@ from convlens.models.registry import (
 __all__ = [
     "ConvNet",
     "ModelInfo",
+    "check_options",
     "classifier",
     "conv_layers",
     "create",

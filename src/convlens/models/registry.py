@@ -190,6 +190,23 @@ def _check_int(what: str, value: Any) -> int:
     return value
 
 
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate the options of a registered model; return them converted to their defaults' types.
+
+    Raises:
+        ConvlensError: unknown model, unknown option (with close names), or a value of a wrong type.
+    """
+    spec = info(name)
+    for key in options:
+        if key not in spec.options:
+            valid = ", ".join(spec.options) or "none"
+            raise ConvlensError(
+                f"{name} has no option {key!r}.{did_you_mean(key, spec.options)} "
+                f"Its options: {valid} (and weights_path)."
+            )
+    return {k: _coerce(name, k, v, spec.options[k]) for k, v in options.items()}
+
+
 def create(
     name: str,
     *,
@@ -236,14 +253,7 @@ def create(
         )
     spec = info(name)
     weights_path = options.pop("weights_path", None)
-    for key in options:
-        if key not in spec.options:
-            valid = ", ".join(spec.options) or "none"
-            raise ConvlensError(
-                f"{name} has no option {key!r}.{did_you_mean(key, spec.options)} "
-                f"Its options: {valid} (and weights_path)."
-            )
-    kwargs = {k: _coerce(name, k, v, spec.options[k]) for k, v in options.items()}
+    kwargs = check_options(name, options)
     assert spec.builder is not None
     model = spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if weights_path is not None:
