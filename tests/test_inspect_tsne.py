@@ -1,0 +1,92 @@
+"""t-SNE maps and their image-grid form.
+
+Oracles: sklearn's `trustworthiness` (how well the map keeps each point's neighbours) and a
+per-cell brute-force search for the grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.manifold import trustworthiness
+
+from convlens.errors import ConvlensError
+from convlens.inspect import tsne, tsne_grid
+from convlens.inspect.tsne import default_perplexity
+from convlens.render.layers import tsne_image_grid, tsne_scatter
+
+
+def clusters(n_per: int = 80, k: int = 4, d: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (k, d))
+    x = np.concatenate([c + rng.normal(0, 1, (n_per, d)) for c in centres])
+    return x, np.repeat(np.arange(k), n_per)
+
+
+def test_tsne_keeps_neighbourhoods_and_separates_clusters() -> None:
+    x, y = clusters()
+    emb = tsne(torch.from_numpy(x).float(), seed=0, n_jobs=1)
+    assert emb.coords.shape == (320, 2) and np.isfinite(emb.coords).all()
+    assert trustworthiness(x, emb.coords, n_neighbors=10) > 0.9
+    assert emb.perplexity == 30 and 0 < emb.kl_divergence < 3
+    # Every point's nearest map neighbour is of its own cluster.
+    d = ((emb.coords[:, None] - emb.coords[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (y[d.argmin(1)] == y).mean() > 0.99
+
+
+def test_tsne_is_reproducible_for_a_seed() -> None:
+    x, _ = clusters(n_per=30)
+    a = tsne(x, seed=3, n_jobs=1).coords
+    np.testing.assert_array_equal(a, tsne(x, seed=3, n_jobs=1).coords)
+
+
+def test_tsne_small_inputs() -> None:
+    assert default_perplexity(20) == 6.0 and default_perplexity(10_000) == 30.0
+    x, _ = clusters(n_per=5, k=2)
+    assert tsne(x, n_jobs=1).coords.shape == (10, 2)
+    with pytest.raises(ConvlensError, match="at least 5 points"):
+        tsne(x[:3])
+    with pytest.raises(ConvlensError, match="perplexity 30.0 is out of range for 10 points"):
+        tsne(x, perplexity=30)
+
+
+def test_tsne_grid_equals_per_cell_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    coords = np.concatenate([rng.normal(0, 1, (200, 2)), rng.normal(6, 0.5, (50, 2))])
+    rows, cols = 7, 9
+    grid = tsne_grid(coords, rows, cols)
+    lo, hi = coords.min(0), coords.max(0)
+    cw, ch = (hi[0] - lo[0]) / cols, (hi[1] - lo[1]) / rows
+    for r in range(rows):
+        for c in range(cols):
+            # Cell (r, c): x in [lo_x + c cw, ...), y in (hi_y - (r + 1) ch, hi_y - r ch]; row 0 on top.
+            x0, y1 = lo[0] + c * cw, hi[1] - r * ch
+            inside = [
+                i for i, (x, y) in enumerate(coords)
+                if (x0 <= x < x0 + cw or (c == cols - 1 and x == hi[0]))
+                and (y1 - ch < y <= y1 or (r == rows - 1 and y == lo[1]))
+            ]  # fmt: skip
+            if not inside:
+                assert grid[r, c] == -1
+                continue
+            centre = np.array([x0 + cw / 2, y1 - ch / 2])
+            best = min(inside, key=lambda i: float(((coords[i] - centre) ** 2).sum()))
+            assert grid[r, c] == best, (r, c)
+    assert (grid == -1).any() and len(set(grid[grid >= 0].tolist())) == (grid >= 0).sum()
+
+
+def test_tsne_figures() -> None:
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(40, 2))
+    labels = np.arange(40) % 3
+    fig = tsne_scatter(coords, labels, ["a", "b", "c"])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a", "b", "c"]
+    images = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8)
+    grid = tsne_grid(coords, 4, 5)
+    fig = tsne_image_grid(grid, images)
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    assert canvas.shape == (24, 30)
+    r, c = np.argwhere(grid >= 0)[0]
+    np.testing.assert_allclose(canvas[r * 6 : r * 6 + 6, c * 6 : c * 6 + 6], images[grid[r, c], 0].numpy() / 255)
