@@ -29,7 +29,9 @@ def run_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     path = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     model = models.create("lenet5", num_classes=10, in_channels=1)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors")
+    )
     ds = load_data("sample", "train")
     raw = {
         "format": 1, "status": "complete",
@@ -58,7 +60,9 @@ def test_filters_png_and_weights(run_dir: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(w, load_run(run_dir).model.conv1.weight.detach().numpy())  # type: ignore[union-attr]
 
 
-def test_bad_layer_names_are_one_line_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_layer_names_are_one_line_errors(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert viz(run_dir, tmp_path, "filters", "--layer", "conv7") == 1
     err = err_of(capsys)
     assert "no layer named 'conv7'" in err and "conv1" in err and "Traceback" not in err
@@ -70,9 +74,13 @@ def test_bad_layer_names_are_one_line_errors(run_dir: Path, tmp_path: Path, caps
     assert "--metric 'cos'" in err_of(capsys)
 
 
-def test_activations_of_a_user_image(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_activations_of_a_user_image(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     img = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(img)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
+        img
+    )
     assert viz(run_dir, tmp_path / "o", "activations", "--image", str(img), "--save-data") == 0
     err = err_of(capsys)
     assert "converted RGB to L" in err and "resized 40x30 to 28x28" in err
@@ -81,7 +89,9 @@ def test_activations_of_a_user_image(run_dir: Path, tmp_path: Path, capsys: pyte
     assert np.load(tmp_path / "o" / "activations_0_pool2.npy").shape == (16, 5, 5)
 
 
-def test_non_image_file_is_a_clear_error(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_image_file_is_a_clear_error(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("not a picture")
     assert viz(run_dir, tmp_path, "activations", "--image", str(bad)) == 1
@@ -90,7 +100,21 @@ def test_non_image_file_is_a_clear_error(run_dir: Path, tmp_path: Path, capsys: 
 
 
 def test_neighbors_json(run_dir: Path, tmp_path: Path) -> None:
-    assert viz(run_dir, tmp_path, "neighbors", "--k", "3", "--count", "2", "--metric", "l2", "--save-data") == 0
+    assert (
+        viz(
+            run_dir,
+            tmp_path,
+            "neighbors",
+            "--k",
+            "3",
+            "--count",
+            "2",
+            "--metric",
+            "l2",
+            "--save-data",
+        )
+        == 0
+    )
     assert (tmp_path / "neighbors.png").is_file()
     data = json.loads((tmp_path / "neighbors.json").read_text())
     assert data["metric"] == "l2" and np.array(data["feature_indices"]).shape == (2, 3)
@@ -112,7 +136,9 @@ def test_tsne_writes_map_grid_and_coordinates(run_dir: Path, tmp_path: Path) -> 
 def test_top_patches_json_against_direct_forward(run_dir: Path, tmp_path: Path) -> None:
     args = ["top-patches", "--layer", "conv2", "--channels", "0-3", "--k", "4", "--save-data"]
     assert viz(run_dir, tmp_path, *args) == 0
-    assert (tmp_path / "top_patches_conv2.png").is_file() and (tmp_path / "top_images_conv2.png").is_file()
+    assert (tmp_path / "top_patches_conv2.png").is_file() and (
+        tmp_path / "top_images_conv2.png"
+    ).is_file()
     meta = json.loads((tmp_path / "top_patches_conv2.json").read_text())
     assert meta["channels"] == [0, 1, 2, 3] and meta["rf_size"] == [14, 14]
     run = load_run(run_dir)

@@ -38,7 +38,9 @@ def assert_untouched(model: nn.Module) -> None:
         assert m.training, f"{name or 'model'} left in eval mode"
 
 
-IMAGES = torch.randint(0, 256, (6, 1, 14, 14), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+IMAGES = torch.randint(
+    0, 256, (6, 1, 14, 14), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+)
 
 CALLS: dict[str, Callable[[nn.Module], object]] = {
     "activations-default": lambda m: activations(m, torch.randn(1, 14, 14)),
@@ -59,7 +61,9 @@ def test_hooks_removed_and_mode_restored_when_the_model_raises(call: str) -> Non
 
 
 def test_filters_and_successful_calls_leave_no_hooks() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 3)).train()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 3)
+    ).train()
     filters(model)
     activations(model, torch.randn(1, 14, 14))
     extract_features(model, IMAGES, mean=MEAN, std=STD)
@@ -71,7 +75,9 @@ def test_filters_and_successful_calls_leave_no_hooks() -> None:
 def test_every_method_on_torchvision_resnet18_at_64px() -> None:
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
-    imgs = torch.randint(0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    imgs = torch.randint(
+        0, 256, (12, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     assert filters(model).shape == (64, 3, 7, 7)
     acts = activations(model, torch.randn(3, 64, 64))

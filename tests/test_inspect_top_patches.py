@@ -71,7 +71,9 @@ def test_top_patches_equal_brute_force(lenet: nn.Module, images: torch.Tensor, l
     np.testing.assert_array_equal(top.positions[..., 1].numpy(), pos % w)
 
 
-def test_top_patches_default_layer_and_channel_count(lenet: nn.Module, images: torch.Tensor) -> None:
+def test_top_patches_default_layer_and_channel_count(
+    lenet: nn.Module, images: torch.Tensor
+) -> None:
     top = top_patches(lenet, None, images, 4, n=2, mean=MEAN, std=STD)
     assert top.layer == "conv3" and top.channels == [0, 1, 2, 3]
     assert top.values.shape == (4, 2) and (top.values[:, 0] >= top.values[:, 1]).all()
@@ -79,7 +81,9 @@ def test_top_patches_default_layer_and_channel_count(lenet: nn.Module, images: t
     assert top.rf_size == (32, 32)
 
 
-def _gradient_support(model: nn.Module, layer: str, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
+def _gradient_support(
+    model: nn.Module, layer: str, x: torch.Tensor, c: int, i: int, j: int
+) -> torch.Tensor:
     """Boolean (H, W): the input pixels whose gradient reaches unit (c, i, j) of `layer`."""
     x = x.clone().requires_grad_(True)
     out = layer_output(model, layer, x)
@@ -97,9 +101,13 @@ def _gradient_support(model: nn.Module, layer: str, x: torch.Tensor, c: int, i: 
         ("resnet18", "layer2", (3, 64, 64)),
     ],
 )
-def test_crop_contains_every_pixel_the_unit_sees(name: str, layer: str, shape: tuple[int, int, int]) -> None:
+def test_crop_contains_every_pixel_the_unit_sees(
+    name: str, layer: str, shape: tuple[int, int, int]
+) -> None:
     torch.manual_seed(0)
-    model = (models.create("lenet5", in_channels=1) if name == "lenet" else resnet18(num_classes=10)).eval()
+    model = (
+        models.create("lenet5", in_channels=1) if name == "lenet" else resnet18(num_classes=10)
+    ).eval()
     # Linear units (no ReLU zeroing) would make the support the whole field; keep ReLUs but use
     # positive inputs and a seed where units are active so the support is large and meaningful.
     g = torch.Generator().manual_seed(1)
@@ -112,12 +120,16 @@ def test_crop_contains_every_pixel_the_unit_sees(name: str, layer: str, shape: t
         for b in range(3):
             idx = int(top.indices[a, b])
             i, j = (int(v) for v in top.positions[a, b])
-            support = _gradient_support(model, layer, normalize(imgs[idx : idx + 1], mean, std), top.channels[a], i, j)
+            support = _gradient_support(
+                model, layer, normalize(imgs[idx : idx + 1], mean, std), top.channels[a], i, j
+            )
             t, left, btm, r = (int(v) for v in top.boxes[a, b])
             inside = torch.zeros(h, w, dtype=torch.bool)
             inside[max(t, 0) : min(btm, h), max(left, 0) : min(r, w)] = True
             assert support.any()
-            assert not (support & ~inside).any(), f"gradient reaches pixels outside the box {top.boxes[a, b]}"
+            assert not (support & ~inside).any(), (
+                f"gradient reaches pixels outside the box {top.boxes[a, b]}"
+            )
             checked += int(support.sum())
     assert checked > 0
 
@@ -131,7 +143,9 @@ def test_crop_patches_cut_the_clipped_box_and_pad(lenet: nn.Module, images: torc
         img = images[int(top.indices[0, b])]
         padded = torch.full((1, 28 + 28, 28 + 28), 128, dtype=torch.uint8)
         padded[:, 14:42, 14:42] = img  # the image with a 14-pixel border of fill on every side
-        np.testing.assert_array_equal(crops[0, b].numpy(), padded[:, t + 14 : btm + 14, left + 14 : r + 14].numpy())
+        np.testing.assert_array_equal(
+            crops[0, b].numpy(), padded[:, t + 14 : btm + 14, left + 14 : r + 14].numpy()
+        )
 
 
 def test_top_patches_errors(lenet: nn.Module, images: torch.Tensor) -> None:

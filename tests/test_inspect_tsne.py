@@ -17,7 +17,9 @@ from convlens.inspect.tsne import default_perplexity
 from convlens.render.layers import tsne_image_grid, tsne_scatter
 
 
-def clusters(n_per: int = 80, k: int = 4, d: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clusters(
+    n_per: int = 80, k: int = 4, d: int = 20, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 10, (k, d))
     x = np.concatenate([c + rng.normal(0, 1, (n_per, d)) for c in centres])
@@ -48,7 +50,7 @@ def test_tsne_small_inputs() -> None:
     assert tsne(x, n_jobs=1).coords.shape == (10, 2)
     with pytest.raises(ConvlensError, match="at least 5 points"):
         tsne(x[:3])
-    with pytest.raises(ConvlensError, match="perplexity 30.0 is out of range for 10 points"):
+    with pytest.raises(ConvlensError, match=r"perplexity 30\.0 is out of range for 10 points"):
         tsne(x, perplexity=30)
 
 
@@ -89,4 +91,6 @@ def test_tsne_figures() -> None:
     canvas = np.asarray(fig.axes[0].images[0].get_array())
     assert canvas.shape == (24, 30)
     r, c = np.argwhere(grid >= 0)[0]
-    np.testing.assert_allclose(canvas[r * 6 : r * 6 + 6, c * 6 : c * 6 + 6], images[grid[r, c], 0].numpy() / 255)
+    np.testing.assert_allclose(
+        canvas[r * 6 : r * 6 + 6, c * 6 : c * 6 + 6], images[grid[r, c], 0].numpy() / 255
+    )
