@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from convlens.data.catalog import DatasetInfo, describe, load, locate, names
 from convlens.data.dataset import Dataset, denormalize, normalize
+from convlens.data.folder import stream_folder
+from convlens.data.images import DataNotice
 from convlens.data.loader import Augment, BatchLoader, default_augment
 
 __all__ = [
     "Augment",
     "BatchLoader",
+    "DataNotice",
     "Dataset",
     "DatasetInfo",
     "default_augment",
@@ -25,4 +28,5 @@ __all__ = [
     "locate",
     "names",
     "normalize",
+    "stream_folder",
 ]
