@@ -1,0 +1,225 @@
+"""`convlens.summary` against independent numbers: the notes, torchvision's published parameter and
+operation counts (its weights' metadata), torchinfo's mult-adds, and real forward passes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+import torchinfo
+import torchvision
+from torch import nn
+
+import convlens
+from convlens.anatomy.summary import summary
+from convlens.errors import ConvlensError
+
+
+def test_alexnet_conv1_reproduces_the_notes() -> None:
+    import convlens.models as models
+
+    s = convlens.summary(models.create("alexnet", num_classes=1000), (3, 227, 227))
+    conv1 = s.layers[0]
+    assert conv1.type == "Conv2d" and conv1.output_shape == (96, 55, 55)
+    assert conv1.neurons == 290_400  # 55 x 55 x 96
+    assert conv1.params == 34_944  # 96 x (11 x 11 x 3 + 1)
+    assert conv1.params_unshared == 105_705_600  # 290,400 x (363 + 1)
+    assert conv1.macs == 290_400 * 363
+    assert conv1.rf is not None and conv1.rf.size == (11, 11) and conv1.rf.jump == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "published"),
+    [
+        ("resnet50", 224, 25_557_032),
+        ("vgg16", 224, 138_357_544),
+        ("googlenet", 224, 6_624_904),
+        ("resnet152", 224, 60_192_808),
+        ("densenet121", 224, 7_978_856),
+        ("mobilenet_v2", 224, 3_504_872),
+    ],
+)
+def test_totals_equal_published_counts_and_torchvision_ops(
+    name: str, size: int, published: int
+) -> None:
+    kw = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    model = torchvision.models.get_model(name, weights=None, **kw)
+    s = summary(model, (3, size, size))
+    meta = torchvision.models.get_model_weights(name).DEFAULT.meta
+    assert s.totals["params"] == published == meta["num_params"]
+    assert s.totals["params"] == sum(p.numel() for p in model.parameters())
+    # torchvision's model cards give GFLOPS rounded to 3 decimals, counting multiply-accumulates
+    # of convolutions and linear layers, as we do.
+    assert round(s.totals["macs"] / 1e9, 3) == pytest.approx(meta["_ops"], abs=1e-9)
+    assert s.output_shape == (1000,)
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet50", 96), ("vgg16", 64), ("alexnet", 224)])
+def test_macs_equal_torchinfo_without_bias_and_norm_terms(name: str, size: int) -> None:
+    """torchinfo counts weights x positions like us, plus one per bias per position and BN params."""
+    model = torchvision.models.get_model(name, weights=None).eval()
+    ours = summary(model, (3, size, size))
+    stats = torchinfo.summary(model, input_size=(1, 3, size, size), verbose=0, depth=100)
+    leaves = [i for i in stats.summary_list if i.is_leaf_layer]
+    by_module: dict[int, list[torchinfo.layer_info.LayerInfo]] = {}
+    for info in leaves:
+        by_module.setdefault(id(info.module), []).append(info)
+    modules = {n: m for n, m in model.named_modules()}
+    compared = 0
+    for row in ours.layers:
+        module = modules[row.name]
+        infos = by_module[id(module)]
+        info = infos[min(row.call, len(infos)) - 1]
+        assert list(info.output_size[1:]) == list(row.output_shape), row.name
+        bias = getattr(module, "bias", None)
+        if isinstance(module, nn.Conv2d):
+            positions = row.output_shape[1] * row.output_shape[2]
+            term = bias.numel() * positions if bias is not None else 0
+            assert info.macs == row.macs + term, row.name
+            compared += 1
+        elif isinstance(module, nn.Linear):
+            assert info.macs == row.macs + (bias.numel() if bias is not None else 0), row.name
+            compared += 1
+        elif isinstance(module, nn.BatchNorm2d):
+            assert row.macs == 0 and info.macs == row.params
+    assert compared >= 8
+    assert stats.total_params == ours.totals["params"]
+
+
+def test_shapes_and_params_equal_a_real_forward() -> None:
+    model = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False).eval()
+    s = summary(model, (3, 64, 80))
+    seen: dict[str, list[tuple[int, ...]]] = {}
+    modules = dict(model.named_modules())
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        def record(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            seen.setdefault(name, []).append(tuple(out.shape[1:]))
+
+        return record
+
+    handles = [modules[r.name].register_forward_hook(hook(r.name)) for r in s.layers if r.call == 1]
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, 64, 80))
+    for h in handles:
+        h.remove()
+    for row in s.layers:
+        assert seen[row.name][row.call - 1] == row.output_shape, row.label
+        assert row.params == sum(p.numel() for p in modules[row.name].parameters(recurse=False))
+    assert s.output_shape == tuple(y.shape[1:])
+
+
+def test_params_unshared_definitions() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=2, bias=False),  # 8 x 8 x 8 neurons, 2*3*3 weights
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+    )
+    s = summary(net, (4, 8, 8))
+    conv, bn, relu, pool, flat, fc = s.layers
+    assert conv.params_unshared == 512 * (2 * 3 * 3)
+    assert bn.params_unshared == 512 * 2 and bn.params == 16
+    assert relu.params_unshared == pool.params_unshared == flat.params_unshared == 0
+    assert fc.params_unshared == fc.params == 5 * (128 + 1)
+    assert fc.macs == 5 * 128 and conv.macs == 512 * 18
+    assert s.totals["neurons"] == 512 + 5
+
+
+def test_shared_parameters_counted_once() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.conv(x))  # one module, two calls
+
+    model = Tied()
+    s = summary(model, (3, 10, 10))
+    assert [r.label for r in s.layers] == ["conv", "conv (2)"]
+    assert s.totals["params"] == 84 == sum(p.numel() for p in model.parameters())
+    assert s.layers[1].rf is not None and s.layers[1].rf.size == (5, 5)
+
+    twin = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
+    twin[1].weight = twin[0].weight  # tied weights across two modules
+    s = summary(twin, (1, 1, 6))
+    assert s.totals["params"] == 36 + 6 + 6 == sum(p.numel() for p in twin.parameters())
+
+
+def test_model_is_left_untouched_and_fast_path_is_meta() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary(model, (3, 224, 224))
+    assert model.training and all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(after[k].device.type == "cpu" and torch.equal(before[k], after[k]) for k in before)
+    assert not any(hasattr(m, "_forward_hooks") and m._forward_hooks for m in model.modules())
+
+
+def test_model_that_cannot_run_on_meta_falls_back() -> None:
+    class NeedsData(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if y.sum().item() > 1e9:  # data-dependent control flow: impossible on meta
+                return y * 2
+            return y
+
+    s = summary(NeedsData(), (1, 9, 9))
+    assert s.layers[0].output_shape == (2, 7, 7)
+
+
+def test_formats() -> None:
+    s = summary(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), (1, 5, 5), name="tiny")
+    d = json.loads(s.to_json())
+    assert set(d) >= {"model", "input", "layers", "totals"}
+    assert d["model"] == "tiny" and d["input"] == [1, 5, 5]
+    assert d["layers"][0]["rf"] == {"size": [3, 3], "jump": [1, 1], "start": [1, 1]}
+    assert d["totals"]["params"] == 20
+    rows = list(csv.DictReader(io.StringIO(s.to_csv())))
+    assert (
+        rows[0]["name"] == "0"
+        and rows[0]["output_shape"] == "2x3x3"
+        and rows[0]["rf_size"] == "3x3"
+    )
+    text = str(s)
+    assert "Conv2d" in text and "total" in text and "20" in text
+
+
+def test_input_too_small_names_the_collapsing_layer() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3))
+    with pytest.raises(ConvlensError, match=r"too small.*layer '3' \(Conv2d\).*2x1x1"):
+        summary(net, (1, 8, 8))
+
+
+def test_wrong_channels_is_a_clear_error() -> None:
+    with pytest.raises(ConvlensError, match=r"cannot run on a 1x32x32 input: layer 'conv1'"):
+        summary(torchvision.models.resnet18(weights=None), (1, 32, 32))
+
+
+def test_registry_models_shapes_equal_real_forward() -> None:
+    import convlens.models as models
+
+    for name, size in [
+        ("lenet5", (1, 28, 28)),
+        ("resnet20", (3, 32, 32)),
+        ("plain20", (3, 32, 32)),
+    ]:
+        model = models.create(name, in_channels=size[0]).eval()
+        s = summary(model, size)
+        with torch.no_grad():
+            y = model(torch.randn(2, *size))
+        assert s.output_shape == tuple(y.shape[1:])
+        assert s.totals["params"] == sum(p.numel() for p in model.parameters())
+    assert summary(models.create("resnet20"), (3, 32, 32)).totals["params"] == 269_722
+    assert summary(models.create("lenet5", in_channels=1), (1, 28, 28)).totals["params"] == 61_706
