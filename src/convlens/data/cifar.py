@@ -103,6 +103,7 @@ class _SafeUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
+            ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
             ("copy_reg", "_reconstructor"),
             ("copyreg", "_reconstructor"),
             ("__builtin__", "object"),
@@ -119,8 +120,10 @@ class _SafeUnpickler(pickle.Unpickler):
 def _read_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         d = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        # keys are bytes in the official (Python 2) files read this way, str if re-pickled by Python 3
+        d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d["labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConvlensError(f"{where} is truncated or not a CIFAR-10 python batch ({e})") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:

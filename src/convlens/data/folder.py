@@ -161,7 +161,7 @@ class _FolderImages(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         arr, _ = decode_one(self.sources[i], self.mode, self.size)
-        t = torch.from_numpy(arr)
+        t = torch.from_numpy(arr.copy())  # Pillow's buffer is read-only
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W) uint8
         return t.contiguous(), self.sources[i].label
 
