@@ -154,14 +154,14 @@ class Summary:
             footer_style="bold",
         )
         t = self.totals
-        table.add_column("layer", footer="total")
+        table.add_column("layer", footer="total", no_wrap=True)
         table.add_column("type")
         table.add_column("output", footer="x".join(map(str, self.output_shape)))
         table.add_column("neurons", justify="right", footer=f"{t['neurons']:,}")
         table.add_column("params", justify="right", footer=f"{t['params']:,}")
         table.add_column("unshared", justify="right", footer=f"{t['params_unshared']:,}")
         table.add_column("MACs", justify="right", footer=f"{t['macs']:,}")
-        table.add_column("RF size / jump @ start")
+        table.add_column("RF size / jump @ start", no_wrap=True)
         for row in self.layers:
             table.add_row(
                 row.label,
