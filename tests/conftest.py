@@ -27,3 +27,23 @@ def data_root() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("CONVLENS_DATA is not set to a folder of data sets")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run directory: LeNet-5 trained by `convlens.train.fit` on the bundled `sample` data.
+
+    About 6 epochs over 8,000 Fashion-MNIST images, a few seconds on a CPU; the recipe reaches
+    >= 85 % test accuracy (asserted in tests/test_train.py). Treat the directory as read-only.
+    """
+    from convlens.train import fit, recipe
+
+    out = tmp_path_factory.mktemp("trained_run") / "lenet5-sample"
+    fit(
+        "lenet5",
+        "sample",
+        out=out,
+        config=recipe("lenet5", "sample", device="cpu", threads=1),
+        progress=False,
+    )
+    return out

@@ -1,0 +1,133 @@
+"""`evaluate`: accuracy, per-class accuracy and the confusion matrix of a trained run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from convlens.errors import ConvlensError
+from convlens.train.run_dir import Run, load_run
+
+
+@dataclass
+class Evaluation:
+    """How a run's model does on one split of a data set.
+
+    Attributes:
+        data: data set name.
+        split: `train` or `test`.
+        classes: class names, index = label.
+        confusion: int64 `(K, K)`; `confusion[i, j]` = images of true class `i` predicted as `j`
+            (rows true, columns predicted, as `sklearn.metrics.confusion_matrix`).
+        loss: mean cross-entropy.
+    """
+
+    data: str
+    split: str
+    classes: list[str]
+    confusion: torch.Tensor
+    loss: float
+
+    @property
+    def count(self) -> int:
+        """Images evaluated."""
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of images whose top-1 prediction is right."""
+        return float(self.confusion.diag().sum()) / max(self.count, 1)
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        """Recall of each class (NaN for a class with no images)."""
+        support = self.confusion.sum(1)
+        return [
+            float(self.confusion[i, i]) / int(n) if n else float("nan")
+            for i, n in enumerate(support.tolist())
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (what `convlens evaluate --json` prints)."""
+        return {
+            "data": self.data,
+            "split": self.split,
+            "count": self.count,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "classes": self.classes,
+            "per_class_accuracy": dict(zip(self.classes, self.per_class_accuracy, strict=True)),
+            "confusion": self.confusion.tolist(),
+        }
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 `(K, K)` counts of (true, predicted) pairs from two int `(N,)` tensors."""
+    flat = labels.to(torch.int64) * num_classes + preds.to(torch.int64)  # (N,) in 0..K*K-1
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+@torch.inference_mode()
+def evaluate(
+    run: Run | str,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    root: str | None = None,
+    batch_size: int = 1000,
+    device: str = "cpu",
+    limit: int | None = None,
+) -> Evaluation:
+    """Run the model of `run` over a data set split and count its predictions.
+
+    Args:
+        run: a loaded run or the path of a run directory.
+        data: data set name (default: the run's own). It must have the run's image shape and
+            number of classes; images are normalised with the run's training statistics.
+        split: `test` or `train`.
+        root: folder of data sets (default: the run's).
+        batch_size: images per forward pass.
+        device: where to run the model.
+        limit: evaluate only the first `limit` images.
+
+    Raises:
+        ConvlensError: the data set does not fit the run's model.
+    """
+    from convlens import data as datasets
+
+    if not isinstance(run, Run):
+        run = load_run(run, device=device)
+    else:
+        run.model.to(device)
+    name = data or run.data.name
+    ds = datasets.load(name, split=split, root=root or (run.data.root if data is None else None))
+    k = len(run.data.classes)
+    if ds.image_shape != tuple(run.data.image_shape):
+        raise ConvlensError(
+            f"{name} has images of shape {ds.image_shape}, but {run.path} was trained on "
+            f"{run.data.name} images of shape {tuple(run.data.image_shape)}"
+        )
+    if ds.num_classes != k:
+        raise ConvlensError(
+            f"{name} has {ds.num_classes} classes, but {run.path}'s model tells {k} apart"
+        )
+    images, labels = ds.images[:limit], ds.labels[:limit]
+    model = run.model.eval()
+    preds, loss_sum = [], 0.0
+    for i in range(0, len(images), batch_size):
+        x = run.normalize(images[i : i + batch_size].to(device))  # (B, C, H, W) float
+        y = labels[i : i + batch_size].to(device)
+        logits = model(x)  # (B, K)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        preds.append(logits.argmax(1).cpu())
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+    return Evaluation(
+        data=name,
+        split=split,
+        classes=list(run.data.classes),
+        confusion=confusion_matrix(labels, pred, k),
+        loss=loss_sum / max(len(images), 1),
+    )

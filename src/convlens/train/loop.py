@@ -1,0 +1,571 @@
+"""`fit`: train a registry model on a named data set into a run directory.
+
+The whole algorithm is in :func:`_train` and reads top to bottom; :class:`~convlens.train.runtime.Runtime`
+owns device, precision and distribution, :mod:`~convlens.train.checkpoint` the resumable state.
+
+Resuming is exact on CPU: the batches of epoch `e` from batch `b` on depend only on `(seed, e, b)`
+(see :class:`convlens.data.loader.BatchLoader`), the schedule only on the step, and the checkpoint
+holds the weights, optimiser state and RNG states at a batch boundary. So a run killed with
+`kill -9` and resumed with `--resume` ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.fileio import atomic_write_json, atomic_write_text
+from convlens.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from convlens.train.config import RESUMABLE_CHANGES, TrainConfig
+from convlens.train.progress import Reporter
+from convlens.train.recipes import recipe
+from convlens.train.run_dir import (
+    CHECKPOINT,
+    METRICS,
+    RUN_JSON,
+    WEIGHTS,
+    Run,
+    load_run,
+    read_run_json,
+)
+from convlens.train.runtime import Runtime
+from convlens.train.schedules import lr_factor
+
+FORMAT = 1
+
+
+class TrainingDiverged(ConvlensError):
+    """The loss became NaN or infinite; the run is marked failed, its last good checkpoint kept."""
+
+
+@dataclass
+class _Position:
+    """Where the loop is, and the running sums of the unfinished epoch (what a checkpoint restores)."""
+
+    epoch: int = 0  # 0-based epoch in progress
+    batch: int = 0  # next batch of that epoch
+    step: int = 0  # optimiser steps taken since the run began
+    loss_sum: float = 0.0  # sum over the epoch's images so far (all ranks)
+    correct: float = 0.0
+    seen: float = 0.0
+    seconds: float = 0.0  # training seconds spent in this epoch before the last checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit(
+    model: str,
+    data: str,
+    *,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    model_options: dict[str, Any] | None = None,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> Run:
+    """Train `model` on `data` and write the run directory `out`; return it loaded.
+
+    Args:
+        model: registry name (`lenet5`, `resnet20`, `torchvision:resnet18`, ...).
+        data: data set name (`mnist`, `fashion-mnist`, `cifar10`, `sample`, `folder:PATH`).
+        out: the run directory to write (created; must not hold another run unless `resume`).
+        config: hyper-parameters; None = :func:`convlens.train.recipes.recipe` for this model and data.
+            With `resume`, None continues with the saved configuration; a given one must agree
+            with it (except device and checkpoint interval).
+        model_options: extra keyword arguments for `convlens.models.create` (`num_classes` and
+            `in_channels` default to the data set's).
+        data_root: folder holding the data sets (default: CONVLENS_DATA or the data module's default).
+        resume: continue the run in `out` from its last complete checkpoint.
+        progress: show the progress bar and per-epoch lines (rank 0 only in any case).
+        console: where to print (default: stderr).
+
+    Returns:
+        The finished run, as :func:`convlens.train.run_dir.load_run` reads it (model in eval mode).
+
+    Raises:
+        ConvlensError: bad options, data that does not fit the model, a directory holding another
+            run, a missing or corrupt checkpoint; :class:`TrainingDiverged` on a NaN/inf loss.
+    """
+    out = Path(out)
+    saved: dict[str, Any] | None = None
+    if resume:
+        saved = _check_resumable(out, model, data, model_options)
+        if saved["raw"].get("status") == "complete" and (out / WEIGHTS).is_file():
+            if progress:
+                (console or Console(stderr=True)).print(f"{out} is already complete; nothing to do")
+            return load_run(out)
+        cfg = _resume_config(saved["config"], config)
+        model_options = saved["raw"]["model"].get("options", {})
+        data_root = data_root if data_root is not None else saved["raw"]["data"].get("root")
+    else:
+        if (out / RUN_JSON).exists():
+            raise ConvlensError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        cfg = config if config is not None else recipe(model, data)
+
+    rt = Runtime.setup(
+        cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, threads=cfg.threads
+    )
+    try:
+        _train(
+            rt,
+            model,
+            data,
+            out=out,
+            cfg=cfg,
+            model_options=dict(model_options or {}),
+            data_root=None if data_root is None else str(data_root),
+            checkpoint=saved["checkpoint"] if saved else None,
+            reporter_args={"enabled": progress and rt.is_main, "console": console},
+        )
+        rt.barrier()  # the other ranks read what rank 0 wrote
+    finally:
+        rt.close()
+    return load_run(out)
+
+
+def _check_resumable(
+    out: Path, model: str, data: str, model_options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Read run.json and checkpoint.pt of `out`; refuse a directory of another model or data set."""
+    raw = read_run_json(out)
+    have_model, have_data = raw["model"]["name"], raw["data"]["name"]
+    if (have_model, have_data) != (model, data):
+        raise ConvlensError(
+            f"{out} holds a run of {have_model} on {have_data}, not {model} on {data}; "
+            f"resume it with `convlens train {have_model} --data {have_data} --out {out} --resume` "
+            "or choose another --out"
+        )
+    if model_options:
+        saved_opts = raw["model"].get("options", {})
+        diff = {k: v for k, v in model_options.items() if saved_opts.get(k) != v}
+        if diff:
+            raise ConvlensError(
+                f"{out} holds {have_model} with options {saved_opts}; these differ: {diff}"
+            )
+    ckpt = load_checkpoint(out / CHECKPOINT)
+    if ckpt.get("model_name") != model or ckpt.get("data_name") != data:
+        raise ConvlensError(
+            f"{out / CHECKPOINT} belongs to {ckpt.get('model_name')} on {ckpt.get('data_name')}, "
+            f"but run.json names {model} on {data}; the directory is inconsistent"
+        )
+    return {"raw": raw, "checkpoint": ckpt, "config": TrainConfig.from_dict(ckpt["config"])}
+
+
+def _resume_config(saved: TrainConfig, given: TrainConfig | None) -> TrainConfig:
+    """The saved configuration, with the given one's harmless changes (device, ...) applied."""
+    if given is None:
+        return saved
+    a, b = saved.to_dict(), given.to_dict()
+    bad = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES}
+    if bad:
+        listed = ", ".join(f"{k} {new!r} (saved {old!r})" for k, (old, new) in bad.items())
+        raise ConvlensError(
+            "--resume continues a run exactly as it was configured, but these options differ: "
+            f"{listed}; drop them, or start a new run in another --out"
+        )
+    return saved.replace(**{k: b[k] for k in RESUMABLE_CHANGES})
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    from convlens import __version__
+
+    return {
+        "convlens": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only: decaying biases and norm scales only hurts."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+    )
+
+
+def _build_model(
+    name: str, options: dict[str, Any], image_shape: tuple[int, int, int], data: str, seed: int
+) -> nn.Module:
+    """Create the model (seeded) and check that one batch of this data set goes through it."""
+    from convlens import models
+
+    torch.manual_seed(seed)
+    net = models.create(name, **options)
+    probe = torch.zeros(2, *image_shape)
+    net.eval()
+    try:
+        with torch.no_grad():
+            logits = net(probe)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        expected = ""
+        with contextlib.suppress(
+            Exception
+        ):  # not every model (torchvision:, timm:) declares a size
+            expected = f"; {name} expects {tuple(models.info(name).input_size)}"
+        raise ConvlensError(
+            f"{data} images of shape {tuple(image_shape)} do not fit {name}{expected} ({first})"
+        ) from None
+    if logits.ndim != 2 or logits.shape[1] != options["num_classes"]:
+        raise ConvlensError(
+            f"{name} gives outputs of shape {tuple(logits.shape)} for {data}, "
+            f"expected (N, {options['num_classes']}) class scores"
+        )
+    net.train()
+    return net
+
+
+def _train(
+    rt: Runtime,
+    model_name: str,
+    data_name: str,
+    *,
+    out: Path,
+    cfg: TrainConfig,
+    model_options: dict[str, Any],
+    data_root: str | None,
+    checkpoint: dict[str, Any] | None,
+    reporter_args: dict[str, Any],
+) -> None:
+    from convlens import data as datasets
+    from convlens.data.loader import Augment, BatchLoader
+
+    # ---- data: uint8 tensors in memory, on the device --------------------------------------------
+    train = datasets.load(data_name, split="train", root=data_root)
+    test = datasets.load(data_name, split="test", root=data_root)
+    train_x, train_y = train.images[: cfg.limit_train], train.labels[: cfg.limit_train]
+    # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.
+    test_x = test.images[: cfg.limit_test][rt.rank :: rt.world_size]
+    test_y = test.labels[: cfg.limit_test][rt.rank :: rt.world_size]
+    if cfg.batch_size % rt.world_size:
+        raise ConvlensError(
+            f"batch size {cfg.batch_size} does not split evenly over {rt.world_size} processes"
+        )
+    aug = cfg.augmentations
+    train_loader = BatchLoader(
+        train_x,
+        train_y,
+        batch_size=cfg.batch_size // rt.world_size,  # same global batch whatever the world size
+        mean=train.mean,
+        std=train.std,
+        shuffle=True,
+        augment=Augment(
+            crop_padding=cfg.crop_padding if "crop" in aug else 0,
+            flip="flip" in aug,
+            lighting=cfg.lighting if "lighting" in aug else 0.0,
+        ),
+        device=rt.device,
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world_size,
+    )
+    test_loader = BatchLoader(
+        test_x,
+        test_y,
+        batch_size=cfg.eval_batch_size,
+        mean=train.mean,
+        std=train.std,
+        shuffle=False,
+        device=rt.device,
+    )
+
+    # ---- model and optimiser ------------------------------------------------------------------------
+    given_channels = model_options.get("in_channels")
+    if given_channels is not None and given_channels != train.image_shape[0]:
+        raise ConvlensError(
+            f"{data_name} has {train.image_shape[0]}-channel images {train.image_shape}, "
+            f"but the model was asked for in_channels={given_channels}"
+        )
+    options = {
+        "num_classes": train.num_classes,
+        "in_channels": train.image_shape[0],
+        **model_options,
+    }
+    model = _build_model(model_name, options, train.image_shape, data_name, cfg.seed)
+    pos = _Position()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    net = rt.prepare(model, compile=cfg.compile)  # what we call; `model` is what we save
+    optimizer = _optimizer(model, cfg)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        part = checkpoint["partial"]
+        pos = _Position(
+            epoch=int(checkpoint["epoch"]),
+            batch=int(checkpoint["batch"]),
+            step=int(checkpoint["step"]),
+            loss_sum=float(part["loss"]) if rt.is_main else 0.0,
+            correct=float(part["correct"]) if rt.is_main else 0.0,
+            seen=float(part["seen"]) if rt.is_main else 0.0,
+            seconds=float(part["seconds"]),
+            history=list(checkpoint["history"]),
+        )
+
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = round(cfg.warmup * steps_per_epoch)
+    global_batch = cfg.batch_size
+
+    run_json: dict[str, Any] = {
+        "format": FORMAT,
+        "status": "running",
+        "model": {"name": model_name, "options": options},
+        "data": {
+            "name": data_name,
+            "classes": list(train.classes),
+            "mean": list(train.mean),
+            "std": list(train.std),
+            "image_shape": list(train.image_shape),
+            "root": data_root,
+        },
+        "train": cfg.to_dict(),
+        "seed": cfg.seed,
+        "versions": _versions(),
+        "device": str(rt.device),
+        "world_size": rt.world_size,
+    }
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_JSON, run_json)
+        _write_metrics(out, pos.history)
+
+    def state_dict() -> dict[str, Any]:
+        """Everything needed to continue from `pos` (rank 0 writes it)."""
+        return {
+            "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {"name": cfg.schedule, "step": pos.step},
+            "epoch": pos.epoch,
+            "batch": pos.batch,
+            "step": pos.step,
+            "partial": {
+                "loss": pos.loss_sum,
+                "correct": pos.correct,
+                "seen": pos.seen,
+                "seconds": pos.seconds,
+            },
+            "history": pos.history,
+            "rng": rng_state(),
+            "config": cfg.to_dict(),
+            "model_name": model_name,
+            "data_name": data_name,
+        }
+
+    def diverged(where: str) -> TrainingDiverged:
+        msg = (
+            f"the loss became NaN or infinite {where} (peak lr {cfg.lr:g}); training stopped. "
+            + (
+                f"The last good checkpoint is kept in {out / CHECKPOINT}. "
+                if (out / CHECKPOINT).is_file()
+                else ""
+            )
+            + "Try a smaller --lr (or a longer --warmup)."
+        )
+        if rt.is_main:
+            atomic_write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": msg})
+        return TrainingDiverged(msg)
+
+    reporter = Reporter(
+        epochs=cfg.epochs,
+        tensorboard_dir=out / "tensorboard" if rt.is_main else None,
+        **reporter_args,
+    )
+    if checkpoint is not None:
+        reporter.print(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
+    reporter.print(
+        f"training {model_name} on {data_name}: {len(train_x):,} images, {cfg.epochs} epochs, "
+        f"batch {global_batch}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
+        f"augment {cfg.augment}, {rt.device}"
+        + (f" x {rt.world_size} processes" if rt.world_size > 1 else "")
+        + (", bf16" if rt.amp else "")
+    )
+    # Every `check_every` steps the loss is checked for NaN/inf and a mid-epoch checkpoint may be
+    # written (under DDP the ranks agree on both by one tiny all-reduce). On CPU that costs nothing;
+    # on a GPU it waits for the queued work, so it happens only every 25 steps there.
+    check_every = 1 if rt.device.type == "cpu" else 25
+    lr = cfg.lr * lr_factor(cfg.schedule, pos.step, total_steps, warmup_steps)
+    last_checkpoint = time.monotonic()
+    try:
+        for epoch in range(pos.epoch, cfg.epochs):
+            train_loader.set_epoch(epoch, start_batch=pos.batch)
+            net.train()
+            reporter.start_epoch(epoch, steps_per_epoch, done=pos.batch)
+            # Running sums of this epoch, on the device so that the loop never waits for it.
+            sums = torch.tensor(
+                [pos.loss_sum, pos.correct, pos.seen], dtype=torch.float64, device=rt.device
+            )
+            t0 = time.perf_counter()
+            seconds_before = pos.seconds
+            seen_before = pos.seen
+            last_refresh = t0
+            for x, y in train_loader:
+                lr = cfg.lr * lr_factor(cfg.schedule, pos.step, total_steps, warmup_steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                with rt.autocast():
+                    logits = net(rt.to_input(x))  # (B, classes)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                pos.step += 1
+                pos.batch += 1
+                with torch.no_grad():
+                    sums += torch.stack(
+                        [
+                            loss.detach().double() * y.shape[0],
+                            (logits.argmax(1) == y).sum().double(),
+                            torch.tensor(float(y.shape[0]), dtype=torch.float64, device=rt.device),
+                        ]
+                    )
+
+                if pos.step % check_every == 0:
+                    # Ranks agree on whether a loss went bad and whether a checkpoint is due.
+                    local_loss = sums[0]
+                    due = time.monotonic() - last_checkpoint >= cfg.checkpoint_every_s
+                    flags = torch.stack(
+                        [(~torch.isfinite(local_loss)).double(), local_loss.new_tensor(float(due))]
+                    )
+                    bad, due = (bool(v > 0) for v in rt.sum(flags).tolist())
+                    if bad:
+                        raise diverged(f"in epoch {epoch + 1}, step {pos.step}")
+                    if due and pos.batch < steps_per_epoch:
+                        # The checkpoint holds global sums; a resume restores them on rank 0 only.
+                        total = rt.sum(sums)
+                        _check_finite(total, model, diverged, f"in epoch {epoch + 1}")
+                        pos.loss_sum, pos.correct, pos.seen = total.tolist()
+                        pos.seconds = seconds_before + time.perf_counter() - t0
+                        if rt.is_main:
+                            save_checkpoint(out / CHECKPOINT, state_dict())
+                        last_checkpoint = time.monotonic()
+                now = time.perf_counter()
+                if reporter.enabled and now - last_refresh > 0.25:
+                    last_refresh = now
+                    loss_sum, correct, seen = sums.tolist()  # this rank's share
+                    reporter.update(
+                        pos.batch,
+                        loss=loss_sum / max(seen, 1),
+                        acc=correct / max(seen, 1),
+                        images_per_s=(seen - seen_before) * rt.world_size / max(now - t0, 1e-9),
+                    )
+
+            # ---- end of epoch: sums over ranks, test accuracy, checkpoint, metrics ---------------
+            train_seconds = time.perf_counter() - t0
+            total = rt.sum(torch.cat([sums, sums.new_tensor([seen_before])]))
+            _check_finite(total, model, diverged, f"in epoch {epoch + 1}")
+            loss_sum, correct, seen, seen_before_all = total.tolist()
+            test_loss, test_acc = _test(rt, model, test_loader)
+            epoch_seconds = time.perf_counter() - t0
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_acc": correct / max(seen, 1),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "lr": lr,
+                "images_per_s": (seen - seen_before_all) / max(train_seconds, 1e-9),
+                "seconds": seconds_before + epoch_seconds,
+                "elapsed_s": (pos.history[-1]["elapsed_s"] if pos.history else 0.0)
+                + seconds_before
+                + epoch_seconds,
+                "step": pos.step,
+            }
+            pos.history.append(row)
+            pos = _Position(epoch=epoch + 1, batch=0, step=pos.step, history=pos.history)
+            if rt.is_main:
+                save_checkpoint(out / CHECKPOINT, state_dict())
+                _write_metrics(out, pos.history)
+            last_checkpoint = time.monotonic()
+            reporter.end_epoch(row)
+    finally:
+        reporter.close()
+
+    if rt.is_main:
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        # save_file writes in place; write beside, then rename, so a crash never leaves half a file.
+        tmp = out / f".{WEIGHTS}.tmp"
+        save_file(weights, str(tmp))
+        tmp.replace(out / WEIGHTS)
+        last = pos.history[-1] if pos.history else {}
+        atomic_write_json(
+            out / RUN_JSON,
+            {
+                **run_json,
+                "status": "complete",
+                "result": {
+                    "test_acc": last.get("test_acc"),
+                    "test_loss": last.get("test_loss"),
+                    "epochs": len(pos.history),
+                    "elapsed_s": last.get("elapsed_s"),
+                },
+            },
+        )
+        reporter.print(
+            f"done: test accuracy {last.get('test_acc', float('nan')):.2%} after "
+            f"{len(pos.history)} epochs, {last.get('elapsed_s', 0.0):.0f} s -> {out}"
+        )
+
+
+def _check_finite(sums: torch.Tensor, model: nn.Module, diverged: Any, where: str) -> None:
+    """Raise (through `diverged`) unless the running loss and every parameter are finite."""
+    ok = bool(torch.isfinite(sums).all()) and all(
+        bool(torch.isfinite(p).all()) for p in model.parameters()
+    )
+    if not ok:
+        raise diverged(where)
+
+
+@torch.inference_mode()
+def _test(rt: Runtime, model: nn.Module, loader: Any) -> tuple[float, float]:
+    """Mean loss and accuracy on the test split (each rank its slice; sums added over ranks)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    for x, y in loader:
+        with rt.autocast():
+            logits = model(rt.to_input(x))
+        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += y.shape[0]
+    model.train()
+    loss_sum, correct, n = rt.sum(sums).tolist()
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl: one JSON object per finished epoch (rewritten whole, atomically)."""
+    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
