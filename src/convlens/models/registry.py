@@ -11,8 +11,9 @@ other parameter is an *option* with a default, listed by :func:`info` and ``conv
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -316,11 +317,34 @@ def num_parameters(
     """
     spec = info(name)
     options.pop("weights_path", None)
-    with torch.device("meta"):
-        model = create(
-            name,
-            num_classes=spec.num_classes if num_classes is None else num_classes,
-            in_channels=spec.input_size[0] if in_channels is None else in_channels,
-            **options,
-        )
+    kwargs: dict[str, Any] = {
+        "num_classes": spec.num_classes if num_classes is None else num_classes,
+        "in_channels": spec.input_size[0] if in_channels is None else in_channels,
+        **options,
+    }
+    try:
+        with torch.device("meta"):
+            model = create(name, **kwargs)
+    except (NotImplementedError, RuntimeError):
+        # A constructor that computes with tensors (torchvision's RegNet rounds its widths with
+        # torch ops) cannot run on the meta device: build on the CPU, moving each parameter to
+        # meta as it registers, so that nothing big is allocated or initialised.
+        with _parameters_on_meta():
+            model = create(name, **kwargs)
     return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    original = nn.Module.register_parameter
+
+    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        original(self, name, param)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]

@@ -7,8 +7,9 @@ and dropout 0.5. ``_bn`` variants put batch norm after every convolution. Parame
 torchvision's, so its state dicts load strictly; VGG-16 has 138,357,544 parameters.
 
 At 32x32 the five poolings leave a 1x1 map, which the adaptive pooling repeats to 7x7, so the
-networks work as they are. ``small_input=True`` is the common CIFAR reading instead: 1x1 pooling
-and a 512/512/N classifier (about 15M parameters for VGG-16 instead of 138M).
+networks work as they are (28x28 does not: the fifth pooling gets a 1x1 map). ``small_input=True``
+is the common CIFAR reading instead: 1x1 pooling and a 512/512/N classifier (about 15M parameters
+for VGG-16 instead of 138M), and poolings that round up, so 28x28 inputs work too.
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ from convlens.models.registry import register_model
 from convlens.models.tables import PAPERS, VGG_CONFIGS, VGGRow
 
 
-def make_layers(config: Sequence[VGGRow], in_channels: int, *, batch_norm: bool) -> nn.Sequential:
-    """The convolutional part from a table row: ``[64, "M", 128, ...]``."""
+def make_layers(
+    config: Sequence[VGGRow], in_channels: int, *, batch_norm: bool, ceil_mode: bool = False
+) -> nn.Sequential:
+    """The convolutional part from a table row: ``[64, "M", 128, ...]``.
+
+    `ceil_mode` rounds odd map sizes up at each pooling (28 -> 14 -> 7 -> 4 -> 2 -> 1), so that
+    28x28 inputs do not vanish at the fifth pooling.
+    """
     layers: list[nn.Module] = []
     for v in config:
         if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))  # halves the map
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=ceil_mode))  # halves
             continue
         conv = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)  # keeps the map size
         layers += [conv, nn.BatchNorm2d(v), nn.ReLU()] if batch_norm else [conv, nn.ReLU()]
@@ -92,14 +99,16 @@ def _builder(arch: str, batch_norm: bool) -> Callable[..., VGG]:
         small_input: bool = False,
         dropout: float = 0.5,
     ) -> VGG:
-        features = make_layers(VGG_CONFIGS[arch], in_channels, batch_norm=batch_norm)
+        features = make_layers(
+            VGG_CONFIGS[arch], in_channels, batch_norm=batch_norm, ceil_mode=small_input
+        )
         return VGG(features, num_classes=num_classes, dropout=dropout, small_input=small_input)
 
     build.__name__ = arch + ("_bn" if batch_norm else "")
     build.__doc__ = (
         f"{arch.upper()}{' with batch norm' if batch_norm else ''}.\n\nArgs:\n"
         "    num_classes: outputs.\n    in_channels: image channels.\n"
-        "    small_input: 1x1 pooling and a 512/512/N classifier (CIFAR reading).\n"
+        "    small_input: 1x1 pooling, a 512/512/N classifier, rounding-up poolings (28x28/32x32).\n"
         "    dropout: before the second and third FC layers."
     )
     return build
