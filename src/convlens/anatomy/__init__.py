@@ -1,0 +1,24 @@
+"""The anatomy of a network: shapes, parameters (shared and unshared), MACs and receptive fields.
+
+Nothing here runs real data. ``summary`` and ``receptive_fields`` trace the model on the meta device
+(:mod:`~convlens.anatomy.trace`); ``effective_receptive_field`` back-propagates from one unit on
+random inputs; :mod:`~convlens.anatomy.explain` writes one layer's arithmetic out in words, with
+:mod:`~convlens.anatomy.reference` (a NumPy reference of the layers) as its oracle.
+"""
+
+from __future__ import annotations
+
+from convlens.anatomy.erf import EffectiveRF, effective_receptive_field
+from convlens.anatomy.receptive_field import RF, clip_box, receptive_fields
+from convlens.anatomy.summary import LayerRow, Summary, summary
+
+__all__ = [
+    "RF",
+    "EffectiveRF",
+    "LayerRow",
+    "Summary",
+    "clip_box",
+    "effective_receptive_field",
+    "receptive_fields",
+    "summary",
+]

@@ -67,8 +67,14 @@ class AxisArithmetic:
         """The formula with the numbers in, and a note on the floor when the windows do not tile."""
         w, k, p, s = self.size, self.kernel, self.padding, self.stride
         head = f"   {axis}: ({w} - {k} + 2x{p}) / {s} + 1 = {self.span} / {s} + 1"
+        gaps = []
+        if k < s and self.out > 1:  # e.g. ResNet's 1x1 convolutions at stride 2
+            gaps = [
+                f"      K < S: the windows leave gaps, {s - k} {unit}{'s' if s - k > 1 else ''} of "
+                f"every {s} between two windows {'are' if s - k > 1 else 'is'} never read."
+            ]
         if self.remainder == 0:
-            return [f"{head} = {self.out}"]
+            return [f"{head} = {self.out}", *gaps]
         exact = self.span / s + 1
         last_start = (self.out - 1) * s - p  # in input coordinates (negative: inside the padding)
         first_unseen = last_start + k
@@ -88,6 +94,7 @@ class AxisArithmetic:
             f"      The last window covers {unit}s {last_start}..{first_unseen - 1}, so "
             f"{' and '.join(parts)} {verb} never seen (the remainder {self.span} mod {s} = "
             f"{self.remainder}).",
+            *gaps,
         ]
 
 
