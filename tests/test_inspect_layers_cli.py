@@ -151,3 +151,32 @@ def test_top_patches_json_against_direct_forward(run_dir: Path, tmp_path: Path) 
     for c in range(4):
         expected = best[:, c].topk(4).values
         np.testing.assert_allclose(meta["values"][c], expected.numpy(), rtol=1e-5)
+
+
+def test_erf_map_lies_inside_the_theoretical_field(run_dir: Path, tmp_path: Path) -> None:
+    assert viz(run_dir, tmp_path, "erf", "--layer", "conv2", "--count", "8", "--save-data") == 0
+    assert (tmp_path / "erf_conv2.png").stat().st_size > 1000
+    meta = json.loads((tmp_path / "erf_conv2.json").read_text())
+    erf = np.load(tmp_path / "erf_conv2.npy")
+    # conv2 of LeNet-5: 5x5 conv, 2x2 pool, 5x5 conv -> 5 + 4 + 4 * 2 = 14 pixels (textbook arithmetic).
+    assert meta["theoretical"]["size"] == [14, 14] and meta["unit"] == [5, 5]
+    t, left, b, r = meta["theoretical_box"]
+    assert (b - t, r - left) == (14, 14)
+    outside = erf.copy()
+    outside[max(t, 0) : b, max(left, 0) : r] = 0
+    assert erf.sum() == pytest.approx(1.0) and outside.sum() == 0
+    assert erf[max(t, 0) : b, max(left, 0) : r].min() >= 0 and (erf > 0).sum() > 100
+
+
+def test_erf_figure_theoretical_panel_is_the_box() -> None:
+    from convlens.render.layers import erf_figure
+
+    erf = np.random.default_rng(0).random((20, 20))
+    fig = erf_figure(
+        erf, (-3, 5, 9, 17), layer="x", rf_size=(12, 12), center=(3.0, 11.0), radius=4.0
+    )
+    theory = np.asarray(fig.axes[1].images[0].get_array())
+    expected = np.zeros((20, 20))
+    expected[0:9, 5:17] = 1
+    np.testing.assert_array_equal(theory, expected)
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), erf / erf.max())

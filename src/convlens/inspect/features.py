@@ -50,10 +50,11 @@ def batches(
         for s in starts:
             yield slice(s, min(s + batch_size, n))
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    # Transient: the bar disappears when done, leaving the CLI's output (the written paths) clean.
-    with Progress(transient=True) as bar:
+    # On stderr and transient: stdout keeps only the CLI's output (the paths written).
+    with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description or "batches", total=n)
         for s in starts:
             yield slice(s, min(s + batch_size, n))

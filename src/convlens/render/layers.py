@@ -373,6 +373,9 @@ def erf_figure(
     *,
     layer: str,
     rf_size: tuple[int, int],
+    center: tuple[float, float] | None = None,
+    radius: float | None = None,
+    mass: float = 0.95,
 ) -> Figure:
     """The effective receptive field beside the theoretical one, on the same input canvas.
 
@@ -387,7 +390,12 @@ def erf_figure(
             exclusive (may reach outside the input).
         layer: the layer's name.
         rf_size: `(h, w)` of the theoretical field.
+        center: `(row, col)` of the unit's centre; with `radius`, a circle holding `mass` of the map.
+        radius: radius in pixels of that circle.
+        mass: the fraction of the map inside the circle, for the legend.
     """
+    from matplotlib.patches import Circle
+
     e = _np(erf).astype(np.float64)
     e = e / (e.max() or 1.0)
     h, w = e.shape
@@ -412,7 +420,22 @@ def erf_figure(
         ax.set_ylim(h - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0].set_title("effective receptive field", fontsize=9)
+    if center is not None and radius is not None:
+        axes[0].add_patch(
+            Circle(
+                (center[1], center[0]),
+                radius,
+                fill=False,
+                edgecolor="white",
+                linestyle="--",
+                linewidth=1,
+            )
+        )
+        axes[0].set_title(
+            f"effective receptive field ({100 * mass:.0f} % within r = {radius:.1f} px)", fontsize=9
+        )
+    else:
+        axes[0].set_title("effective receptive field", fontsize=9)
     axes[1].set_title(f"theoretical receptive field {rf_size[0]}x{rf_size[1]}", fontsize=9)
     fig.colorbar(im0, ax=axes[0], fraction=0.046, pad=0.04)
     fig.suptitle(f"{layer}: centre unit, input {h}x{w}", fontsize=10)

@@ -297,3 +297,50 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
             )
         )
     return paths
+
+
+@method(
+    "erf", help="Effective receptive field of a layer's centre unit beside the theoretical one."
+)
+def run_erf(req: VisualizeRequest) -> list[Path]:
+    from convlens import models
+    from convlens.anatomy import effective_receptive_field
+    from convlens.render.layers import erf_figure
+
+    run = req.run
+    layer = _single_layer(req) or models.default_layer(run.model)
+    n = _positive(req.count, 32, "--count")
+    with console.status(f"effective receptive field of {layer} ({n} random inputs)"):
+        erf = effective_receptive_field(run.model, layer, run.data.image_shape, n=n, seed=req.seed)
+    rf = erf.theoretical
+    box = rf.box(*erf.unit)
+    fig = erf_figure(
+        erf.map,
+        box,
+        layer=layer,
+        rf_size=rf.size,
+        center=erf.center,
+        radius=erf.radius,
+        mass=erf.mass,
+    )
+    slug = _slug(layer)
+    paths = [save_figure(fig, req.out / f"erf_{slug}.png")]
+    if req.save_data:
+        paths.append(_save_npy(req.out / f"erf_{slug}.npy", erf.map))
+        paths.append(
+            _save_json(
+                req.out / f"erf_{slug}.json",
+                {
+                    "layer": layer,
+                    "unit": list(erf.unit),
+                    "center": list(erf.center),
+                    "radius": erf.radius,
+                    "mass": erf.mass,
+                    "samples": erf.samples,
+                    "theoretical": rf.to_dict(),
+                    "theoretical_box": list(box),
+                    "map": f"erf_{slug}.npy",
+                },
+            )
+        )
+    return paths
