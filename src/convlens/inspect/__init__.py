@@ -12,6 +12,8 @@ from convlens.inspect.filters import filters
 from convlens.inspect.neighbors import Neighbors, neighbors
 from convlens.inspect.top_patches import TopPatches, crop_patches, top_patches
 from convlens.inspect.tsne import TSNEMap, tsne, tsne_grid
+from convlens.inspect.attribution import grad_cam, guided_backprop, guided_grad_cam, saliency
+from convlens.inspect.occlusion import OcclusionResult, occlusion
 
 __all__ = [
     "Neighbors",
@@ -25,4 +27,10 @@ __all__ = [
     "top_patches",
     "tsne",
     "tsne_grid",
+    "OcclusionResult",
+    "grad_cam",
+    "guided_backprop",
+    "guided_grad_cam",
+    "occlusion",
+    "saliency",
 ]

@@ -1,0 +1,810 @@
+"""Incremental inference for occlusion: recompute only what a patch can change (KRYPTON).
+
+Occluding one patch of the input changes, in every later layer, only the units whose receptive
+field meets the patch: its *projective field*, a rectangle that grows by the kernel's reach at each
+convolution or pooling (Nakandala, Kumar, Papakonstantinou, "Incremental and Approximate Inference
+for Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019). This module runs a model once on
+the clean image, keeps every intermediate tensor, and then, for a batch of occluded copies, computes
+each layer only inside that rectangle, reading the rest from the clean tensors. The result is exact
+(the same arithmetic on the same numbers, up to float rounding).
+
+How a model is understood: it is traced with :func:`torch.fx.symbolic_trace` into a graph of
+nodes. Each 4-D tensor node that depends on the input carries, per patch, a rectangle outside which
+it equals the clean tensor. The rectangle is propagated through
+
+* windowed ops (``Conv2d``, ``MaxPool2d``, ``AvgPool2d``): grown by kernel, stride, dilation, padding;
+* pointwise ops (BatchNorm in eval mode, ReLU and other activations, dropout in eval mode, scalar
+  arithmetic): unchanged;
+* ``add``/``sub``/``mul`` of two tensors (residual blocks) and ``cat`` along channels (inception
+  blocks): the bounding box of the inputs' rectangles.
+
+Anything else (flatten, global pooling, linear layers, or an op the engine does not know) is computed
+on the whole patched tensor, which is always exact; unknown ops are named once in a warning. A
+rectangle that covers most of its tensor is widened to the whole tensor, where plain full computation
+is cheaper than gathering windows. All patches of a batch share one rectangle size per node (the
+largest one), so each layer is one batched call on a ``(P, C, h, w)`` tensor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import operator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.experimental.meta_tracer import MetaTracer
+
+# Modules and functions that act on each element (or each channel) independently: a rectangle of
+# their input maps to the same rectangle of their output.
+_POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.PReLU,
+    nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+)  # fmt: skip
+_POINTWISE_FUNCTIONS: set[Any] = {
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardtanh,
+    F.hardswish, F.hardsigmoid, F.softplus, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh,
+    F.dropout, F.dropout2d, torch.clamp, torch.neg, torch.abs, torch.exp,
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
+    operator.imul, torch.add, torch.sub, torch.mul, torch.div,
+}  # fmt: skip
+_POINTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max", "add", "add_", "mul",
+    "mul_", "sub", "div", "neg", "abs", "exp", "contiguous",
+}  # fmt: skip
+_BINARY_FUNCTIONS: set[Any] = {
+    operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
+    torch.add, torch.sub, torch.mul,
+}  # fmt: skip
+_BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_"}
+# Ops that end the spatial part of a network; computing them in full is expected, not a fallback.
+_EXPECTED_FULL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Softmax, nn.LogSoftmax,
+)  # fmt: skip
+_EXPECTED_FULL_FUNCTIONS: set[Any] = {
+    torch.flatten, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.mean, F.linear, torch.amax,
+    F.softmax, F.log_softmax,
+}  # fmt: skip
+_EXPECTED_FULL_METHODS = {"view", "reshape", "flatten", "mean", "size", "dim", "amax", "squeeze"}
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """A windowed op's arithmetic along one spatial axis."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    pad: int  # zeros (or -inf for max pooling) added before the first element
+
+    @property
+    def reach(self) -> int:
+        """Input elements one output reads, minus one."""
+        return self.dilation * (self.kernel - 1)
+
+
+@dataclass
+class _Window:
+    """How to compute a windowed op on an explicitly padded window: `fn(window)` with padding 0."""
+
+    axes: tuple[_Axis, _Axis]
+    fill: float
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    module: nn.Module  # the op with its own padding, for tensors computed in full
+
+
+@dataclass
+class _Geom:
+    """Per-node rectangles: one row range per patch-grid row, one column range per grid column.
+
+    Patch (i, j) changes this node only inside rows `[row_start[i], row_start[i] + h)` and columns
+    `[col_start[j], col_start[j] + w)`; the tensor is `(C, H, W)` per image.
+    """
+
+    h: int
+    w: int
+    H: int
+    W: int
+    row_start: np.ndarray  # (gh,)
+    col_start: np.ndarray  # (gw,)
+
+    @property
+    def full(self) -> bool:
+        return self.h == self.H and self.w == self.W
+
+
+@dataclass
+class _Region:
+    """A batch of patched tensors that equal the clean one outside a per-patch rectangle."""
+
+    vals: torch.Tensor  # (P, C, h, w): the values inside the rectangles
+    rows: torch.Tensor  # (P,) first row of each rectangle
+    cols: torch.Tensor  # (P,) first column
+
+
+@dataclass
+class _Full:
+    """A batched value computed in full (P, ...) (or any non-tensor value)."""
+
+    value: Any
+
+
+class _Same:
+    """The node does not depend on the input: its clean value serves every patch."""
+
+
+_SAME = _Same()
+
+
+def _interval_through(
+    lo: np.ndarray, hi: np.ndarray, ax: _Axis, size_out: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output units whose window meets input range [lo, hi) (per grid index; empty stays empty)."""
+    # Output j reads padded-input rows [j*s, j*s + reach], i.e. input rows [j*s - pad, j*s - pad + reach].
+    out_lo = np.maximum(-((-(lo + ax.pad - ax.reach)) // ax.stride), 0)
+    out_hi = np.minimum((hi - 1 + ax.pad) // ax.stride + 1, size_out)
+    empty = (hi <= lo) | (out_hi <= out_lo)
+    return np.where(empty, 0, out_lo), np.where(empty, 0, out_hi)
+
+
+def _choose(
+    lo: np.ndarray, hi: np.ndarray, size: int, full_fraction: float
+) -> tuple[int, np.ndarray]:
+    """One rectangle length for all grid indices, and each index's start, kept inside [0, size)."""
+    length = int(max(1, (hi - lo).max()))
+    if length >= full_fraction * size:
+        return size, np.zeros_like(lo)
+    return length, np.clip(lo, 0, size - length)
+
+
+def _window_of(node: fx.Node, module: nn.Module | None) -> _Window | None:
+    """The windowed-op description of a conv / pool node, or None if it is not one we understand."""
+    m = module
+    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
+        kh, kw = m.kernel_size
+        if isinstance(m.padding, str):
+            if m.padding == "valid":
+                ph, pw = 0, 0
+            elif m.stride == (1, 1):  # 'same' puts the odd pixel of padding after the input
+                ph, pw = m.dilation[0] * (kh - 1) // 2, m.dilation[1] * (kw - 1) // 2
+            else:
+                return None
+        else:
+            ph, pw = m.padding
+        conv = m
+
+        def conv_fn(x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+        axes = (
+            _Axis(kh, m.stride[0], m.dilation[0], ph),
+            _Axis(kw, m.stride[1], m.dilation[1], pw),
+        )
+        return _Window(axes, 0.0, conv_fn, m)
+    if isinstance(m, nn.MaxPool2d) and not m.return_indices:
+        k, s, p, d = (
+            _pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation)
+        )
+        axes = (_Axis(k[0], s[0], d[0], p[0]), _Axis(k[1], s[1], d[1], p[1]))
+
+        def max_fn(x: torch.Tensor) -> torch.Tensor:
+            return F.max_pool2d(x, k, s, 0, d)
+
+        return _Window(axes, -math.inf, max_fn, m)
+    if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
+        k, s, p = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding))
+        # Explicit zero padding gives the same divisor only when padding counts (or there is none);
+        # ceil_mode's last window is divided by its clipped size, which explicit padding would not see.
+        if (p != (0, 0) and not m.count_include_pad) or m.ceil_mode:
+            return None
+        axes = (_Axis(k[0], s[0], 1, p[0]), _Axis(k[1], s[1], 1, p[1]))
+
+        def avg_fn(x: torch.Tensor) -> torch.Tensor:
+            return F.avg_pool2d(x, k, s, 0)
+
+        return _Window(axes, 0.0, avg_fn, m)
+    return None
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    """The graph nodes among a node's arguments (flattened)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)  # type: ignore[func-returns-value]
+    return found
+
+
+class IncrementalOcclusion:
+    """Evaluate a model on many occluded copies of one image, recomputing only changed regions.
+
+    Args:
+        model: any module; it is traced with `torch.fx` (models that cannot be traced are run in
+            full for every patch, with a warning).
+        input_shape: `(C, H, W)` of one image.
+        rows: `(gh, 2)` row ranges `[start, stop)` of the occluding windows, one per grid row.
+        cols: `(gw, 2)` column ranges, one per grid column.
+        full_fraction: a rectangle covering at least this fraction of a tensor's height (or width)
+            is widened to the whole height (width).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, int, int],
+        rows: np.ndarray,
+        cols: np.ndarray,
+        *,
+        full_fraction: float = 0.85,
+    ) -> None:
+        self.model = model
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.cols = np.asarray(cols, dtype=np.int64)
+        self.full_fraction = full_fraction
+        self.unsupported: list[str] = []
+        traced = _trace(model, input_shape)
+        self.gm: fx.GraphModule | None = None
+        if isinstance(traced, str):
+            self.unsupported.append(f"the whole model (torch.fx could not trace it: {traced})")
+            return
+        self.gm = traced
+        self.nodes = list(self.gm.graph.nodes)
+        self.modules = dict(self.gm.named_modules())
+        # The last position each node is read, so batched states can be dropped early.
+        self.last_use: dict[fx.Node, int] = {}
+        for i, n in enumerate(self.nodes):
+            for a in _node_args(n):
+                self.last_use[a] = i
+        self.kind: dict[fx.Node, str] = {}
+        self.windows: dict[fx.Node, _Window] = {}
+        self.geom: dict[fx.Node, _Geom] = {}
+        self.planned = False
+
+    # ---- the clean pass -------------------------------------------------------------------------
+
+    def _call(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if node.op == "call_module":
+            return self.modules[str(node.target)](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        if node.op == "call_method":
+            obj, *rest = args
+            if node.target in ("view", "reshape") and rest and rest[0] == _TRACE_BATCH:
+                rest[0] = obj.shape[0]  # a batch size frozen by the shape-aware tracer
+            return getattr(obj, str(node.target))(*rest, **kwargs)
+        if node.op == "get_attr":
+            attr: Any = self.gm
+            for part in str(node.target).split("."):
+                attr = getattr(attr, part)
+            return attr
+        raise AssertionError(node.op)
+
+    def clean_pass(self, image: torch.Tensor) -> tuple[dict[fx.Node, Any], torch.Tensor]:
+        """Run the traced graph on one image `(1, C, H, W)`; every node's value and the output."""
+        env: dict[fx.Node, Any] = {}
+        cache: dict[fx.Node, Any] = {}
+        out: Any = None
+        for node in self.nodes:
+            if node.op == "placeholder":
+                # The first input is the image; any further ones keep their defaults.
+                val: Any = image if node is self.nodes[0] else (node.args[0] if node.args else None)
+            elif node.op == "output":
+                out = fx.node.map_arg(node.args[0], lambda n: env[n])
+                break
+            else:
+                args = fx.node.map_arg(node.args, lambda n: env[n])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+                val = self._call(node, args, kwargs)
+            env[node] = val
+            # A later in-place op (ReLU(inplace=True)) would overwrite the stored value: keep a copy.
+            cache[node] = val.clone() if isinstance(val, torch.Tensor) else val
+        if not self.planned:
+            self._plan(cache)
+        return cache, out
+
+    # ---- planning: what each node is and which rectangle it changes ---------------------------
+
+    def _plan(self, cache: dict[fx.Node, Any]) -> None:
+        dep: dict[fx.Node, bool] = {}
+        is4d = {n: isinstance(v, torch.Tensor) and v.dim() == 4 for n, v in cache.items()}
+        for node in self.nodes:
+            if node.op == "output":
+                continue
+            args = _node_args(node)
+            dep[node] = node is self.nodes[0] or any(dep.get(a, False) for a in args)
+            self.kind[node] = self._classify(node, args, dep, is4d, cache)
+        bad = sorted(
+            {
+                self._describe(n)
+                for n, k in self.kind.items()
+                if k == "generic"
+                and self._unexpected(n)
+                and any(dep[a] and is4d[a] for a in _node_args(n))
+            }
+        )
+        self.unsupported.extend(bad)
+        self._geometry(cache)
+        self.planned = True
+
+    def _classify(
+        self,
+        node: fx.Node,
+        args: list[fx.Node],
+        dep: dict[fx.Node, bool],
+        is4d: dict[fx.Node, bool],
+        cache: dict[fx.Node, Any],
+    ) -> str:
+        if node.op == "placeholder":
+            if node is not self.nodes[0]:
+                return "same"  # extra inputs keep their defaults
+            return "input"
+        if not dep[node]:
+            return "same"
+        if not is4d[node]:
+            return "generic"
+        dep_args = [a for a in args if dep[a]]
+        if not all(is4d[a] for a in dep_args):
+            return "generic"
+        shape = cache[node].shape
+        module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+        if node.op == "call_module":
+            window = _window_of(node, module)
+            if window is not None and len(args) == 1:
+                self.windows[node] = window
+                return "window"
+            if isinstance(module, _POINTWISE_MODULES) and len(args) == 1:
+                return "pointwise"
+            if (
+                isinstance(module, nn.BatchNorm2d)
+                and module.track_running_stats
+                and module.running_mean is not None
+                and len(args) == 1
+            ):
+                return "pointwise"  # eval mode: a per-channel affine map
+            return "generic"
+        fn_ok = node.op == "call_function" and node.target in _POINTWISE_FUNCTIONS
+        meth_ok = node.op == "call_method" and node.target in _POINTWISE_METHODS
+        same_shape = all(cache[a].shape == shape for a in dep_args)
+        binary = (node.op == "call_function" and node.target in _BINARY_FUNCTIONS) or (
+            node.op == "call_method" and node.target in _BINARY_METHODS
+        )
+        if binary and len(dep_args) == 2 and same_shape and len(args) == 2:
+            return "binary"
+        if node.op == "call_function" and node.target is torch.cat:
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            parts = node.args[0]
+            if (
+                dim in (1, -3)
+                and isinstance(parts, list | tuple)
+                and all(isinstance(p, fx.Node) and dep[p] for p in parts)
+                and all(cache[p].shape[2:] == shape[2:] for p in parts)  # type: ignore[index]
+            ):
+                return "cat"
+            return "generic"
+        if (fn_ok or meth_ok) and len(dep_args) == 1 and cache[dep_args[0]].shape == shape:
+            # Other tensor arguments must broadcast per channel, not per pixel.
+            others = [cache[a] for a in args if not dep[a]]
+            if all(
+                not isinstance(t, torch.Tensor) or t.numel() == 1 or t.shape[-2:] == (1, 1)
+                for t in others
+            ):
+                return "pointwise"
+        return "generic"
+
+    def _describe(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return type(self.modules[str(node.target)]).__name__
+        return getattr(node.target, "__name__", str(node.target))
+
+    def _unexpected(self, node: fx.Node) -> bool:
+        """Generic nodes worth a warning: not the usual flatten / global pooling / linear tail."""
+        if node.op == "call_module":
+            return not isinstance(self.modules[str(node.target)], _EXPECTED_FULL_MODULES)
+        if node.op == "call_method":
+            return str(node.target) not in _EXPECTED_FULL_METHODS
+        return node.target not in _EXPECTED_FULL_FUNCTIONS
+
+    def _geometry(self, cache: dict[fx.Node, Any]) -> None:
+        lo_r, hi_r = self.rows[:, 0], self.rows[:, 1]
+        lo_c, hi_c = self.cols[:, 0], self.cols[:, 1]
+        iv: dict[fx.Node, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        for node in self.nodes:
+            kind = self.kind.get(node)
+            if kind in (None, "same") or not (
+                isinstance(cache[node], torch.Tensor) and cache[node].dim() == 4
+            ):
+                continue
+            H, W = cache[node].shape[2:]
+            if kind == "input":
+                iv[node] = (lo_r, hi_r, lo_c, hi_c)
+            elif kind == "window":
+                src = _node_args(node)[0]
+                ay, ax = self.windows[node].axes
+                r = _interval_through(iv[src][0], iv[src][1], ay, H)
+                c = _interval_through(iv[src][2], iv[src][3], ax, W)
+                iv[node] = (r[0], r[1], c[0], c[1])
+            elif kind == "pointwise":
+                src = next(a for a in _node_args(node) if a in iv)
+                iv[node] = iv[src]
+                self.geom[node] = self.geom[src]  # the same rectangles, by construction
+                continue
+            elif kind in ("binary", "cat"):
+                srcs = [iv[a] for a in _node_args(node) if a in iv]
+                iv[node] = tuple(_union(srcs, k) for k in range(4))  # type: ignore[assignment]
+            else:  # generic: computed on the whole tensor
+                g = len(lo_r), len(lo_c)
+                iv[node] = (np.zeros(g[0], np.int64), np.full(g[0], H), np.zeros(g[1], np.int64), np.full(g[1], W))  # fmt: skip
+            r_lo, r_hi, c_lo, c_hi = iv[node]
+            h, rs = _choose(r_lo, r_hi, H, self.full_fraction)
+            w, cs = _choose(c_lo, c_hi, W, self.full_fraction)
+            if kind == "generic":
+                h, w, rs, cs = H, W, np.zeros_like(rs), np.zeros_like(cs)
+            self.geom[node] = _Geom(h, w, H, W, rs, cs)
+
+    def bytes_per_patch(self, cache: dict[fx.Node, Any]) -> int:
+        """Bytes of the largest per-patch tensor any node holds (for choosing a batch size)."""
+        sizes = [1]
+        for node, g in self.geom.items():
+            v = cache[node]
+            sizes.append(v.shape[1] * g.h * g.w * v.element_size())
+        for node, v in cache.items():
+            if (
+                isinstance(v, torch.Tensor)
+                and node not in self.geom
+                and self.kind.get(node) != "same"
+            ):
+                sizes.append(v[0].numel() * v.element_size())
+        return max(sizes)
+
+    # ---- the incremental pass -------------------------------------------------------------------
+
+    def run(
+        self,
+        cache: dict[fx.Node, Any],
+        image: torch.Tensor,
+        baseline: torch.Tensor,
+        patches: np.ndarray,
+    ) -> torch.Tensor:
+        """Model outputs for the occluded copies of `image` at `patches` (P, 2) grid indices.
+
+        Args:
+            cache: from :meth:`clean_pass` on the same image.
+            image: `(1, C, H, W)`.
+            baseline: `(1, C, H, W)` values that replace the occluded pixels.
+            patches: `(P, 2)` (grid row, grid column) pairs.
+        """
+        assert self.gm is not None
+        dev = image.device
+        pi = torch.as_tensor(patches[:, 0], device=dev)
+        pj = torch.as_tensor(patches[:, 1], device=dev)
+        padded: dict[tuple[Any, ...], torch.Tensor] = {}
+        states: dict[fx.Node, Any] = {}
+        out: Any = None
+        for idx, node in enumerate(self.nodes):
+            if node.op == "output":
+                out = fx.node.map_arg(
+                    node.args[0], lambda n: self._to_full(states[n], n, cache, pi, pj, padded)
+                )
+                break
+            kind = self.kind[node]
+            if kind == "same":
+                states[node] = _SAME
+            elif kind == "input":
+                states[node] = self._input_region(node, image, baseline, patches, pi, pj)
+            elif kind == "window":
+                states[node] = self._window(node, states, cache, pi, pj, padded)
+            elif kind == "pointwise":
+                states[node] = self._pointwise(node, states, cache)
+            elif kind in ("binary", "cat"):
+                states[node] = self._combine(node, states, cache, pi, pj, padded)
+            else:
+                states[node] = self._generic(node, states, cache, pi, pj, padded)
+            for a in _node_args(node):
+                if self.last_use.get(a) == idx:
+                    del states[a]
+        assert isinstance(out, torch.Tensor), "the model must return one tensor of outputs"
+        return out
+
+    def _input_region(
+        self,
+        node: fx.Node,
+        image: torch.Tensor,
+        baseline: torch.Tensor,
+        patches: np.ndarray,
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+    ) -> _Region:
+        g = self.geom[node]
+        dev = image.device
+        rows = torch.as_tensor(g.row_start, device=dev)[pi]
+        cols = torch.as_tensor(g.col_start, device=dev)[pj]
+        x = _crop(image, rows, cols, g.h, g.w)  # (P, C, h, w)
+        b = _crop(baseline, rows, cols, g.h, g.w)
+        # Inside the occluding window (possibly cut by the image border) the baseline replaces x.
+        ys = rows[:, None] + torch.arange(g.h, device=dev)  # (P, h)
+        xs = cols[:, None] + torch.arange(g.w, device=dev)  # (P, w)
+        r = torch.as_tensor(self.rows, device=dev)[pi]  # (P, 2)
+        c = torch.as_tensor(self.cols, device=dev)[pj]
+        in_r = (ys >= r[:, :1]) & (ys < r[:, 1:])
+        in_c = (xs >= c[:, :1]) & (xs < c[:, 1:])
+        mask = (in_r[:, :, None] & in_c[:, None, :])[:, None]  # (P, 1, h, w)
+        return _Region(torch.where(mask, b, x), rows, cols)
+
+    def _starts(
+        self, node: fx.Node, pi: torch.Tensor, pj: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.geom[node]
+        dev = pi.device
+        return torch.as_tensor(g.row_start, device=dev)[pi], torch.as_tensor(
+            g.col_start, device=dev
+        )[pj]
+
+    def _window(
+        self,
+        node: fx.Node,
+        states: dict[fx.Node, Any],
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> _Region:
+        src = _node_args(node)[0]
+        win = self.windows[node]
+        ay, ax = win.axes
+        g = self.geom[node]
+        rows, cols = self._starts(node, pi, pj)
+        state = states[src]
+        if g.full and isinstance(state, _Region) and self.geom[src].full:
+            return _Region(win.module(state.vals), rows, cols)  # plain full computation
+        ih = (g.h - 1) * ay.stride + ay.reach + 1
+        iw = (g.w - 1) * ax.stride + ax.reach + 1
+        # The padded input must reach the last window of the whole output (ceil_mode may need more).
+        need_h = (g.H - 1) * ay.stride + ay.reach + 1
+        need_w = (g.W - 1) * ax.stride + ax.reach + 1
+        x = self._gather(
+            states[src], src, cache, rows * ay.stride, cols * ax.stride, ih, iw,
+            (ay.pad, ax.pad, need_h, need_w), win.fill, padded,
+        )  # fmt: skip
+        return _Region(win.fn(x), rows, cols)
+
+    def _pointwise(
+        self, node: fx.Node, states: dict[fx.Node, Any], cache: dict[fx.Node, Any]
+    ) -> _Region:
+        region: list[_Region] = []
+
+        def sub(n: fx.Node) -> Any:
+            s = states[n]
+            if isinstance(s, _Region):
+                region.append(s)
+                return s.vals
+            return cache[n]
+
+        args = fx.node.map_arg(node.args, sub)
+        kwargs = fx.node.map_arg(node.kwargs, sub)
+        val = self._call(node, args, kwargs)
+        return _Region(val, region[0].rows, region[0].cols)
+
+    def _combine(
+        self,
+        node: fx.Node,
+        states: dict[fx.Node, Any],
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> _Region:
+        g = self.geom[node]
+        rows, cols = self._starts(node, pi, pj)
+
+        def sub(n: fx.Node) -> Any:
+            return self._gather(states[n], n, cache, rows, cols, g.h, g.w, None, 0.0, padded)
+
+        args = fx.node.map_arg(node.args, sub)
+        kwargs = fx.node.map_arg(node.kwargs, sub)
+        return _Region(self._call(node, args, kwargs), rows, cols)
+
+    def _generic(
+        self,
+        node: fx.Node,
+        states: dict[fx.Node, Any],
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> Any:
+        args = fx.node.map_arg(
+            node.args, lambda n: self._to_full(states[n], n, cache, pi, pj, padded)
+        )
+        kwargs = fx.node.map_arg(
+            node.kwargs, lambda n: self._to_full(states[n], n, cache, pi, pj, padded)
+        )
+        val = self._call(node, args, kwargs)
+        if node in self.geom:  # a 4-D result: a rectangle that covers everything
+            zero = torch.zeros_like(pi)
+            return _Region(val, zero, zero)
+        return _Full(val)
+
+    def _to_full(
+        self,
+        state: Any,
+        node: fx.Node,
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> Any:
+        if isinstance(state, _Full):
+            return state.value
+        if isinstance(state, _Same):
+            return cache[node]
+        g = self.geom[node]
+        zero = torch.zeros_like(pi)
+        return self._gather(state, node, cache, zero, zero, g.H, g.W, None, 0.0, padded)
+
+    def _gather(
+        self,
+        state: Any,
+        node: fx.Node,
+        cache: dict[fx.Node, Any],
+        r0: torch.Tensor,
+        c0: torch.Tensor,
+        ih: int,
+        iw: int,
+        pad: tuple[int, int, int, int] | None,
+        fill: float,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> torch.Tensor:
+        """The patched tensor of `node` inside windows `[r0, r0+ih) x [c0, c0+iw)`, batched.
+
+        Window coordinates are in the padded tensor when `pad = (top, left, need_h, need_w)` is
+        given: `top`/`left` fill values before the input, and enough after it to make the padded
+        size at least `need_h x need_w`.
+        """
+        clean = cache[node]  # (1, C, H, W)
+        H, W = clean.shape[2:]
+        pt, pl = (pad[0], pad[1]) if pad else (0, 0)
+        if pad:
+            pb, pr = max(0, pad[2] - H - pt), max(0, pad[3] - W - pl)
+        else:
+            pb, pr = 0, 0
+        if isinstance(state, _Same):
+            key = (node, pt, pb, pl, pr, fill)
+            if key not in padded:
+                padded[key] = F.pad(clean, (pl, pr, pt, pb), value=fill) if pad else clean
+            return _crop(padded[key], r0, c0, ih, iw)
+        assert isinstance(state, _Region)
+        g = self.geom[node]
+        P, C = state.vals.shape[:2]
+        if g.full:
+            src = (
+                F.pad(state.vals, (pl, pr, pt, pb), value=fill)
+                if (pl or pr or pt or pb)
+                else state.vals
+            )
+            if src.shape[2] == ih and src.shape[3] == iw:
+                return src
+            return _crop(src, r0, c0, ih, iw)
+        if (
+            pt == 0
+            and pl == 0
+            and (ih, iw) == (g.h, g.w)
+            and bool((state.rows == r0).all() and (state.cols == c0).all())
+        ):
+            return state.vals
+        key = (node, pt, pb, pl, pr, fill)
+        if key not in padded:
+            padded[key] = (
+                F.pad(clean, (pl, pr, pt, pb), value=fill) if (pl or pr or pt or pb) else clean
+            )
+        out = _crop(padded[key], r0, c0, ih, iw).contiguous()  # (P, C, ih, iw)
+        # Paste each patch's rectangle at its place in its window; parts outside the window are
+        # not read by the op, so they go to a dummy slot at the end of a flat buffer.
+        dev = out.device
+        ys = state.rows[:, None] + pt - r0[:, None] + torch.arange(g.h, device=dev)  # (P, h)
+        xs = state.cols[:, None] + pl - c0[:, None] + torch.arange(g.w, device=dev)  # (P, w)
+        ok = ((ys >= 0) & (ys < ih))[:, :, None] & ((xs >= 0) & (xs < iw))[:, None, :]  # (P, h, w)
+        pos = ys[:, :, None] * iw + xs[:, None, :]  # (P, h, w)
+        L = ih * iw
+        if bool(ok.all()):
+            flat = out.view(P, C, L)
+            idx = pos.reshape(P, 1, -1).expand(P, C, g.h * g.w)
+            flat.scatter_(2, idx, state.vals.reshape(P, C, -1))
+            return out
+        buf = torch.empty(P * C * L + 1, dtype=out.dtype, device=dev)
+        buf[:-1] = out.reshape(-1)
+        base = (torch.arange(P, device=dev) * (C * L))[:, None] + (torch.arange(C, device=dev) * L)[
+            None, :
+        ]
+        gidx = base[:, :, None] + pos.reshape(P, 1, -1)  # (P, C, h*w)
+        gidx = torch.where(ok.reshape(P, 1, -1), gidx, torch.full_like(gidx, P * C * L))
+        buf[gidx.reshape(-1)] = state.vals.reshape(-1)
+        return buf[:-1].view(P, C, ih, iw)
+
+    def iter_batches(self, n_patches: int, batch_size: int) -> Iterator[np.ndarray]:
+        """Grid indices `(P, 2)` in row-major order, `batch_size` at a time."""
+        gw = len(self.cols)
+        flat = np.arange(n_patches)
+        for s in range(0, n_patches, batch_size):
+            f = flat[s : s + batch_size]
+            yield np.stack([f // gw, f % gw], axis=1)
+
+
+_TRACE_BATCH = 7  # batch size of the meta tensor the shape-aware tracer runs on
+
+
+class _ShapeAwareTracer(MetaTracer):
+    """fx tracing with concrete shapes, for models whose forward branches on shapes.
+
+    Tensors carry meta-device values, so `if x.shape[-2:] != (1, 1)` is decided while tracing.
+    Modules built on the fly from installed ones (`self.classifier[:-1]`) are traced through.
+    """
+
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        try:
+            fx.Tracer.path_of_module(self, m)
+        except NameError:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule | str:
+    """The model as an fx graph (plain tracing first, then shape-aware), or why it failed."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:
+        first_error = str(e)
+    try:
+        name = next(iter(inspect.signature(model.forward).parameters))
+        tracer = _ShapeAwareTracer()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = torch.empty(_TRACE_BATCH, *input_shape, device="meta")
+            graph = tracer.trace(model, meta_args={name: meta})
+        gm = fx.GraphModule(tracer.root, graph)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        return gm
+    except Exception:
+        return first_error
+
+
+def _union(srcs: Sequence[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
+    """Bounding interval over several sources' (lo, hi) arrays, ignoring empty ones."""
+    los = np.stack([s[0 if k < 2 else 2] for s in srcs])
+    his = np.stack([s[1 if k < 2 else 3] for s in srcs])
+    empty = his <= los
+    big = np.iinfo(np.int64).max
+    if k in (0, 2):
+        lo = np.where(empty, big, los).min(0)
+        return np.where(lo == big, 0, lo)
+    return np.where(empty, 0, his).max(0)
+
+
+def _crop(x: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Windows `x[b, :, r0[p]:r0[p]+h, c0[p]:c0[p]+w]` for each p, as `(P, C, h, w)`.
+
+    `x` is `(1, C, H, W)` (one tensor shared by all patches) or `(P, C, H, W)` (one per patch).
+    """
+    if x.shape[2] == h and x.shape[3] == w:
+        return x.expand(len(r0), -1, -1, -1) if x.shape[0] == 1 else x
+    if x.shape[0] != 1 and not bool(r0.any() or c0.any()):
+        return x[:, :, :h, :w]
+    u = x.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, nH, nW, h, w), a view
+    if x.shape[0] == 1:
+        return u[0].permute(1, 2, 0, 3, 4)[r0, c0]  # (P, C, h, w)
+    return u[torch.arange(len(r0), device=x.device), :, r0, c0]
