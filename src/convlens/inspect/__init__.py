@@ -7,30 +7,30 @@ Each method module adds its names below (imports, then `__all__`).
 from __future__ import annotations
 
 from convlens.inspect.activations import activations
+from convlens.inspect.attribution import grad_cam, guided_backprop, guided_grad_cam, saliency
 from convlens.inspect.features import extract_features
 from convlens.inspect.filters import filters
 from convlens.inspect.neighbors import Neighbors, neighbors
+from convlens.inspect.occlusion import OcclusionResult, occlusion
 from convlens.inspect.top_patches import TopPatches, crop_patches, top_patches
 from convlens.inspect.tsne import TSNEMap, tsne, tsne_grid
-from convlens.inspect.attribution import grad_cam, guided_backprop, guided_grad_cam, saliency
-from convlens.inspect.occlusion import OcclusionResult, occlusion
 
 __all__ = [
     "Neighbors",
+    "OcclusionResult",
     "TSNEMap",
     "TopPatches",
     "activations",
     "crop_patches",
     "extract_features",
     "filters",
-    "neighbors",
-    "top_patches",
-    "tsne",
-    "tsne_grid",
-    "OcclusionResult",
     "grad_cam",
     "guided_backprop",
     "guided_grad_cam",
+    "neighbors",
     "occlusion",
     "saliency",
+    "top_patches",
+    "tsne",
+    "tsne_grid",
 ]
