@@ -124,9 +124,9 @@ class ReportOptions:
     top_channels: int = 8  # channels of the top-patches grid
     top_images: int = 6  # patches per channel
     actmax_channels: int = 16
-    actmax_steps: int = 48
+    actmax_steps: int = 64
     attribution_images: int = 3  # correct and, separately, wrong test images explained
-    erf_samples: int = 16
+    erf_samples: int = 32
 
 
 ProgressFn = Callable[[int, int, str, "SectionOutcome | None"], None]
@@ -263,6 +263,30 @@ class ReportContext:
         from convlens import models
 
         return str(models.default_layer(self.model))
+
+    def spatial_conv(self) -> str:
+        """The last conv layer whose output is a map larger than 1x1.
+
+        The usual default (the last conv layer) can be a 1x1 map, as LeNet-5's C5: every unit then sees
+        the whole image, and Grad-CAM, top patches and the receptive field say nothing about *where*.
+        """
+        if "spatial_conv" not in self._cache:
+            convs = self.conv_layers()
+            choice = self.last_conv()
+            try:
+                from convlens.anatomy import summary
+
+                rows = summary(self.model, self.input_shape, warn=False).layers
+                spatial = [
+                    r.name
+                    for r in rows
+                    if r.name in convs and len(r.output_shape) == 3 and min(r.output_shape[1:]) > 1
+                ]
+                choice = spatial[-1] if spatial else choice
+            except (ImportError, ConvlensError):
+                pass
+            self._cache["spatial_conv"] = choice
+        return str(self._cache["spatial_conv"])
 
     # -- data ---------------------------------------------------------------------------------------
 

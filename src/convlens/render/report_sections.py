@@ -10,6 +10,7 @@ section needs and cannot get raises :class:`~convlens.render.report.Unavailable`
 from __future__ import annotations
 
 import importlib
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -53,13 +54,11 @@ def section(id: str, title: str, intro: str) -> Callable[[SectionFn], SectionFn]
 def need(module: str, name: str) -> Any:
     """`module.name`, or :class:`Unavailable` saying this installation lacks it."""
     try:
-        return getattr(importlib.import_module(module), name)
+        value = getattr(importlib.import_module(module), name)
+        # `convlens.inspect.occlusion` is both a module and the function it exports.
+        return getattr(value, name) if isinstance(value, types.ModuleType) else value
     except (ImportError, AttributeError):
         raise Unavailable(f"this version of convlens has no {module}.{name}.") from None
-
-
-def _titles(ctx: ReportContext, labels: torch.Tensor) -> list[str]:
-    return [ctx.class_name(int(y)) for y in labels]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,8 +78,8 @@ MAX_SUMMARY_ROWS = 80
 )
 def summary_section(ctx: ReportContext) -> Section | Skipped:
     summary = need("convlens.anatomy", "summary")
-    s = summary(ctx.model, ctx.input_shape)
-    rows = list(s.rows)
+    s = summary(ctx.model, ctx.input_shape, name=ctx.raw["model"]["name"], warn=False)
+    rows = list(s.layers)
     headers = [
         "layer",
         "type",
@@ -94,40 +93,32 @@ def summary_section(ctx: ReportContext) -> Section | Skipped:
     ]
     numeric = [False, False, False, True, True, True, True, True, True]
 
-    def rf_text(rf: Any, attr: str) -> str:
-        if rf is None:
-            return ""
-        v = rf.get(attr) if isinstance(rf, dict) else getattr(rf, attr, None)
-        if v is None:
-            return ""
-        v = tuple(v) if isinstance(v, list | tuple) else (v, v)
-        return f"{v[0]}" if v[0] == v[1] else f"{v[0]}x{v[1]}"
+    def pair(v: tuple[int, int] | None) -> str:
+        return "" if v is None else (f"{v[0]}" if v[0] == v[1] else f"{v[0]}x{v[1]}")
 
     body_rows = [
         [
-            r.name,
+            r.label,
             r.type,
             "x".join(str(d) for d in r.output_shape),
             fmt_int(r.neurons),
             fmt_int(r.params),
             fmt_int(r.params_unshared),
             fmt_int(r.macs),
-            rf_text(r.rf, "size"),
-            rf_text(r.rf, "jump"),
+            pair(r.rf.size if r.rf else None),
+            pair(r.rf.jump if r.rf else None),
         ]
         for r in rows[:MAX_SUMMARY_ROWS]
     ]
-    totals = s.totals if isinstance(s.totals, dict) else vars(s.totals)
-    params = totals.get("params", sum(r.params for r in rows))
-    unshared = totals.get("params_unshared", sum(r.params_unshared for r in rows))
+    t = s.totals
     total_row = [
         "total",
         "",
-        "",
-        fmt_int(totals.get("neurons", sum(r.neurons for r in rows))),
-        fmt_int(params),
-        fmt_int(unshared),
-        fmt_int(totals.get("macs", sum(r.macs for r in rows))),
+        "x".join(str(d) for d in s.output_shape),
+        fmt_int(t["neurons"]),
+        fmt_int(t["params"]),
+        fmt_int(t["params_unshared"]),
+        fmt_int(t["macs"]),
         "",
         "",
     ]
@@ -135,18 +126,21 @@ def summary_section(ctx: ReportContext) -> Section | Skipped:
     if len(rows) > MAX_SUMMARY_ROWS:
         parts.append(
             para(
-                f"... and {len(rows) - MAX_SUMMARY_ROWS} more layers (`convlens summary` lists them all).",
+                f"... and {len(rows) - MAX_SUMMARY_ROWS} more layers; `convlens summary` lists them all.",
                 "note",
             )
         )
-    if params and unshared and unshared > params:
+    params, unshared = t["params"], t["params_unshared"]
+    if params and unshared > params:
         parts.append(
             para(
                 f"Weight sharing: {fmt_int(params)} parameters instead of {fmt_int(unshared)} if every "
-                f"unit had its own weights, {unshared / params:,.0f} times fewer. A filter is useful at "
-                "every position, so the network learns it once and slides it over the image."
+                f"unit had weights of its own, {unshared / params:,.0f} times fewer. A filter is useful "
+                "at every position, so the network learns it once and slides it over the image."
             )
         )
+    for w in s.warnings:
+        parts.append(para(f"Note: {w}", "note"))
     return Section("".join(parts))
 
 
@@ -167,7 +161,9 @@ def training_section(ctx: ReportContext) -> Section | Skipped:
         return Skipped(
             "the run has no metrics.jsonl (no epoch finished), so there are no curves to draw."
         )
-    epochs = [int(r.get("epoch", i)) for i, r in enumerate(h, 1)]
+    epochs = [
+        int(r["epoch"]) + 1 if "epoch" in r else i for i, r in enumerate(h, 1)
+    ]  # 0-based in the file
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))
     marker = "o" if len(h) < 30 else None
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy (%)")):
@@ -289,37 +285,18 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
     "noisy ones of too little training or too high a learning rate.",
 )
 def filters_section(ctx: ReportContext) -> Section | Skipped:
+    filters = need("convlens.inspect", "filters")
+    filters_figure = need("convlens.render.layers", "filters_figure")
     layer = ctx.first_conv()
-    w = need("convlens.inspect", "filters")(ctx.model, layer)  # (C_out, C_in, kH, kW)
+    w = filters(ctx.model, layer)  # (C_out, C_in, kH, kW)
+    fig = filters_figure(w, layer=layer, max_filters=64, max_inputs=8)
     c_out, c_in, kh, kw = w.shape
-    w = w[:64]
-    m = float(w.abs().max()) or 1.0
-    if c_in == 3:
-        tiles = [(f / (2 * m) + 0.5).clamp(0, 1) for f in w]  # (3, kH, kW), 0.5 = zero weight
-        fig = image_grid(tiles, ncols=min(len(tiles), 16), cell_inches=0.6)
-        caption = "Colour filters: grey is zero; a colour is the direction in RGB that excites the filter."
-    else:
-        ch = min(c_in, 8)
-        ncols = min(len(w), 16) if ch == 1 else ch
-        nrows = -(-len(w) // ncols) if ch == 1 else len(w[:16])
-        fig, axes = plt.subplots(
-            nrows, ncols, figsize=(ncols * 0.6, nrows * 0.6 + 0.3), squeeze=False
-        )
-        for ax in axes.flat:
-            ax.set_axis_off()
-        for i, f in enumerate(w[: nrows * ncols if ch == 1 else 16]):
-            for j in range(ch):
-                ax = axes.flat[i] if ch == 1 else axes[i, j]
-                ax.imshow(f[j].numpy(), cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-        fig.tight_layout()
-        caption = f"{min(c_out, 64)} filters of {kh}x{kw} weights" + (
-            f"; one row per filter, one column per input channel (first {ch} of {c_in})."
-            if ch > 1
-            else "."
-        )
     return Section(
-        para(f"Layer {layer}: {c_out} filters of {c_in}x{kh}x{kw} weights.")
-        + img(fig, f"filters of layer {layer}", caption, dpi=90)
+        img(
+            fig,
+            f"filters of layer {layer}",
+            f"Layer {layer}: {c_out} filters of {c_in}x{kh}x{kw} weights.",
+        )
     )
 
 
@@ -337,53 +314,33 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
 )
 def activations_section(ctx: ReportContext) -> Section | Skipped:
     activations = need("convlens.inspect", "activations")
+    activations_figure = need("convlens.render.layers", "activations_figure")
     ctx.conv_layers()
     ds = ctx.dataset("test")
-    parts = []
+    figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
-        acts = activations(ctx.model, ctx.normalize(ds.images[i : i + 1])[0], max_layers=6)
+        acts = activations(ctx.model, ctx.normalize(ds.images[i : i + 1])[0], max_layers=4)
         acts = {
             k: v for k, v in acts.items() if v.shape[-1] > 1 or v.shape[-2] > 1
         }  # maps, not vectors
         if not acts:
             raise Unavailable("no layer of the model produces a spatial feature map.")
-        ncols = ctx.options.max_channels
-        fig, axes = plt.subplots(
-            len(acts),
-            ncols + 1,
-            figsize=((ncols + 1) * 0.62, len(acts) * 0.75 + 0.2),
-            squeeze=False,
-        )
-        for ax in axes.flat:
-            ax.set_axis_off()
-        for r, (name, a) in enumerate(acts.items()):
-            a = a[:ncols]  # (C, H, W)
-            axes[r, 0].text(
-                0.98,
-                0.5,
-                f"{name}\n{'x'.join(str(d) for d in tuple(a.shape) if d)}",
-                ha="right",
-                va="center",
-                fontsize=6,
-                transform=axes[r, 0].transAxes,
-            )
-            for c in range(a.shape[0]):
-                axes[r, c + 1].imshow(a[c].numpy(), cmap="viridis", interpolation="nearest")
-        fig.tight_layout(pad=0.2)
         label = ctx.class_name(int(ds.labels[i]))
-        thumb = image_grid([ds.images[i]], titles=[label], cell_inches=1.1)
-        parts.append(
-            '<div class="row">'
-            + img(thumb, f"test image {i} ({label})", f"Test image {i}, a {label}.")
-            + img(
+        fig = activations_figure(
+            ds.images[i],
+            acts,
+            title=f"(test image {i}, {label})",
+            max_channels=ctx.options.max_channels,
+        )
+        figures.append(
+            img(
                 fig,
                 f"activations of test image {i}",
-                f"First {ncols} channels of each stage (shown: the layer's output shape, channels x height x width).",
-                dpi=110,
+                f"Test image {i}, a {label}: the first "
+                f"{ctx.options.max_channels} channels of each stage, one colour scale per layer.",
             )
-            + "</div>"
         )
-    return Section("".join(parts))
+    return Section('<div class="row">' + "".join(figures) + "</div>")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,10 +357,11 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
 )
 def neighbors_section(ctx: ReportContext) -> Section | Skipped:
     neighbors = need("convlens.inspect", "neighbors")
+    neighbors_figure = need("convlens.render.layers", "neighbors_figure")
     test, train = ctx.dataset("test"), ctx.dataset("train")
     o = ctx.options
-    pool = train.images[: o.neighbor_pool]
-    q = test.images[: o.neighbor_queries]
+    pool, pool_labels = train.images[: o.neighbor_pool], train.labels[: o.neighbor_pool]
+    q, qy = test.images[: o.neighbor_queries], test.labels[: o.neighbor_queries]
     d = ctx.raw["data"]
     nb = neighbors(
         ctx.model,
@@ -415,30 +373,32 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
         std=tuple(d["std"]),
         batch_size=o.batch_size,
     )
-    k = o.neighbors_k
-    tiles, titles = [], []
-    feat_hits = pix_hits = 0
-    for i in range(len(q)):
-        y = int(test.labels[i])
-        tiles.append(q[i])
-        titles.append(f"query: {ctx.class_name(y)}")
-        for idx_row, tag in ((nb.feature_indices[i], "F"), (nb.pixel_indices[i], "P")):
-            for j in idx_row.tolist():
-                tiles.append(pool[j])
-                same = int(train.labels[j]) == y
-                titles.append(
-                    f"{tag}: {ctx.class_name(int(train.labels[j]))}{'' if same else ' ✗'}"
-                )
-                if tag == "F":
-                    feat_hits += same
-                else:
-                    pix_hits += same
-    fig = image_grid(tiles, ncols=2 * k + 1, titles=titles, cell_inches=0.95)
-    total = len(q) * k
+
+    def titles(indices: torch.Tensor) -> list[list[str]]:
+        return [
+            [
+                ctx.class_name(int(pool_labels[j]))
+                + ("" if int(pool_labels[j]) == int(qy[r]) else " (x)")
+                for j in row
+            ]
+            for r, row in enumerate(indices.tolist())
+        ]
+
+    fig = neighbors_figure(
+        q,
+        pool[nb.feature_indices],
+        pool[nb.pixel_indices],
+        query_titles=[ctx.class_name(int(y)) for y in qy],
+        feature_titles=titles(nb.feature_indices),
+        pixel_titles=titles(nb.pixel_indices),
+        metric=nb.metric,
+    )
+    same_f = int((pool_labels[nb.feature_indices] == qy[:, None]).sum())
+    same_p = int((pool_labels[nb.pixel_indices] == qy[:, None]).sum())
+    total = int(nb.feature_indices.numel())
     caption = (
-        f"Columns 2-{k + 1} (F): nearest in feature space (cosine); columns {k + 2}-{2 * k + 1} (P): nearest in "
-        f"pixels (L2), searched over {fmt_int(len(pool))} training images; ✗ marks another class. "
-        f"Same class as the query: {feat_hits}/{total} in feature space, {pix_hits}/{total} in pixel space."
+        f"Searched over {fmt_int(len(pool))} training images; (x) marks a neighbour of another class. "
+        f"Same class as the query: {same_f} of {total} in feature space, {same_p} of {total} in pixel space."
     )
     return Section(img(fig, "nearest neighbours in feature and pixel space", caption))
 
@@ -459,6 +419,8 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     extract_features = need("convlens.inspect", "extract_features")
     tsne = need("convlens.inspect", "tsne")
     tsne_grid = need("convlens.inspect", "tsne_grid")
+    tsne_scatter = need("convlens.render.layers", "tsne_scatter")
+    tsne_image_grid = need("convlens.render.layers", "tsne_image_grid")
     ds = ctx.dataset("test")
     n = min(ctx.options.tsne_images, len(ds))
     if n < 10:
@@ -473,47 +435,26 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     )  # (n, D) penultimate features
     # One thread: openTSNE's threads gain little at this size and lose badly on a busy machine.
     emb = tsne(feats, seed=ctx.options.seed, n_jobs=1)
-    xy = np.asarray(emb.coords)  # (n, 2)
-    labels = ds.labels[:n].numpy()
-    fig, ax = plt.subplots(figsize=(6.2, 5.4))
-    cmap = plt.get_cmap("tab10" if len(ctx.classes) <= 10 else "tab20")
-    for c in np.unique(labels):
-        sel = labels == c
-        ax.scatter(
-            xy[sel, 0], xy[sel, 1], s=4, color=cmap(int(c) % cmap.N), label=ctx.class_name(int(c))
-        )
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if len(ctx.classes) <= 20:
-        ax.legend(
-            markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
-        )
-    fig.tight_layout()
+    scatter = tsne_scatter(
+        emb.coords,
+        ds.labels[:n],
+        ctx.classes or [str(i) for i in range(int(ds.labels.max()) + 1)],
+        title=f"t-SNE of {fmt_int(n)} test images' features",
+        point_size=5.0,
+    )
     cells = 24
-    grid = tsne_grid(xy, cells, cells)  # (cells, cells) image indices, -1 = empty
-    c, h, w = ds.images.shape[1:]
-    mosaic = np.ones(
-        (cells * h, cells * w, 3), dtype=np.float32
-    )  # white where the map has no point
-    for (r, q), j in np.ndenumerate(grid):
-        if j >= 0:
-            a = to_hwc(ds.images[int(j)])
-            mosaic[r * h : (r + 1) * h, q * w : (q + 1) * w] = a[..., None] if a.ndim == 2 else a
-    gfig, gax = plt.subplots(figsize=(5.4, 5.4))
-    gax.imshow(mosaic, interpolation="nearest")
-    gax.set_axis_off()
-    gfig.tight_layout()
+    grid = tsne_image_grid(tsne_grid(emb.coords, cells, cells), ds.images[:n])
     return Section(
         '<div class="row">'
         + img(
-            fig,
+            scatter,
             "t-SNE scatter of test features, coloured by class",
-            f"{fmt_int(n)} test images, coloured by true class (perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f}).",
+            f"{fmt_int(n)} test images coloured by true class (perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f}).",
         )
         + img(
-            gfig,
+            grid,
             "t-SNE image grid",
-            f"The same map as a {cells}x{cells} grid: each cell shows the image nearest its centre; white where the map is empty.",
+            f"The same map as a {cells}x{cells} grid: each cell shows the image nearest its centre; blank where the map is empty.",
         )
         + "</div>"
     )
@@ -527,14 +468,15 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
 @section(
     "top-patches",
     "Top-activating patches",
-    "For a few channels of the last convolution, the test images that excite that channel most, cropped to "
+    "For a few channels of the last convolution with a spatial map, the test images that excite that channel most, cropped to "
     "the receptive field of the most excited unit: the part of the image the unit can see. One row per "
     "channel; what the crops in a row share is what that channel detects.",
 )
 def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     top_patches = need("convlens.inspect", "top_patches")
     crop_patches = need("convlens.inspect", "crop_patches")
-    layer = ctx.last_conv()
+    top_patches_figure = need("convlens.render.layers", "top_patches_figure")
+    layer = ctx.spatial_conv()
     ds = ctx.dataset("test")
     o = ctx.options
     d = ctx.raw["data"]
@@ -550,21 +492,14 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
         batch_size=o.batch_size,
     )
     crops = crop_patches(ds.images, top)  # (K, n, C, h, w) uint8
-    tiles = [crops[a, b] for a in range(crops.shape[0]) for b in range(crops.shape[1])]
-    titles = [
-        f"ch {top.channels[a]}: {float(top.values[a, b]):.1f}"
-        for a in range(crops.shape[0])
-        for b in range(crops.shape[1])
-    ]
-    fig = image_grid(tiles, ncols=crops.shape[1], titles=titles, cell_inches=0.85)
+    fig = top_patches_figure(crops, top.values, top.channels, layer=layer, rf_size=top.rf_size)
     rh, rw = top.rf_size
     return Section(
         img(
             fig,
             f"top-activating patches of layer {layer}",
-            f"Layer {layer} ({top.map_size[0]}x{top.map_size[1]} units per channel, each seeing {rh}x{rw} pixels): "
-            f"one row per channel, its {o.top_images} strongest test images, titled with the activation; "
-            "grey is the part of the field outside the image (padding).",
+            f"Layer {layer}: {top.map_size[0]}x{top.map_size[1]} units per channel, each seeing {rh}x{rw} "
+            f"input pixels; searched over the {fmt_int(len(ds))} test images, the activation above each crop.",
         )
     )
 
@@ -578,35 +513,40 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     "actmax",
     "Activation maximisation: what a filter wants to see",
     "Images synthesised by gradient ascent, starting from noise, to excite one channel of the last "
-    "convolution as much as possible. They show the pattern the channel responds to, free of any "
+    "spatial convolution as much as possible. They show the pattern the channel responds to, free of any "
     "particular test image; repeated motifs mean the channel fires wherever its pattern appears.",
 )
 def actmax_section(ctx: ReportContext) -> Section | Skipped:
-    actmax = need("convlens.inspect", "activation_maximization")
-    layer = ctx.last_conv()
+    activation_maximization = need("convlens.inspect", "activation_maximization")
+    layer = ctx.spatial_conv()
     o = ctx.options
     n = min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
     d = ctx.raw["data"]
-    h = ctx.input_shape[1]
-    res = actmax(
+    c, h, w = ctx.input_shape
+    if h != w:
+        raise Unavailable(
+            f"activation maximisation synthesises square images; this model takes {h}x{w}."
+        )
+    res = activation_maximization(
         ctx.model,
         layer,
         list(range(n)),
-        steps=o.actmax_steps,
         size=h,
+        steps=o.actmax_steps,
         mean=tuple(d["mean"]),
         std=tuple(d["std"]),
+        in_channels=c,
         seed=o.seed,
     )
-    images = getattr(res, "images", res)  # (n, C, H, W) in [0, 1]
-    fig = image_grid(
-        list(images), ncols=min(n, 8), titles=[f"channel {i}" for i in range(n)], cell_inches=1.0
-    )
+    titles = [f"ch {ch}: {float(v):.2f}" for ch, v in zip(res.channels, res.values, strict=True)]
+    fig = image_grid(list(res.images), ncols=min(n, 8), titles=titles, cell_inches=1.1)
     return Section(
         img(
             fig,
             f"activation maximisation for layer {layer}",
-            f"Layer {layer}, channels 0-{n - 1}, {o.actmax_steps} gradient-ascent steps each, optimised as one batch.",
+            f"Layer {layer}, channels 0-{n - 1}: {o.actmax_steps} gradient-ascent steps from noise (Fourier "
+            "parameterisation, small random shifts), all channels in one batch; the title gives the "
+            "channel's mean activation on the final image.",
         )
     )
 
@@ -621,19 +561,19 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
     "Occlusion, Grad-CAM and saliency: where the network looks",
     'Three answers to "which pixels made the network say this class?", for test images it got right and '
     "for images it got wrong. Occlusion: how much the predicted class's probability drops when a grey "
-    "patch hides each place (red = important). Grad-CAM: which regions of the last convolution's maps "
+    "patch hides each place (red = important). Grad-CAM: which regions of the last spatial convolution's maps "
     "support the class. Saliency: how strongly each pixel's gradient moves the class score.",
 )
 def attribution_section(ctx: ReportContext) -> Section | Skipped:
     occlusion = need("convlens.inspect", "occlusion")
     grad_cam = need("convlens.inspect", "grad_cam")
     saliency = need("convlens.inspect", "saliency")
-    layer = ctx.last_conv()
+    layer = ctx.spatial_conv()
     ds = ctx.dataset("test")
     probs, pred = ctx.predictions()
     right, wrong = ctx.example_indices()
     c, h, w = ctx.input_shape
-    window = max(2, min(h, w) // 7)
+    window = max(2, min(h, w) // 7)  # 4 pixels on 28x28: about a stroke's width
     stride = max(1, window // 2)
     parts = []
     for title, idx in (("Correctly classified", right), ("Misclassified", wrong)):
@@ -644,44 +584,41 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
         images = ds.images[sel]  # (n, C, H, W) uint8
         x = ctx.normalize(images)
         target = pred[sel].to(x.device)  # explain the predicted class, right or wrong
-        occ = occlusion(ctx.model, x, target, window=window, stride=stride)
-        occ_map = np.asarray(getattr(occ, "attribution", occ))  # (n, H, W) or (n, C, H, W)
-        cam = np.asarray(grad_cam(ctx.model, x, target, layer=layer))
-        sal = np.asarray(saliency(ctx.model, x, target))
-        fig, axes = plt.subplots(len(idx), 4, figsize=(7.2, 1.85 * len(idx)), squeeze=False)
+        # Baseline 0 in normalised units = the data set's mean colour.
+        occ = (
+            occlusion(ctx.model, x, target, window=window, stride=stride)
+            .attribution[:, 0]
+            .cpu()
+            .numpy()
+        )
+        cam = grad_cam(ctx.model, x, target, layer).detach().cpu().numpy()  # (n, H, W)
+        sal = saliency(ctx.model, x, target).detach().cpu().numpy()  # (n, H, W)
+        fig, axes = plt.subplots(len(idx), 4, figsize=(7.2, 1.9 * len(idx) + 0.3), squeeze=False)
         for r, i in enumerate(idx):
             truth, guess = ctx.class_name(int(ds.labels[i])), ctx.class_name(int(pred[i]))
             axes[r, 0].imshow(to_hwc(images[r]), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
             axes[r, 0].set_axis_off()
             axes[r, 0].set_title(
-                f"true {truth}\npred {guess} ({100 * float(probs[i, pred[i]]):.0f} %)", fontsize=7
+                f"true: {truth}\npredicted: {guess} ({100 * float(probs[i, pred[i]]):.0f} %)",
+                fontsize=7,
             )
-            for col, (name, m) in enumerate(
-                (("occlusion", occ_map), ("Grad-CAM", cam), ("saliency", sal)), 1
-            ):
-                heat = _as_hw(m[r])
-                overlay_heatmap(axes[r, col], images[r], heat, alpha=0.55)
-                if r == 0:
-                    axes[r, col].set_title(name, fontsize=8)
+            overlay_heatmap(axes[r, 1], images[r], occ[r], alpha=0.6, symmetric=True)
+            overlay_heatmap(axes[r, 2], images[r], cam[r], alpha=0.5)
+            overlay_heatmap(axes[r, 3], images[r], sal[r], alpha=0.6, cmap="hot")
+        for col, name in enumerate(("image", "occlusion", f"Grad-CAM ({layer})", "saliency")):
+            axes[0, col].set_title(axes[0, col].get_title() if col == 0 else name, fontsize=8)
         fig.tight_layout()
         parts.append(f"<h3>{esc(title)}</h3>")
         parts.append(
             img(
                 fig,
                 f"{title.lower()} test images with occlusion, Grad-CAM and saliency maps",
-                f"Each map explains the predicted class. Occlusion window {window}x{window}, stride {stride}; "
-                f"Grad-CAM at layer {layer}.",
+                f"Every map explains the predicted class. Occlusion: {window}x{window} patches of the mean colour at "
+                f"stride {stride}, mean drop of the class score per pixel (red: hiding it lowers the score; blue: "
+                f"raises it). Grad-CAM at layer {layer}, upsampled. Saliency: |gradient|, max over channels.",
             )
         )
     return Section("".join(parts))
-
-
-def _as_hw(m: np.ndarray) -> np.ndarray:
-    """A map `(H, W)`, `(1, H, W)` or `(C, H, W)` -> `(H, W)` (channels summed)."""
-    m = np.asarray(m, dtype=np.float32)
-    while m.ndim > 2:
-        m = m.sum(0)
-    return m
 
 
 # --------------------------------------------------------------------------------------------------
@@ -692,23 +629,23 @@ def _as_hw(m: np.ndarray) -> np.ndarray:
 @section(
     "erf",
     "Effective receptive field",
-    "How much each input pixel influences the centre unit of the last convolution, averaged over random "
+    "How much each input pixel influences the centre unit of the last spatial convolution, averaged over random "
     "inputs (Luo et al. 2016), drawn inside the theoretical receptive field (the box). The influence "
     "concentrates near the centre and fades like a Gaussian: a unit effectively sees less than its "
     "theoretical field.",
 )
 def erf_section(ctx: ReportContext) -> Section | Skipped:
-    erf_fn = need("convlens.anatomy", "effective_receptive_field")
-    layer = ctx.last_conv()
-    res = erf_fn(ctx.model, layer, ctx.input_shape)
-    heat = _as_hw(np.asarray(getattr(res, "map", res)))
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    im = ax.imshow(heat / (heat.max() or 1.0), cmap="magma", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="relative gradient magnitude")
-    ax.set_axis_off()
-    fig.tight_layout()
-    radius = getattr(res, "radius", None)
-    caption = f"Layer {layer} on a {ctx.input_shape[1]}x{ctx.input_shape[2]} input."
-    if radius is not None:
-        caption += f" 95 % of the influence lies within {float(radius):.1f} pixels of the centre."
+    effective_receptive_field = need("convlens.anatomy", "effective_receptive_field")
+    erf_figure = need("convlens.render.layers", "erf_figure")
+    layer = ctx.spatial_conv()
+    erf = effective_receptive_field(
+        ctx.model, layer, ctx.input_shape, n=ctx.options.erf_samples, seed=ctx.options.seed
+    )
+    rf = erf.theoretical
+    fig = erf_figure(erf.map, rf.box(*erf.unit), layer=layer, rf_size=rf.size)
+    caption = (
+        f"Centre unit {erf.unit} of layer {layer}, {erf.samples} random inputs: "
+        f"{100 * erf.mass:.0f} % of the influence lies within {erf.radius:.1f} pixels of the centre, "
+        f"while the theoretical field is {rf.size[0]}x{rf.size[1]} pixels."
+    )
     return Section(img(fig, f"effective receptive field of layer {layer}", caption))
