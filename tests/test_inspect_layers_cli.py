@@ -180,3 +180,17 @@ def test_erf_figure_theoretical_panel_is_the_box() -> None:
     expected[0:9, 5:17] = 1
     np.testing.assert_array_equal(theory, expected)
     np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), erf / erf.max())
+
+
+def test_projector_export_when_tensorboard_is_installed(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from convlens.cli.methods.layers import _projector
+
+    feats = torch.randn(10, 4)
+    imgs = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
+    path = _projector(tmp_path / "projector", feats, torch.arange(10) % 2, ["a", "b"], imgs)
+    assert path is not None and (path / "projector_config.pbtxt").is_file()
+    tsv = next(path.rglob("tensors.tsv")).read_text().splitlines()
+    np.testing.assert_allclose(
+        np.array([line.split("\t") for line in tsv], dtype=float), feats.numpy(), rtol=1e-5
+    )

@@ -127,8 +127,12 @@ def activations_figure(
     """
     cols = 8
     layers = list(acts.items())
+    # A layer with 1x1 maps (after global pooling, LeNet's C5) is one strip of all its channels.
     heights = [1.6] + [
-        1.0 * _grid_shape(min(len(_np(a)), max_channels), cols)[0] + 0.35 for _, a in layers
+        1.1
+        if _np(a).shape[1:] == (1, 1)
+        else _grid_shape(min(len(_np(a)), max_channels), cols)[0] + 0.35
+        for _, a in layers
     ]
     fig = plt.figure(figsize=(cols * 1.0, sum(heights)))
     subs = list(
@@ -140,6 +144,23 @@ def activations_figure(
     for sub, (name, a) in zip(subs[1:], layers, strict=True):
         arr = _np(a).astype(np.float32)
         c, h, w = arr.shape
+        if (h, w) == (1, 1):
+            lo, hi = float(arr.min()), float(arr.max())
+            axs = sub.subplots(1, 1)
+            axs.imshow(
+                arr.reshape(1, c),
+                cmap=cmap,
+                vmin=lo,
+                vmax=hi if hi > lo else lo + 1,
+                aspect="auto",
+                interpolation="nearest",
+            )
+            axs.set_yticks([])
+            axs.set_xlabel("channel", fontsize=7)
+            axs.tick_params(labelsize=6)
+            sub.subplots_adjust(left=0.02, right=0.98, top=0.72, bottom=0.32)
+            sub.suptitle(f"{name}  {c}x{h}x{w}  [{lo:.2g}, {hi:.2g}]", fontsize=9)
+            continue
         shown = arr[:max_channels]
         lo, hi = float(shown.min()), float(shown.max())
         rows, _ = _grid_shape(len(shown), cols)
