@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from convlens.errors import ConvlensError, did_you_mean
 
@@ -323,7 +324,7 @@ def num_parameters(
         **options,
     }
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInitOnMeta():
             model = create(name, **kwargs)
     except (NotImplementedError, RuntimeError):
         # A constructor that computes with tensors (torchvision's RegNet rounds its widths with
@@ -332,6 +333,43 @@ def num_parameters(
         with _parameters_on_meta():
             model = create(name, **kwargs)
     return sum(p.numel() for p in model.parameters())
+
+
+# In-place initialisers: on a meta tensor they change nothing, but a few of them (normal_, erfinv_,
+# clamp_) route through PyTorch's reference decompositions, whose first use imports torch._dynamo
+# (seconds). Skipping them keeps `convlens models` instant.
+_INIT_OPS = frozenset(
+    {
+        # Tensor methods
+        *("normal_", "uniform_", "erfinv_", "clamp_", "clamp_min_", "clamp_max_", "exponential_"),
+        *("log_normal_", "cauchy_", "geometric_", "random_", "bernoulli_", "fill_", "zero_"),
+        *("copy_", "mul_", "add_", "sub_", "div_"),
+        # torch.nn.init's functions, dispatched under their own names
+        *("trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "orthogonal_"),
+        *("xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "sparse_"),
+    }
+)
+)
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        # nn.init functions pass the tensor by keyword (`tensor=`), Tensor methods as `self`
+        target = args[0] if args else kwargs.get("tensor")
+        if (
+            getattr(func, "__name__", "") in _INIT_OPS
+            and isinstance(target, torch.Tensor)
+            and target.is_meta
+        ):
+            return target
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
