@@ -349,7 +349,6 @@ _INIT_OPS = frozenset(
         *("xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "sparse_"),
     }
 )
-)
 
 
 class _SkipInitOnMeta(TorchFunctionMode):
