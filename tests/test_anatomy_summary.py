@@ -40,6 +40,9 @@ def test_alexnet_conv1_reproduces_the_notes() -> None:
         ("resnet152", 224, 60_192_808),
         ("densenet121", 224, 7_978_856),
         ("mobilenet_v2", 224, 3_504_872),
+        ("vit_b_16", 224, 86_567_656),  # attention MACs
+        ("swin_t", 224, 28_288_354),
+        ("efficientnet_b0", 224, 5_288_548),
     ],
 )
 def test_totals_equal_published_counts_and_torchvision_ops(

@@ -15,11 +15,13 @@ parameters or runs a convolution itself), in forward order. The columns, per ima
     one scale and one shift per output element;
   - pooling, activations, dropout and other modules without parameters: 0;
   - any other module with parameters: ``params`` (no sharing pattern is assumed).
-* ``macs``: multiply-accumulates of the convolutions, linear layers and matrix products run by the
-  module: output elements x weights per output (Cin / groups x kh x kw for a convolution). Bias
+* ``macs``: multiply-accumulates of the convolutions, linear layers, matrix products and attention
+  (``nn.MultiheadAttention``, ``scaled_dot_product_attention``) run by the module: output elements x
+  weights per output (Cin / groups x kh x kw for a convolution). Bias
   additions, normalisation, pooling and activations are not multiply-accumulates and count 0.
   torchinfo's "mult-adds" count the same products plus one per bias per output position and one per
-  BatchNorm parameter; ``tests/test_anatomy_summary.py`` checks the difference is exactly that.
+  BatchNorm parameter; ``tests/test_anatomy_summary.py`` checks the difference is exactly that, and
+  that the totals equal the GFLOPS of torchvision's model cards (which count the same way).
 * ``rf``: the theoretical receptive field (:mod:`convlens.anatomy.receptive_field`).
 
 The forward pass runs on the meta device (:mod:`convlens.anatomy.trace`), so ResNet-152 at 224x224

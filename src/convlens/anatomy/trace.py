@@ -277,10 +277,10 @@ class _GeometryMode(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
         out = func(*args, **kwargs)
         if not isinstance(out, torch.Tensor | tuple | list):
             return out  # .shape, .size(), .dim() ...
-        name = getattr(func, "__name__", "")
         outputs = list(_tensors(out))
         if not outputs:
             return out
@@ -313,11 +313,22 @@ class _GeometryMode(TorchFunctionMode):
             return
         if name == "conv2d":
             weight = args[1]  # (Cout, Cin / groups, kh, kw)
-            self.stack[-1].macs += out.numel() * weight[0].numel()
+            self.stack[-1].macs += out.numel() * (weight.numel() // weight.shape[0])
         elif name == "linear":
             self.stack[-1].macs += out.numel() * args[1].shape[-1]  # weight (out, in)
         elif name in ("matmul", "mm", "bmm") and isinstance(args[0], torch.Tensor):
             self.stack[-1].macs += out.numel() * args[0].shape[-1]
+        elif name == "scaled_dot_product_attention" and len(args) >= 3:
+            q, k = args[0], args[1]  # (..., L, E), (..., S, E); v (..., S, Ev) -> out (..., L, Ev)
+            self.stack[-1].macs += q.numel() * k.shape[-2] + out.numel() * k.shape[-2]
+        elif name == "multi_head_attention_forward":
+            # One fused call (its inner ops are not seen): query (L, N, E), key = value (S, N, E).
+            # Projections of q, k, v and the output, then Q K^T and A V over all heads.
+            q, k = args[0], args[1]
+            e, length, source = q.shape[-1], q.shape[0], k.shape[0]
+            batch = q.numel() // (length * e)
+            per_image = 2 * length * e * e + 2 * source * e * e + 2 * length * source * e
+            self.stack[-1].macs += batch * per_image
 
     # -- rules: each returns the output's Field (None: no geometry) ---------------------------
     def _input_field(self, args: Sequence[Any]) -> Field | None:
