@@ -171,7 +171,7 @@ def top_patches(
         rf_size = (h, w)
     else:
         boxes = torch.tensor(
-            [[_box(rf, int(i), int(j)) for i, j in row] for row in positions.tolist()],
+            [[rf.box(i, j) for i, j in row] for row in positions.tolist()],
             dtype=torch.int64,
         ).reshape(*positions.shape[:2], 4)
         rf_size = (int(rf.size[0]), int(rf.size[1]))
@@ -179,12 +179,6 @@ def top_patches(
         layer=layer, channels=chans, values=values, indices=indices, positions=positions,
         boxes=boxes, map_size=(mh, mw), rf_size=rf_size,
     )  # fmt: skip
-
-
-def _box(rf: object, i: int, j: int) -> tuple[int, int, int, int]:
-    """`(top, left, bottom, right)` with bottom/right exclusive from `anatomy`'s `RF.box`."""
-    top, left, bottom, right = rf.box(i, j)  # type: ignore[attr-defined]
-    return int(top), int(left), int(bottom), int(right)
 
 
 def crop_patches(images: torch.Tensor, top: TopPatches, *, fill: int = 128) -> torch.Tensor:
