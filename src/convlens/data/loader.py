@@ -87,26 +87,34 @@ def default_augment(name: str) -> Augment:
     return Augment()
 
 
-def random_crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Zero-pad `x` `(B, C, H, W)` by `padding` and crop `(H, W)` at per-image `offsets` `(B, 2)`.
+def crop_and_flip(
+    x: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips: torch.Tensor | None
+) -> torch.Tensor:
+    """Random crop with zero padding, then horizontal flip, of a batch `x` `(B, C, H, W)` in one gather.
 
-    `offsets[i] = (dy, dx)` in `0..2*padding` is the crop's top-left corner in the padded image, as
-    `torchvision.transforms.RandomCrop(size, padding)` with `(top, left) = (dy, dx)`.
+    Equivalent, image by image, to `torchvision.transforms.RandomCrop((H, W), padding)` with crop
+    corner `(top, left) = offsets[i]` (in `0..2*padding`, in the padded image), followed by a
+    left-right flip where `flips[i]`. Zero padding is black in pixel space (on uint8 input). Instead
+    of four passes (pad, crop, flip copy, select) it builds one spatial index per image, shared by
+    the channels, and gathers once.
     """
     b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
     dev = x.device
-    offsets = offsets.to(dev)
-    rows = offsets[:, 0:1] + torch.arange(h, device=dev)  # (B, H)
-    cols = offsets[:, 1:2] + torch.arange(w, device=dev)  # (B, W)
-    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
-    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
-    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]  # (B, C, H, W)
-
-
-def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right the images of `x` `(B, C, H, W)` where `mask` `(B,)` is True."""
-    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+    p = padding if offsets is not None else 0
+    src = F.pad(x, (p, p, p, p)) if p > 0 else x  # (B, C, H + 2p, W + 2p)
+    wp = w + 2 * p
+    cols = torch.arange(w, device=dev).expand(b, w)  # (B, W) source column of each output column
+    if flips is not None:
+        cols = torch.where(flips.to(dev).view(b, 1), w - 1 - cols, cols)
+    rows = torch.arange(h, device=dev).expand(b, h)  # (B, H)
+    if offsets is not None:
+        off = offsets.to(dev)
+        rows, cols = rows + off[:, 0:1], cols + off[:, 1:2]
+    idx = (rows * wp).view(b, h, 1) + cols.view(
+        b, 1, w
+    )  # (B, H, W) into the flattened padded image
+    idx = idx.view(b, 1, h * w).expand(b, c, h * w)  # the same map for every channel (no copy)
+    return torch.gather(src.reshape(b, c, -1), 2, idx).view(b, c, h, w)
 
 
 @dataclass(frozen=True)
@@ -156,17 +164,19 @@ class BatchNormalizer:
 
     def __call__(self, xb: torch.Tensor, draw: AugmentDraw | None) -> torch.Tensor:
         """`xb` uint8 `(B, C, H, W)` on the device -> float32 `(B, C, H, W)`."""
-        if draw is not None and self.augment is not None:
-            if draw.offsets is not None:
-                xb = random_crop(xb, self.augment.crop_padding, draw.offsets)
-            if draw.flips is not None:
-                xb = hflip(xb, draw.flips)
-        x = torch.addcmul(self.shift, xb.to(torch.float32), self.scale)
+        if (
+            draw is not None
+            and self.augment is not None
+            and (draw.offsets is not None or draw.flips is not None)
+        ):
+            xb = crop_and_flip(xb, self.augment.crop_padding, draw.offsets, draw.flips)
+        # in place on the one float buffer: 3x faster than addcmul with a broadcast `self`
+        x = xb.to(torch.float32).mul_(self.scale).add_(self.shift)
         if draw is not None and draw.alphas is not None and self.pca is not None:
             sqrt_eig, eigvec = self.pca
             # (B, C) colour shift in [0, 1] pixel units, then into normalised units
             delta = (draw.alphas.to(self.device) * sqrt_eig) @ eigvec.T
-            x = x + delta.view(*delta.shape, 1, 1) * self.inv_std
+            x.add_(delta.view(*delta.shape, 1, 1) * self.inv_std)
         return x
 
 
@@ -282,11 +292,12 @@ class BatchLoader:
         c = self.images.shape[1]
         for b in range(start, nb):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            xb = self.images[sel]  # (B, C, H, W) uint8
+            # index_select: a row memcpy, 50x faster than advanced indexing `images[sel]` here
+            xb = self.images.index_select(0, sel)  # (B, C, H, W) uint8
             draw = None
             if self.augment is not None:
                 g = _generator(self.seed, epoch, b)
                 draw = draw_augment(self.augment, sel.shape[0], c, g)
-            yield self.normalizer(xb, draw), self.labels[sel]
+            yield self.normalizer(xb, draw), self.labels.index_select(0, sel)
         if self.epoch == epoch:  # a complete pass: the next one is the next epoch
             self.epoch = epoch + 1
