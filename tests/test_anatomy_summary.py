@@ -49,7 +49,8 @@ def test_totals_equal_published_counts_and_torchvision_ops(
     name: str, size: int, published: int
 ) -> None:
     kw = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
-    model = torchvision.models.get_model(name, weights=None, **kw)
+    with torch.device("meta"):  # no weights to initialise: the summary needs none (instant)
+        model = torchvision.models.get_model(name, weights=None, **kw)
     s = summary(model, (3, size, size))
     meta = torchvision.models.get_model_weights(name).DEFAULT.meta
     assert s.totals["params"] == published == meta["num_params"]

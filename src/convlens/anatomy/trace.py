@@ -168,7 +168,7 @@ def _explain_failure(
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     where = f"{type(model).__name__}.forward"
     got = ""
-    if stack:
+    if stack and stack[-1].name:  # the innermost named module running when it failed
         call = stack[-1]
         where = f"layer {call.name!r} ({type(call.module).__name__})"
         if call.input_shape is not None:
@@ -183,7 +183,7 @@ def _explain_failure(
     if any(s in message for s in small) or "Output size" in message:
         return ConvlensError(
             f"input {c}x{h}x{w} is too small for {type(model).__name__}: the feature map collapses "
-            f"at {where}{got} ({message}). Use a larger --input."
+            f"at {where}{got} ({message}); use a larger input."
         )
     return ConvlensError(
         f"{type(model).__name__} cannot run on a {c}x{h}x{w} input: {where}{got} fails: {message}"
