@@ -1,9 +1,216 @@
-"""Commands of this group (filled in by its issue)."""
+"""`convlens train` and `convlens evaluate`: parsing and printing around :mod:`convlens.train`.
+
+Under `torchrun --nproc-per-node=N -m convlens.cli.main train ...` the same command trains with
+DistributedDataParallel; only rank 0 prints and writes.
+"""
 
 from __future__ import annotations
 
+import ast
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from convlens.errors import ConvlensError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """`["width=2", "pool=avg"]` -> `{"width": 2, "pool": "avg"}` (Python literals, else strings)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConvlensError(f"model option {item!r} is not KEY=VALUE (e.g. --option pool=avg)")
+        try:
+            options[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value
+    return options
+
+
+def default_out(model: str, data: str, *, resume: bool) -> Path:
+    """`runs/<model>-<data>`, numbered `-2`, `-3`, ... when taken (the plain name when resuming)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}-{data}").strip("_")
+    base = Path("runs") / stem
+    if resume:
+        return base
+    out, n = base, 1
+    while (out / "run.json").exists():
+        n += 1
+        out = base.with_name(f"{stem}-{n}")
+    return out
+
+
+def train(
+    model: str = typer.Argument(
+        ..., help="Registry name: lenet5, resnet20, torchvision:resnet18, ..."
+    ),
+    data: str = typer.Option(
+        "sample",
+        "--data",
+        "-d",
+        help="Data set: mnist, fashion-mnist, cifar10, sample, folder:PATH.",
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Folder holding the data sets (default: $CONVLENS_DATA)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory to write (default: runs/MODEL-DATA)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training data."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images per step, over all processes."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="sgd or adamw."),
+    momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum / AdamW beta1."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
+    schedule: str | None = typer.Option(None, "--schedule", help="onecycle, cosine or step."),
+    warmup: float | None = typer.Option(None, "--warmup", help="Epochs of linear warm-up."),
+    label_smoothing: float | None = typer.Option(
+        None, "--label-smoothing", help="Cross-entropy label smoothing, 0..1."
+    ),
+    augment: str | None = typer.Option(
+        None, "--augment", help="Comma list of crop,flip,lighting, or none."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Random seed (weights, order, augmentation)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on a GPU."),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model."
+    ),
+    channels_last: bool | None = typer.Option(
+        None, "--channels-last/--no-channels-last", help="NHWC memory format (GPU)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads (default: physical cores)."
+    ),
+    checkpoint_every: float | None = typer.Option(
+        None, "--checkpoint-every", help="Seconds between mid-epoch checkpoints."
+    ),
+    limit_train: int | None = typer.Option(
+        None, "--limit-train", help="Train on the first N images only."
+    ),
+    limit_test: int | None = typer.Option(
+        None, "--limit-test", help="Test on the first N images only."
+    ),
+    option: list[str] = typer.Option(
+        [], "--option", "-O", help="Model option KEY=VALUE (repeatable), e.g. -O pool=avg."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or epoch lines."),
+) -> None:
+    """Train MODEL on a data set and write a run directory (weights, metrics, checkpoint)."""
+    from convlens.train import fit
+
+    overrides: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "schedule": schedule,
+        "warmup": warmup,
+        "label_smoothing": label_smoothing,
+        "augment": augment,
+        "seed": seed,
+        "device": device,
+        "amp": amp,
+        "compile": compile,
+        "channels_last": channels_last,
+        "threads": threads,
+        "checkpoint_every_s": checkpoint_every,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
+    model_options = _parse_options(option)
+    out = out or default_out(model, data, resume=resume)
+    run = fit(
+        model,
+        data,
+        out=out,
+        overrides=given,
+        model_options=model_options or None,
+        data_root=data_dir,
+        resume=resume,
+        progress=not quiet,
+        console=err_console,
+    )
+    if int(os.environ.get("RANK", "0")) == 0 and run.history:
+        last = run.history[-1]
+        console.print(
+            f"{run.path}: test accuracy {last['test_acc']:.2%} (loss {last['test_loss']:.4f})",
+            highlight=False,
+        )
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `convlens train`."),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Evaluate on this data set (default: the run's own)."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the data sets."),
+    split: str = typer.Option("test", "--split", help="test or train."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Accuracy, per-class accuracy and the confusion matrix of a trained run."""
+    from convlens.train import evaluate as run_evaluate
+
+    if split not in ("test", "train"):
+        raise ConvlensError(f"--split must be test or train, not {split!r}")
+    ev = run_evaluate(
+        run_dir,
+        data=data,
+        split=split,
+        root=None if data_dir is None else str(data_dir),
+        device=device,
+        limit=limit,
+    )
+    if as_json:
+        typer.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    console.print(
+        f"{run_dir} on {ev.data} ({ev.split}, {ev.count:,} images): "
+        f"accuracy [bold]{ev.accuracy:.2%}[/], loss {ev.loss:.4f}",
+        highlight=False,
+    )
+    per_class = Table(title="per-class accuracy")
+    per_class.add_column("class")
+    per_class.add_column("images", justify="right")
+    per_class.add_column("accuracy", justify="right")
+    support = ev.confusion.sum(1).tolist()
+    for name, n, acc in zip(ev.classes, support, ev.per_class_accuracy, strict=True):
+        per_class.add_row(name, f"{n:,}", "-" if n == 0 else f"{acc:.2%}")
+    console.print(per_class)
+    # Columns are numbered (class names do not fit side by side); rows name the class in full.
+    cm = Table(title="confusion matrix (rows: true class, columns: predicted class number)")
+    cm.add_column("true class")
+    for j in range(len(ev.classes)):
+        cm.add_column(str(j), justify="right")
+    for i, row in enumerate(ev.confusion.tolist()):
+        cells = (f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row))
+        cm.add_row(f"{i} {ev.classes[i]}", *cells)
+    console.print(cm)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add `train` and `evaluate` to `app`."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,7 +73,7 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
 
 @torch.inference_mode()
 def evaluate(
-    run: Run | str,
+    run: Run | str | Path,
     *,
     data: str | None = None,
     split: str = "test",

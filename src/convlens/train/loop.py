@@ -69,6 +69,7 @@ def fit(
     *,
     out: str | Path,
     config: TrainConfig | None = None,
+    overrides: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
     data_root: str | Path | None = None,
     resume: bool = False,
@@ -84,6 +85,8 @@ def fit(
         config: hyper-parameters; None = :func:`convlens.train.recipes.recipe` for this model and data.
             With `resume`, None continues with the saved configuration; a given one must agree
             with it (except device and checkpoint interval).
+        overrides: TrainConfig fields to change on top of `config` (or of the recipe / the saved
+            configuration); what the CLI's explicit options become.
         model_options: extra keyword arguments for `convlens.models.create` (`num_classes` and
             `in_channels` default to the data set's).
         data_root: folder holding the data sets (default: CONVLENS_DATA or the data module's default).
@@ -106,6 +109,8 @@ def fit(
             if progress:
                 (console or Console(stderr=True)).print(f"{out} is already complete; nothing to do")
             return load_run(out)
+        if overrides:
+            config = (config or saved["config"]).replace(**overrides)
         cfg = _resume_config(saved["config"], config)
         model_options = saved["raw"]["model"].get("options", {})
         data_root = data_root if data_root is not None else saved["raw"]["data"].get("root")
@@ -115,6 +120,8 @@ def fit(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
         cfg = config if config is not None else recipe(model, data)
+        if overrides:
+            cfg = cfg.replace(**overrides)
 
     rt = Runtime.setup(
         cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, threads=cfg.threads
@@ -228,7 +235,7 @@ def _build_model(
     try:
         with torch.no_grad():
             logits = net(probe)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, ConvlensError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         expected = ""
         with contextlib.suppress(

@@ -49,12 +49,12 @@ class Reporter:
     def print(self, message: str) -> None:
         """One line for the person running the training (rank 0 only)."""
         if self.enabled:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     def start_epoch(self, epoch: int, batches: int, done: int = 0) -> None:
         """Open a transient bar for epoch `epoch` (0-based) of `batches` batches, `done` already run."""
-        if not self.enabled:
-            return
+        if not self.enabled or not self.console.is_terminal:
+            return  # a bar in a log file is noise; the per-epoch lines say enough
         self._progress = Progress(
             TextColumn(f"epoch {epoch + 1}/{self.epochs}"),
             BarColumn(),
@@ -88,6 +88,7 @@ class Reporter:
             f"test loss {row['test_loss']:.4f} acc {row['test_acc']:6.2%}  "
             f"lr {row['lr']:.3g}  {row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s",
             highlight=False,
+            soft_wrap=True,
         )
         if self._tb is not None:
             for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
