@@ -34,14 +34,20 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         env=env,
     )
+    torchrun = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "convlens.cli.main",
+    ]
     ddp = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "convlens.cli.main"]
-        + [*ARGS, "--out", str(two)],
+        [*torchrun, *ARGS, "--out", str(two)],
         capture_output=True,
         env=env,
         timeout=300,
     )
-    s_out, s_err = single.communicate(timeout=300)
+    _, s_err = single.communicate(timeout=300)
     assert single.returncode == 0, s_err.decode()
     assert ddp.returncode == 0, ddp.stderr.decode()[-3000:]
 

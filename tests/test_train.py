@@ -6,6 +6,7 @@ the saved weights, `torch.load(weights_only=True)` for the checkpoint format.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -157,8 +158,8 @@ def test_onecycle_rises_then_falls_to_zero() -> None:
     total, warm = 100, 20
     f = [lr_factor("onecycle", s, total, warm) for s in range(total + 1)]
     assert max(f) == 1.0 and f.index(1.0) == warm
-    assert all(a < b for a, b in zip(f[:warm], f[1 : warm + 1], strict=True))
-    assert all(a > b for a, b in zip(f[warm:-1], f[warm + 1 :], strict=True))
+    assert all(a < b for a, b in itertools.pairwise(f[: warm + 1]))
+    assert all(a > b for a, b in itertools.pairwise(f[warm:]))
     assert f[total] == 0.0 and 0 < f[0] < 0.1
 
 
@@ -211,8 +212,19 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_a_good_checkpoint(tmp_pat
 
 def test_nan_loss_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
-        ["train", "lenet5", "--out", str(tmp_path / "r"), *TINY_ARGS, "--lr", "1e12"]
-        + ["--optimizer", "sgd", "--warmup", "0"]
+        [
+            "train",
+            "lenet5",
+            "--out",
+            str(tmp_path / "r"),
+            *TINY_ARGS,
+            "--lr",
+            "1e12",
+            "--optimizer",
+            "sgd",
+            "--warmup",
+            "0",
+        ]
     )
     err = _flat(capsys.readouterr().err)
     assert rc == 1
