@@ -19,7 +19,7 @@ from convlens.errors import ConvlensError
 if TYPE_CHECKING:
     from convlens.render.report import Report, ReportOptions
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # long paths and reasons stay on one line
 
 DEMO_DATA = ("sample", "mnist", "fashion-mnist", "cifar10")
 # A network that trains to a meaningful accuracy within the demo's few minutes on a laptop CPU.

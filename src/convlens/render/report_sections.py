@@ -4,7 +4,8 @@ Each section is a function `(ctx) -> Section | Skipped` registered with :func:`s
 and the one or two sentences that lead it on the page. Sections only orchestrate: numbers come from
 `convlens.anatomy` and `convlens.inspect`, pictures from matplotlib via `convlens.render`. Anything a
 section needs and cannot get raises :class:`~convlens.render.report.Unavailable` (shown as "Not shown:
-<reason>"), so one missing piece never stops the report.
+<reason>"), so one missing piece never stops the report. Sections about conv layers ask for their
+layer first, so a network without one says that rather than anything else.
 """
 
 from __future__ import annotations
@@ -285,9 +286,9 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
     "noisy ones of too little training or too high a learning rate.",
 )
 def filters_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.first_conv()
     filters = need("convlens.inspect", "filters")
     filters_figure = need("convlens.render.layers", "filters_figure")
-    layer = ctx.first_conv()
     w = filters(ctx.model, layer)  # (C_out, C_in, kH, kW)
     fig = filters_figure(w, layer=layer, max_filters=64, max_inputs=8)
     c_out, c_in, kh, kw = w.shape
@@ -313,9 +314,9 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
     "image (edges, strokes); deeper layers are coarser, and more of their channels stay dark.",
 )
 def activations_section(ctx: ReportContext) -> Section | Skipped:
+    ctx.conv_layers()
     activations = need("convlens.inspect", "activations")
     activations_figure = need("convlens.render.layers", "activations_figure")
-    ctx.conv_layers()
     ds = ctx.dataset("test")
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
@@ -473,10 +474,10 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     "channel; what the crops in a row share is what that channel detects.",
 )
 def top_patches_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
     top_patches = need("convlens.inspect", "top_patches")
     crop_patches = need("convlens.inspect", "crop_patches")
     top_patches_figure = need("convlens.render.layers", "top_patches_figure")
-    layer = ctx.spatial_conv()
     ds = ctx.dataset("test")
     o = ctx.options
     d = ctx.raw["data"]
@@ -517,8 +518,8 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     "particular test image; repeated motifs mean the channel fires wherever its pattern appears.",
 )
 def actmax_section(ctx: ReportContext) -> Section | Skipped:
-    activation_maximization = need("convlens.inspect", "activation_maximization")
     layer = ctx.spatial_conv()
+    activation_maximization = need("convlens.inspect", "activation_maximization")
     o = ctx.options
     n = min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
     d = ctx.raw["data"]
@@ -565,10 +566,10 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
     "support the class. Saliency: how strongly each pixel's gradient moves the class score.",
 )
 def attribution_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
     occlusion = need("convlens.inspect", "occlusion")
     grad_cam = need("convlens.inspect", "grad_cam")
     saliency = need("convlens.inspect", "saliency")
-    layer = ctx.spatial_conv()
     ds = ctx.dataset("test")
     probs, pred = ctx.predictions()
     right, wrong = ctx.example_indices()
@@ -635,9 +636,9 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
     "theoretical field.",
 )
 def erf_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
     effective_receptive_field = need("convlens.anatomy", "effective_receptive_field")
     erf_figure = need("convlens.render.layers", "erf_figure")
-    layer = ctx.spatial_conv()
     erf = effective_receptive_field(
         ctx.model, layer, ctx.input_shape, n=ctx.options.erf_samples, seed=ctx.options.seed
     )
