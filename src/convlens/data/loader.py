@@ -87,6 +87,20 @@ def default_augment(name: str) -> Augment:
     return Augment()
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a small CPU tensor to `device` without stalling the GPU.
+
+    A copy from pageable host memory waits for the whole CUDA stream first; from pinned memory it is
+    queued like a kernel. Batches draw their augmentation on the CPU (so draws are the same on every
+    device), so this runs once per batch.
+    """
+    if t.device == device:
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def crop_and_flip(
     x: torch.Tensor, padding: int, offsets: torch.Tensor | None, flips: torch.Tensor | None
 ) -> torch.Tensor:
@@ -105,10 +119,10 @@ def crop_and_flip(
     wp = w + 2 * p
     cols = torch.arange(w, device=dev).expand(b, w)  # (B, W) source column of each output column
     if flips is not None:
-        cols = torch.where(flips.to(dev).view(b, 1), w - 1 - cols, cols)
+        cols = torch.where(to_device(flips, dev).view(b, 1), w - 1 - cols, cols)
     rows = torch.arange(h, device=dev).expand(b, h)  # (B, H)
     if offsets is not None:
-        off = offsets.to(dev)
+        off = to_device(offsets, dev)
         rows, cols = rows + off[:, 0:1], cols + off[:, 1:2]
     idx = (rows * wp).view(b, h, 1) + cols.view(
         b, 1, w
@@ -175,7 +189,7 @@ class BatchNormalizer:
         if draw is not None and draw.alphas is not None and self.pca is not None:
             sqrt_eig, eigvec = self.pca
             # (B, C) colour shift in [0, 1] pixel units, then into normalised units
-            delta = (draw.alphas.to(self.device) * sqrt_eig) @ eigvec.T
+            delta = (to_device(draw.alphas, self.device) * sqrt_eig) @ eigvec.T
             x.add_(delta.view(*delta.shape, 1, 1) * self.inv_std)
         return x
 

@@ -451,13 +451,11 @@ def _train(
                 pos.step += 1
                 pos.batch += 1
                 with torch.no_grad():
-                    sums += torch.stack(
-                        [
-                            loss.detach().double() * y.shape[0],
-                            (logits.argmax(1) == y).sum().double(),
-                            torch.tensor(float(y.shape[0]), dtype=torch.float64, device=rt.device),
-                        ]
-                    )
+                    # In place, with the count as a Python number: a host-to-device tensor copy
+                    # here would wait for the GPU on every step.
+                    sums[0] += loss.detach().double() * y.shape[0]
+                    sums[1] += (logits.argmax(1) == y).sum()
+                    sums[2] += y.shape[0]
 
                 if pos.step % check_every == 0:
                     # Ranks agree on whether a loss went bad and whether a checkpoint is due.
