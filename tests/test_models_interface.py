@@ -216,3 +216,14 @@ def test_timm_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(m, nn.Conv2d)
     with pytest.raises(ConvlensError, match="Did you mean: resnet18"):
         models.create("timm:resnet19")
+
+
+def test_reset_classifier_on_ours_and_torchvision() -> None:
+    ours = models.create("resnet20")
+    ours.reset_classifier(3)
+    assert ours.fc.out_features == 3 and ours.fc.in_features == 64
+    assert ours(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    squeeze = torchvision.models.squeezenet1_1(weights=None)
+    models.reset_classifier(squeeze, 4)
+    assert squeeze.classifier[1].out_channels == 4
+    assert squeeze.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 4)

@@ -22,6 +22,7 @@ from convlens.models.interface import (
     conv_layers,
     default_layer,
     forward_features,
+    reset_classifier,
 )
 from convlens.models.registry import (
     ModelInfo,
@@ -53,5 +54,6 @@ __all__ = [
     "num_parameters",
     "read_state_dict",
     "register_model",
+    "reset_classifier",
     "torchvision_names",
 ]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError, did_you_mean
-from convlens.models.interface import classifier
+from convlens.models.interface import reset_classifier
 from convlens.models.registry import ModelInfo, read_state_dict
 
 _AUX_BY_DEFAULT = ("googlenet", "inception_v3")
@@ -110,25 +110,6 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> None:
     setattr(parent, child, new)
 
 
-def replace_classifier(model: nn.Module, num_classes: int) -> None:
-    """Replace the final layer of `model` by a fresh one with `num_classes` outputs."""
-    final = classifier(model)
-    name = next(n for n, m in model.named_modules() if m is final)
-    new: nn.Module
-    if isinstance(final, nn.Linear):
-        if final.out_features == num_classes:
-            return
-        new = nn.Linear(final.in_features, num_classes, bias=final.bias is not None)
-    elif isinstance(final, nn.Conv2d):  # SqueezeNet's 1x1 classifier convolution
-        if final.out_channels == num_classes:
-            return
-        new = nn.Conv2d(final.in_channels, num_classes, final.kernel_size)  # type: ignore[arg-type]
-    else:
-        raise ConvlensError(f"cannot resize the classifier of {type(model).__name__} ({name})")
-    parent, child = _parent(model, name)
-    setattr(parent, child, new.to(next(final.parameters()).device))
-
-
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     """Load strictly; return the error message instead of raising."""
     try:
@@ -188,7 +169,7 @@ def torchvision_model(
             f"{weights_path} does not hold weights of torchvision's {arch}:\n{error}"
         )
     adapt_input_channels(model, in_channels)
-    replace_classifier(model, num_classes)
+    reset_classifier(model, num_classes)
     return model
 
 

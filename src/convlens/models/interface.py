@@ -15,6 +15,7 @@ The four functions below work on ANY module, so every tool works on torchvision 
   forward pre-hook, the forward being stopped there (later layers never run).
 - :func:`default_layer` — the last convolution outside auxiliary branches (names containing
   ``aux``), the usual target for Grad-CAM and feature visualisation.
+- :func:`reset_classifier` — a fresh final layer with another number of classes (fine-tuning).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class ConvNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The final layer (an ``nn.Linear``)."""
         raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final layer by a fresh one with `num_classes` outputs (fine-tuning)."""
+        reset_classifier(self, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, ``(N, C, H, W) -> (N, num_classes)``."""
@@ -76,6 +81,33 @@ def classifier(model: nn.Module) -> nn.Module:
     if convs:
         return convs[-1]
     raise ConvlensError(f"{type(model).__name__} has no linear or convolutional final layer")
+
+
+def reset_classifier(model: nn.Module, num_classes: int) -> None:
+    """Replace the final layer of any model (see :func:`classifier`) by a fresh one, in place.
+
+    A linear layer keeps its input width; SqueezeNet's 1x1 classifier convolution keeps its input
+    depth. Nothing happens when the layer already has `num_classes` outputs.
+
+    Raises:
+        ConvlensError: the final layer is neither linear nor convolutional.
+    """
+    final = classifier(model)
+    name = next(n for n, m in model.named_modules() if m is final)
+    new: nn.Module
+    if isinstance(final, nn.Linear):
+        if final.out_features == num_classes:
+            return
+        new = nn.Linear(final.in_features, num_classes, bias=final.bias is not None)
+    elif isinstance(final, nn.Conv2d):
+        if final.out_channels == num_classes:
+            return
+        new = nn.Conv2d(final.in_channels, num_classes, final.kernel_size)  # type: ignore[arg-type]
+    else:
+        raise ConvlensError(f"cannot resize the classifier of {type(model).__name__} ({name})")
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new.to(final.weight.device))
 
 
 class _Stop(Exception):
