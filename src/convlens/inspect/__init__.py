@@ -7,6 +7,7 @@ Each method module adds its names below (imports, then `__all__`).
 from __future__ import annotations
 
 from convlens.inspect.activations import activations
+from convlens.inspect.actmax import ActMaxResult, activation_maximization
 from convlens.inspect.attribution import grad_cam, guided_backprop, guided_grad_cam, saliency
 from convlens.inspect.features import extract_features
 from convlens.inspect.filters import filters
@@ -16,10 +17,12 @@ from convlens.inspect.top_patches import TopPatches, crop_patches, top_patches
 from convlens.inspect.tsne import TSNEMap, tsne, tsne_grid
 
 __all__ = [
+    "ActMaxResult",
     "Neighbors",
     "OcclusionResult",
     "TSNEMap",
     "TopPatches",
+    "activation_maximization",
     "activations",
     "crop_patches",
     "extract_features",
