@@ -223,7 +223,7 @@ def test_published_resnet50_field() -> None:
     # Araujo et al. 2019 (distill.pub), table: ResNet-50 final conv features have r = 427, jump 32.
     rf = receptive_fields(torchvision.models.resnet50(weights=None), (3, 224, 224))
     assert rf["layer4"].size == (427, 427) and rf["layer4"].jump == (32, 32)
-    assert rf["fc"] == RF(size=(224, 224), jump=(224, 224), start=(111.5, 111.5))
+    assert rf["fc"] == RF(size=(224, 224), jump=(0, 0), start=(111.5, 111.5))
 
 
 def test_box_and_clip() -> None:
@@ -239,3 +239,33 @@ def test_box_and_clip() -> None:
 def test_input_too_small_names_the_layer() -> None:
     with pytest.raises(ConvlensError, match=r"too small.*'features\.\d+' \(MaxPool2d\)"):
         receptive_fields(torchvision.models.alexnet(weights=None), (3, 32, 32))
+
+
+class _Gated(nn.Module):
+    """conv -> squeeze-and-excitation (x * sigmoid(fc(mean over H, W))) -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 3, padding=1)
+        self.fc = nn.Conv2d(4, 4, 1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        gate = torch.sigmoid(self.fc(F.adaptive_avg_pool2d(y, 1)))  # (N, 4, 1, 1)
+        return self.b(y * gate)
+
+
+def test_global_gate_makes_units_see_everything_unless_asked_for_the_local_field() -> None:
+    net = _Gated()
+    with pytest.warns(UserWarning, match="global gate"):
+        strict = receptive_fields(net, (2, 16, 16))
+    assert strict["b"] == RF(size=(16, 16), jump=(0, 0), start=(7.5, 7.5))
+    assert strict["b"].box(3, 9) == (0, 0, 16, 16)  # every unit: the whole image
+    # the oracle: the input gradient of a corner unit reaches every pixel (through the gate)
+    assert gradient_supports(net, (2, 16, 16), "b", [(0, 0), (8, 8)]) == [(0, 0, 16, 16)] * 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        local = receptive_fields(net, (2, 16, 16), through_gates=False)
+    assert local["b"] == RF(size=(5, 5), jump=(1, 1), start=(0.0, 0.0))

@@ -22,7 +22,8 @@ inception concatenation, any elementwise op on two feature maps. A unit after su
 union of what its inputs see; with equal jumps that union is again an interval per unit, the hull
 (lo = min, hi = max). When the paths disagree on the centre or the jump the hull over-approximates,
 and :func:`receptive_fields` says so with a warning. Units after a global pooling, a flatten or a
-fully-connected layer over spatial positions see the whole input.
+fully-connected layer over spatial positions see the whole input: their RF is the image, with jump 0
+(every unit sees the same window).
 
 How the geometry travels through an arbitrary ``nn.Module``: :mod:`convlens.anatomy.trace` runs the
 model on the meta device (no data, no arithmetic) under a ``TorchFunctionMode`` that attaches a
@@ -151,10 +152,10 @@ class Field:
         return Field(dims, self.lo, self.hi, self.jump, self.whole)
 
     def to_rf(self, input_size: tuple[int, int]) -> RF:
-        """The public :class:`RF`; a whole-input field is the image itself, one unit wide."""
+        """The public :class:`RF`; a whole-input field is the image, the same for every unit (jump 0)."""
         if self.whole:
             h, w = input_size
-            return RF(size=(h, w), jump=(h, w), start=((h - 1) / 2, (w - 1) / 2))
+            return RF(size=(h, w), jump=(0, 0), start=((h - 1) / 2, (w - 1) / 2))
         size = (self.hi[0] - self.lo[0] + 1, self.hi[1] - self.lo[1] + 1)
         start = ((self.lo[0] + self.hi[0]) / 2, (self.lo[1] + self.hi[1]) / 2)
         return RF(size=size, jump=self.jump, start=start)
@@ -192,7 +193,11 @@ def union(fields: list[Field]) -> tuple[Field, str | None]:
 
 
 def receptive_fields(
-    model: nn.Module, input_size: tuple[int, int, int], *, warn: bool = True
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    *,
+    warn: bool = True,
+    through_gates: bool = True,
 ) -> dict[str, RF]:
     """The theoretical receptive field of every module of `model` that runs in its forward pass.
 
@@ -204,6 +209,11 @@ def receptive_fields(
         model: any network taking one (N, C, H, W) image batch.
         input_size: (C, H, W) of one input image.
         warn: emit a ``UserWarning`` where branches disagree on centre or jump (the union is reported).
+        through_gates: a feature map multiplied by a global gate (a 1x1 map computed from the whole
+            input: squeeze-and-excitation in MobileNetV3, EfficientNet, RegNetY) depends on every
+            input pixel, so its units see the whole input (True, the default, and what the input
+            gradient shows). False ignores such gates and reports the local field, the window
+            whose content the unit responds to, more useful to crop patches.
 
     Returns:
         ``{module name: RF}`` in forward order, containers (e.g. ``"layer1"``) included. A module
@@ -215,7 +225,7 @@ def receptive_fields(
     """
     from convlens.anatomy.trace import trace
 
-    result = trace(model, input_size, warn=warn)
+    result = trace(model, input_size, warn=warn, through_gates=through_gates)
     return {call.name: call.rf for call in result.calls if call.rf is not None}
 
 

@@ -191,6 +191,7 @@ def summary(
     *,
     name: str | None = None,
     warn: bool = True,
+    through_gates: bool = True,
 ) -> Summary:
     """Summarise `model` on one image of `input_size` = (C, H, W), without computing on data.
 
@@ -199,6 +200,7 @@ def summary(
         input_size: (C, H, W) of one input image.
         name: the model's name in the summary (default: its class name).
         warn: emit a ``UserWarning`` where branches disagree on a receptive field's centre or jump.
+        through_gates: see :func:`~convlens.anatomy.receptive_field.receptive_fields`.
 
     Returns:
         A :class:`Summary`; ``str()`` of it is a table, ``.to_dict()`` / ``.to_json()`` /
@@ -213,7 +215,7 @@ def summary(
         >>> s["features.0"].params_unshared
         105705600
     """
-    result = trace(model, tuple(input_size), warn=warn)  # type: ignore[arg-type]
+    result = trace(model, tuple(input_size), warn=warn, through_gates=through_gates)  # type: ignore[arg-type]
     own = {
         id(m): [p for p in m.parameters(recurse=False)]
         for m in {id(m): m for m in model.modules()}.values()

@@ -58,8 +58,16 @@ class Trace:
     on_meta: bool = True
 
 
-def trace(model: nn.Module, input_size: tuple[int, int, int], *, warn: bool = True) -> Trace:
+def trace(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    *,
+    warn: bool = True,
+    through_gates: bool = True,
+) -> Trace:
     """Run `model` once on a (1, C, H, W) input without data; see the module docstring.
+
+    `through_gates`: see :func:`convlens.anatomy.receptive_field.receptive_fields`.
 
     Raises:
         ConvlensError: the model fails on an input of this size (the message names the module).
@@ -71,11 +79,11 @@ def trace(model: nn.Module, input_size: tuple[int, int, int], *, warn: bool = Tr
     model.eval()  # BatchNorm on a 1x1 map and GoogLeNet's auxiliary heads want eval mode
     try:
         try:
-            result = _trace_once(model, input_size, on_meta=True)
+            result = _trace_once(model, input_size, on_meta=True, through_gates=through_gates)
         except ConvlensError:
             raise
         except Exception:  # not all models run on meta; zeros on the real device decide
-            result = _trace_once(model, input_size, on_meta=False)
+            result = _trace_once(model, input_size, on_meta=False, through_gates=through_gates)
     finally:
         for m, flag in training:
             m.training = flag
@@ -85,7 +93,9 @@ def trace(model: nn.Module, input_size: tuple[int, int, int], *, warn: bool = Tr
     return result
 
 
-def _trace_once(model: nn.Module, input_size: tuple[int, int, int], *, on_meta: bool) -> Trace:
+def _trace_once(
+    model: nn.Module, input_size: tuple[int, int, int], *, on_meta: bool, through_gates: bool
+) -> Trace:
     c, h, w = input_size
     names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
     calls: list[Call] = []
@@ -109,7 +119,7 @@ def _trace_once(model: nn.Module, input_size: tuple[int, int, int], *, on_meta: 
             if call.field is not None:
                 call.rf = call.field.to_rf((h, w))
 
-    mode = _GeometryMode(stack)
+    mode = _GeometryMode(stack, through_gates=through_gates)
     handles = []
     for m in {id(m): m for m in model.modules()}.values():
         handles.append(m.register_forward_pre_hook(pre_hook))
@@ -225,9 +235,11 @@ def _spatial(t: torch.Tensor, f: Field) -> tuple[int, int] | None:
 class _GeometryMode(TorchFunctionMode):
     """Attaches a receptive-field :class:`Field` to every tensor a traced forward produces."""
 
-    def __init__(self, stack: list[Call]) -> None:
+    def __init__(self, stack: list[Call], *, through_gates: bool = True) -> None:
         super().__init__()
         self.stack = stack
+        self.through_gates = through_gates
+        self.gate_noted = False
         self.notes: list[str] = []
         self._rules: dict[str, Callable[..., Field | None]] = {
             "conv2d": self._conv,
@@ -572,6 +584,16 @@ class _GeometryMode(TorchFunctionMode):
             return None
         live = [f for f in fields if not f.whole]
         if len(live) < len(fields):
+            if live and self._is_gate(args, kwargs, live[0]):
+                if not self.through_gates:
+                    return self._union(live, name)
+                if not self.gate_noted:
+                    self.gate_noted = True
+                    self._note(
+                        "a global gate (a 1x1 map computed from the whole input, e.g. "
+                        "squeeze-and-excitation) scales the feature map; the units after it see the "
+                        "whole input (through_gates=False, or --local-rf, reports their local field)"
+                    )
             return Field.everything()
         for t in _tensors((args, kwargs)):
             f = getattr(t, _ATTR, None)
@@ -590,6 +612,14 @@ class _GeometryMode(TorchFunctionMode):
                     )
                 return Field.everything()
         return self._union(fields, name)
+
+    def _is_gate(self, args: Sequence[Any], kwargs: dict[str, Any], local: Field) -> bool:
+        """Every whole-input operand is a 1x1 map broadcast over the local one (x * gate)."""
+        for t in _tensors((args, kwargs)):
+            f = getattr(t, _ATTR, None)
+            if f is not None and f.whole and _spatial(t, local) not in (None, (1, 1)):
+                return False
+        return True
 
     def _union(self, fields: list[Field], op: str) -> Field:
         if not fields:

@@ -103,6 +103,11 @@ def summary_command(
     output: Path | None = typer.Option(
         None, "--output", help="Write the summary to this file instead of printing it."
     ),
+    local_rf: bool = typer.Option(
+        False,
+        "--local-rf",
+        help="Receptive fields ignore global gates (squeeze-and-excitation): the local window.",
+    ),
 ) -> None:
     """Every layer's output shape, neurons, parameters (shared and unshared), MACs and receptive field.
 
@@ -123,7 +128,7 @@ def summary_command(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = summary(net, size, name=model, warn=True)
+        result = summary(net, size, name=model, warn=True, through_gates=not local_rf)
     err = Console(stderr=True)
     for w in caught:
         if issubclass(w.category, UserWarning) and "receptive field" in str(w.message):
