@@ -6,7 +6,7 @@ classes (what `convlens models` prints).
 - ours: `convlens.models.num_parameters`, which builds each model under `torch.device("meta")`:
   parameters have shapes but no storage, and initialisers do nothing;
 - reference: the textbook way, `sum(p.numel() for p in create(name).parameters())`, building
-  each model on the CPU (allocating and initialising ~1.6 billion parameters over the zoo).
+  each model on the CPU (allocating and initialising 1.4 billion parameters over the zoo).
 
 Both run in this one process; the counts must agree exactly. Printed: seconds for each and the
 ratio. Target: the whole listing in well under a second of CPU, >= 20x faster than the reference.
