@@ -68,7 +68,7 @@ def test_describe_one_model_with_options(capsys: pytest.CaptureFixture[str]) -> 
         (["resnt20"], "Did you mean: resnet20"),
         (["torchvision:resnt18"], "resnet18"),
         (["lenet5", "-o", "pol=avg"], "Did you mean: pool"),
-        (["lenet5", "-o", "padding=two"], "takes a int"),
+        (["lenet5", "-o", "padding=two"], "takes an integer"),
         (["lenet5", "-o", "pool"], "KEY=VALUE"),
         (["lenet5", "-o", "pool=min"], "pool must be"),
         (["--family", "vgx"], "Did you mean: vgg"),
@@ -88,3 +88,8 @@ def test_bad_input_is_one_clear_line(
 def test_bad_number_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--num-classes", "0")
     assert code == 2 and "Traceback" not in out + err
+
+
+def test_bool_option_message(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "resnet18", "-o", "small_input=maybe")
+    assert code == 1 and "takes true or false" in err

@@ -91,7 +91,7 @@ def test_unknown_name_and_option() -> None:
 def test_string_options_are_converted() -> None:
     m = models.create("lenet5", padding="0")
     assert m.conv1.padding == (0, 0)
-    with pytest.raises(ConvlensError, match="takes a int"):
+    with pytest.raises(ConvlensError, match="takes an integer"):
         models.create("lenet5", padding="two")
 
 

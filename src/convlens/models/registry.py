@@ -181,8 +181,14 @@ def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(default, float):
             return float(value)
     except ValueError:
-        kind = type(default).__name__
-        raise ConvlensError(f"option {key!r} of {model} takes a {kind}, not {value!r}") from None
+        kind = (
+            "true or false"
+            if isinstance(default, bool)
+            else "an integer"
+            if isinstance(default, int)
+            else "a number"
+        )
+        raise ConvlensError(f"option {key!r} of {model} takes {kind}, not {value!r}") from None
     return value
 
 
