@@ -4,7 +4,7 @@ Our models subclass :class:`ConvNet` and answer timm's interface directly: ``for
 gives the penultimate feature vector ``(N, D)``, ``forward_head(f)`` the logits, ``get_classifier()``
 the final layer, and ``forward(x) = forward_head(forward_features(x))``.
 
-The four functions below work on ANY module, so every tool works on torchvision and timm models too:
+The functions below work on ANY module, so every tool works on torchvision and timm models too:
 
 - :func:`conv_layers` — the ``nn.Conv2d`` layers by name, in registration order (which is forward
   order for our models and torchvision's).
