@@ -87,11 +87,12 @@ class AxisArithmetic:
         if len(unseen) > len(real):
             parts.append(_plural(len(unseen) - len(real), "padding " + unit))
         verb = "is" if len(unseen) == 1 else "are"
+        window = f"{unit}s {last_start}..{first_unseen - 1}" if k > 1 else f"{unit} {last_start}"
         return [
             f"{head} = {exact:g}: not an integer, the windows do not tile the input.",
             f"      {self.span} is not a multiple of {s}; PyTorch floors: "
             f"floor({self.span} / {s}) + 1 = {self.out} positions.",
-            f"      The last window covers {unit}s {last_start}..{first_unseen - 1}, so "
+            f"      The last window covers {window}, so "
             f"{' and '.join(parts)} {verb} never seen (the remainder {self.span} mod {s} = "
             f"{self.remainder}).",
             *gaps,

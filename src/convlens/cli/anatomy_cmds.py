@@ -111,8 +111,9 @@ def summary_command(
 ) -> None:
     """Every layer's output shape, neurons, parameters (shared and unshared), MACs and receptive field.
 
-    Nothing is computed on data: the forward pass runs on the meta device, so ResNet-152 at 224x224
-    takes a fraction of a second. Example: convlens summary alexnet --input 3x227x227
+    Nothing is computed on data (the forward pass runs on the meta device): instant even for ResNet-152.
+
+    Example: convlens summary alexnet --input 3x227x227
     """
     from convlens import models
     from convlens.anatomy.summary import summary
