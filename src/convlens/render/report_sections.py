@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from convlens.render.common import image_grid, overlay_heatmap, to_hwc
 from convlens.render.report import (
@@ -175,6 +176,7 @@ def training_section(ctx: ReportContext) -> Section | Skipped:
             vals = [np.nan if y is None else float(y) * (100 if key == "acc" else 1) for y in ys]
             ax.plot(epochs, vals, style, marker=marker, ms=3, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -182,6 +184,7 @@ def training_section(ctx: ReportContext) -> Section | Skipped:
     if any(v is not None for v in lrs):
         axes[2].plot(epochs, [np.nan if v is None else float(v) for v in lrs], marker=marker, ms=3)
         axes[2].set_xlabel("epoch")
+        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[2].set_ylabel("learning rate (end of epoch)")
         axes[2].grid(alpha=0.3)
     else:
@@ -224,8 +227,8 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
     y = ds.labels.numpy()
     cm = confusion_matrix(ds.labels, pred, k).numpy()  # (K, K): rows true, columns predicted
     names = [ctx.class_name(i) for i in range(k)]
-    size = min(9.0, 2.0 + 0.5 * k)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    size = min(8.0, 1.6 + 0.42 * k)  # 5.8 inches for 10 classes: readable beside the table
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
@@ -561,9 +564,9 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
     "attribution",
     "Occlusion, Grad-CAM and saliency: where the network looks",
     'Three answers to "which pixels made the network say this class?", for test images it got right and '
-    "for images it got wrong. Occlusion: how much the predicted class's probability drops when a grey "
-    "patch hides each place (red = important). Grad-CAM: which regions of the last spatial convolution's maps "
-    "support the class. Saliency: how strongly each pixel's gradient moves the class score.",
+    "for images it got wrong. Occlusion: how much the predicted class's score drops when a patch of the "
+    "mean colour hides each place (red = the network needs it). Grad-CAM: which regions of the last "
+    "spatial convolution's maps support the class. Saliency: how strongly each pixel moves the class score.",
 )
 def attribution_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
