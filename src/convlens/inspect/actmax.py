@@ -427,6 +427,31 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def output_channels(
+    model: nn.Module,
+    layer: str | None,
+    input_shape: tuple[int, int, int],
+    *,
+    device: str | torch.device | None = None,
+) -> int:
+    """How many channels (classes, for `layer=None`) :func:`activation_maximization` can choose from.
+
+    Runs one grey `(1, *input_shape)` image up to `layer` in eval mode; the model is left as it was.
+
+    Raises:
+        ConvlensError: unknown layer, or an input the model cannot take.
+    """
+    if layer is not None:
+        get_layer(model, layer)
+    dev = torch.device(device) if device is not None else _model_device(model)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x) if layer is None else truncated_forward(model, layer, x)
+
+    with _frozen(model):
+        return _output_channels(forward, input_shape[0], input_shape[1], dev, layer)
+
+
 def _output_channels(
     forward: Callable[[torch.Tensor], torch.Tensor],
     c_in: int,
