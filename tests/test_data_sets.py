@@ -132,6 +132,10 @@ def test_names_and_unknown_names():
         data.load("mnsit")
     with pytest.raises(ConvlensError, match="unknown split"):
         data.load("sample", "validation")
+    with pytest.raises(ConvlensError, match="folder:PATH data sets only"):
+        data.load("sample", size=32)
+    with pytest.raises(ConvlensError, match="folder: needs a path"):
+        data.load("folder:")
 
 
 # ------------------------------------------------------------------ search order, missing files

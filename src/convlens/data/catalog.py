@@ -144,12 +144,18 @@ def load(
     """
     name = name.strip()
     _check(name, split)
+    if size is not None and not name.startswith("folder:"):
+        raise ConvlensError(f"size= applies to folder:PATH data sets only, not to {name}")
     if name == "sample":
         return mnist.load_sample(split)
     if name.startswith("folder:"):
         from convlens.data.folder import load_folder
 
-        return load_folder(name[len("folder:") :], split, size=size)
+        path = name[len("folder:") :].strip()
+        if not path:
+            raise ConvlensError("folder: needs a path, e.g. folder:~/pictures/pets")
+        return load_folder(path, split, size=size)
+
     loc = locate(name, root)
     if loc.found is None:
         if not download:

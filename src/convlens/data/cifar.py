@@ -82,8 +82,13 @@ def find_cifar10(place: Path) -> CifarFiles | None:
             return CifarFiles("batches", d)
     if (place / "train").is_dir() and (place / "test").is_dir():
         return CifarFiles("tree", place)
+    # any archive in a folder named cifar10; elsewhere (root= itself) only one named like CIFAR
     tars = sorted(
-        p for p in place.iterdir() if p.is_file() and p.name.endswith((".tar.gz", ".tgz", ".tar"))
+        p
+        for p in place.iterdir()
+        if p.is_file()
+        and p.name.endswith((".tar.gz", ".tgz", ".tar"))
+        and (place.name == "cifar10" or "cifar" in p.name.lower())
     )
     if tars:
         official = [p for p in tars if p.name.startswith("cifar-10-python")]

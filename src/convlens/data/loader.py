@@ -236,6 +236,8 @@ class BatchLoader:
             raise ValueError(
                 f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
+        if images.shape[0] == 0:
+            raise ValueError("no images to batch")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if batch_size < 1:
