@@ -2,7 +2,8 @@
 
 | models | data | recipe | evidence |
 | --- | --- | --- | --- |
-| lenet5 | mnist, fashion-mnist, sample | SGD+Nesterov, batch 256, one-cycle, short | benchmarks/RESULTS.md |
+| lenet5 | mnist, fashion-mnist | SGD+Nesterov 0.05, batch 64, one-cycle, 12-15 epochs | benchmarks/RESULTS.md |
+| lenet5 | sample (8,000 images) | AdamW 4e-3, batch 64, one-cycle, 6 epochs | tests (>= 85 %) |
 | resnet20..110, plain20..110 | cifar10 | He et al. 2016: SGD 0.1, momentum 0.9, batch 128, crop 4 + flip | He et al. 2016, sec. 4.2 |
 | same | mnist, fashion-mnist | as above with a 2-pixel crop (no flip on digits) | benchmarks/RESULTS.md |
 | anything else | anything | SGD 0.05, cosine, batch 128, 10 epochs | a safe start |
@@ -52,19 +53,21 @@ def _base(model: str, data: str) -> TrainConfig:
                 schedule="onecycle",
                 warmup=0.3,
             )
-        # Large batch for CPU throughput; a one-cycle schedule gets LeNet-5 to its plateau in few epochs.
-        epochs = {"mnist": 12, "fashion-mnist": 15}.get(data, 12)
+        # SGD + Nesterov at batch 64 with a one-cycle schedule: 90 % on Fashion-MNIST after 4 epochs
+        # (benchmarks/RESULTS.md). Digits get a 2-pixel random crop: LeNet-5 then reaches < 0.8 % error.
+        digits = data in _DIGITS
         return TrainConfig(
-            epochs=epochs,
-            batch_size=256,
-            lr=0.1,
+            epochs={"mnist": 12, "fashion-mnist": 15}.get(data, 12),
+            batch_size=64,
+            lr=0.05,
             optimizer="sgd",
             momentum=0.9,
             nesterov=True,
             weight_decay=5e-4,
             schedule="onecycle",
-            warmup=1.0,
-            augment="none",
+            warmup=0.5,
+            augment="crop" if digits else "none",
+            crop_padding=2,
         )
     if _CIFAR_RESNET.match(model):
         small = data in _SMALL_GRAY
