@@ -18,11 +18,16 @@ Layout (every file written atomically by :mod:`convlens.fileio`)::
                "image_shape": [C, H, W], "root": "/path/or/null"},
       "train": {... the TrainConfig as a dict ...},
       "seed": 0,
-      "versions": {"convlens": "...", "torch": "...", "torchvision": "..."}
+      "versions": {"convlens": "...", "torch": "...", "torchvision": "..."},
+      "device": "cpu", "world_size": 1,            (where it trained)
+      "result": {"test_acc": ..., "test_loss": ..., "epochs": ..., "elapsed_s": ...},  (when complete)
+      "error": "..."                                (when failed)
     }
 
-`metrics.jsonl` lines hold at least: epoch, train_loss, train_acc, test_loss, test_acc, lr,
-images_per_s, seconds.
+`metrics.jsonl` lines hold at least: epoch (0-based), train_loss, train_acc, test_loss, test_acc,
+lr (at the epoch's last step), images_per_s (training images per second, all processes), seconds
+(the epoch's wall time, training and testing), plus elapsed_s (seconds since the run began, summed
+over resumes) and step (optimiser steps so far). Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
