@@ -113,7 +113,12 @@ def train(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or epoch lines."),
 ) -> None:
-    """Train MODEL on a data set and write a run directory (weights, metrics, checkpoint)."""
+    """Train MODEL on a data set and write a run directory (weights, metrics, checkpoint).
+
+    Options left out come from the recipe for MODEL and the data set (He et al. for the CIFAR
+    ResNets, a fast one-cycle recipe for LeNet-5). Under `torchrun --nproc-per-node=N` the same
+    command trains with DistributedDataParallel.
+    """
     from convlens.train import fit
 
     overrides: dict[str, Any] = {
