@@ -103,3 +103,15 @@ def test_console_script_runs(tmp_path):
         [str(exe), "datasets", "--help"], capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 0 and "--data-dir" in p.stdout
+
+
+def test_data_notices_print_as_one_note_line_in_the_cli():
+    code = (
+        "import warnings\n"
+        "import convlens.cli.main\n"
+        "from convlens.data import DataNotice\n"
+        "warnings.warn('skipped 1 non-image file', DataNotice)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0
+    assert p.stderr.strip() == "note: skipped 1 non-image file"

@@ -83,7 +83,8 @@ def test_mixed_modes_become_rgb_and_non_images_are_skipped_with_a_warning(mixed)
     )
     np.testing.assert_array_equal(x[3], np.asarray(rng_image(4, mode="P").convert("RGB")))
     # mean/std of the train split; the test split carries them
-    te = data.load(f"folder:{mixed}", "test")
+    with pytest.warns(DataNotice):
+        te = data.load(f"folder:{mixed}", "test")
     assert te.labels.tolist() == [0, 1] and te.mean == tr.mean and te.std == tr.std
     ref_pix = tr.images.numpy().astype(np.float64) / 255
     np.testing.assert_allclose(tr.mean, ref_pix.mean(axis=(0, 2, 3)), atol=1e-12)
