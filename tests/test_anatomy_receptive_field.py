@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from convlens.anatomy.receptive_field import RF, clip_box, receptive_fields
@@ -45,7 +47,7 @@ def gradient_supports(
     *,
     dense: bool = True,
     prepared: nn.Module | None = None,
-) -> list[tuple[int, int, int, int]]:
+) -> list[tuple[int, int, int, int] | None]:
     """Bounding boxes (top, left, bottom, right) of the input pixels each unit (i, j) depends on.
 
     One forward and backward for all units: unit k's gradient lives in batch element k (eval mode,
@@ -56,11 +58,14 @@ def gradient_supports(
     out = truncated_forward(m, layer, x)  # (U, C, H, W)
     sum(out[k, :, i, j].sum() for k, (i, j) in enumerate(units)).backward()  # type: ignore[union-attr]
     assert x.grad is not None
-    boxes = []
+    boxes: list[tuple[int, int, int, int] | None] = []
     for k in range(len(units)):
         support = x.grad[k].abs().sum(0) > 0  # (H, W)
         rows = support.any(1).nonzero().flatten()
         cols = support.any(0).nonzero().flatten()
+        if len(rows) == 0:  # a unit that sees only padding
+            boxes.append(None)
+            continue
         box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
         if dense:  # the field is a full rectangle, not only its bounding box
             assert bool(support[box[0] : box[2], box[1] : box[3]].all())
@@ -269,3 +274,41 @@ def test_global_gate_makes_units_see_everything_unless_asked_for_the_local_field
         warnings.simplefilter("error")
         local = receptive_fields(net, (2, 16, 16), through_gates=False)
     assert local["b"] == RF(size=(5, 5), jump=(1, 1), start=(0.0, 0.0))
+
+
+@st.composite
+def _chains(draw: st.DrawFn) -> tuple[nn.Sequential, int]:
+    """Random conv / max-pool chains with kernel >= stride (so every field is a full rectangle)."""
+    layers: list[nn.Module] = []
+    for _ in range(draw(st.integers(1, 4))):
+        k = draw(st.integers(1, 5))
+        s = draw(st.integers(1, k))
+        if draw(st.booleans()):
+            layers += [nn.Conv2d(1, 1, k, stride=s, padding=draw(st.integers(0, k))), nn.ReLU()]
+        else:
+            layers.append(nn.MaxPool2d(k, s, padding=draw(st.integers(0, k // 2))))
+    return nn.Sequential(*layers), draw(st.integers(8, 40))
+
+
+@settings(max_examples=30, deadline=None)
+@given(_chains())
+def test_random_chains_match_gradient_support(chain: tuple[nn.Sequential, int]) -> None:
+    net, size = chain
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 1, size, size))
+    except RuntimeError:
+        return  # the input collapses somewhere in this chain
+    if out.shape[-1] < 1:
+        return
+    rf = receptive_fields(net, (1, size, size))[str(len(net) - 1)]
+    units = _units(out.shape[-2], out.shape[-1])
+    found = gradient_supports(net, (1, size, size), str(len(net) - 1), units)
+    for (i, j), support in zip(units, found, strict=True):
+        box = rf.box(i, j)
+        if min(box) >= 0 and max(box[2], box[3]) <= size:  # inside the image: exact
+            assert support == box, (i, j)
+        elif support is not None:  # at the border: never smaller than what the unit sees
+            top, left, bottom, right = rf.clipped_box(i, j, (size, size))
+            assert top <= support[0] and left <= support[1], (i, j)
+            assert support[2] <= bottom and support[3] <= right, (i, j)

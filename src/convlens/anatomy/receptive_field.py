@@ -25,6 +25,13 @@ and :func:`receptive_fields` says so with a warning. Units after a global poolin
 fully-connected layer over spatial positions see the whole input: their RF is the image, with jump 0
 (every unit sees the same window).
 
+Padding, as in every receptive-field calculator: the zeros a layer pads its input with are treated as
+units that would have seen the pixels beyond that map's edge. So a unit whose window reaches into an
+intermediate layer's padding is credited with image pixels it does not actually depend on, at the
+border only: a 2x2/2 convolution of a 5-pixel row drops pixel 4 (5 is odd), yet the next 3x3 layer
+with padding 1 is said to see it. Inside the image, and on the outer side of the image border, the
+box is exact; ``tests/test_anatomy_receptive_field.py`` checks both against the input gradient.
+
 How the geometry travels through an arbitrary ``nn.Module``: :mod:`convlens.anatomy.trace` runs the
 model on the meta device (no data, no arithmetic) under a ``TorchFunctionMode`` that attaches a
 :class:`Field` to every tensor it produces, applying the rules of this module to ``conv2d``, the pooling
