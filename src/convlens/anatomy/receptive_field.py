@@ -29,8 +29,9 @@ Padding, as in every receptive-field calculator: the zeros a layer pads its inpu
 units that would have seen the pixels beyond that map's edge. So a unit whose window reaches into an
 intermediate layer's padding is credited with image pixels it does not actually depend on, at the
 border only: a 2x2/2 convolution of a 5-pixel row drops pixel 4 (5 is odd), yet the next 3x3 layer
-with padding 1 is said to see it. Inside the image, and on the outer side of the image border, the
-box is exact; ``tests/test_anatomy_receptive_field.py`` checks both against the input gradient.
+with padding 1 is said to see it. A box inside the image is exact; one that crosses the border may be
+larger than the true dependence, never smaller (``tests/test_anatomy_receptive_field.py`` checks both
+against the input gradient).
 
 How the geometry travels through an arbitrary ``nn.Module``: :mod:`convlens.anatomy.trace` runs the
 model on the meta device (no data, no arithmetic) under a ``TorchFunctionMode`` that attaches a
