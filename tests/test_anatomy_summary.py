@@ -227,3 +227,15 @@ def test_registry_models_shapes_equal_real_forward() -> None:
         assert s.totals["params"] == sum(p.numel() for p in model.parameters())
     assert summary(models.create("resnet20"), (3, 32, 32)).totals["params"] == 269_722
     assert summary(models.create("lenet5", in_channels=1), (1, 28, 28)).totals["params"] == 61_706
+
+
+def test_hooks_removed_and_modes_restored_when_the_model_fails() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Conv2d(2, 2, 5))
+    net.train()
+    with pytest.raises(ConvlensError):
+        summary(net, (1, 8, 8))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert all(m.training for m in net.modules())
+    assert torch.overrides._get_current_function_mode_stack() == []
+    y = net(torch.zeros(1, 1, 16, 16))  # still an ordinary module
+    assert not hasattr(y, "_convlens_field")
