@@ -101,9 +101,15 @@ def test_all_greyscale_gives_one_channel_and_a_flat_tree_is_split_every_fifth(tm
     with pytest.warns(DataNotice, match="every 5th image"):
         tr = data.load(f"folder:{root}", "train")
         te = data.load(f"folder:{root}", "test")
-    assert tr.image_shape == (1, 6, 6)
+    assert tr.image_shape == (1, 6, 6) and tr.classes == ["a", "b"]
     assert len(tr) == 16 and len(te) == 4 and te.labels.tolist() == [0, 0, 1, 1]
     np.testing.assert_array_equal(te.images[0, 0].numpy(), np.asarray(rng_image(4, (6, 6), "L")))
+    # a train/ folder without test/ is the same tree, not one class called "train"
+    (tmp_path / "only").mkdir()
+    root.rename(tmp_path / "only" / "train")
+    with pytest.warns(DataNotice, match="every 5th image"):
+        again = data.load(f"folder:{tmp_path / 'only'}", "test")
+    assert again.classes == ["a", "b"] and torch.equal(again.images, te.images)
 
 
 def test_common_size_is_inferred_or_given(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from convlens.data import Augment, BatchLoader, default_augment, load
-from convlens.data.loader import _generator, draw_augment, mix_seed
+from convlens.data.loader import draw_augment, mix_seed, seeded_generator
 from convlens.data.stats import channel_stats, pca_lighting_basis
 
 MEAN3, STD3 = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -134,7 +134,7 @@ def test_crop_and_flip_match_torchvision_on_the_same_draw():
     bl.set_epoch(2)
     got = batches(bl)
     for b, (x, y) in enumerate(got):
-        draw = draw_augment(aug, len(y), 3, _generator(11, 2, b))  # what the loader drew
+        draw = draw_augment(aug, len(y), 3, seeded_generator(11, 2, b))  # what the loader drew
         assert draw.offsets is not None and draw.flips is not None
         for i, idx in enumerate(y.tolist()):
             img = TF.pad(images[idx], [3, 3, 3, 3], fill=0)  # zero = black in pixel space
@@ -145,10 +145,10 @@ def test_crop_and_flip_match_torchvision_on_the_same_draw():
             ref = TF.normalize(img.float() / 255.0, MEAN3, STD3)
             torch.testing.assert_close(x[i], ref, rtol=1e-5, atol=1e-5)
     flips = torch.cat(
-        [draw_augment(aug, 16, 3, _generator(11, 2, b)).flips for b in range(len(got))]
+        [draw_augment(aug, 16, 3, seeded_generator(11, 2, b)).flips for b in range(len(got))]
     )
     assert 0 < int(flips.sum()) < len(flips)
-    offs = draw_augment(aug, 1000, 3, _generator(0, 0, 0)).offsets
+    offs = draw_augment(aug, 1000, 3, seeded_generator(0, 0, 0)).offsets
     assert (
         offs is not None and int(offs.min()) == 0 and int(offs.max()) == 6
     )  # the full range 0..2p
@@ -171,7 +171,7 @@ def test_pca_basis_matches_numpy_and_lighting_shifts_each_image_by_one_colour():
         next(iter(BatchLoader(images, labels, augment=aug, **kw))),
         next(iter(BatchLoader(images, labels, **kw))),
     )
-    alphas = draw_augment(aug, 50, 3, _generator(5, 0, 0)).alphas
+    alphas = draw_augment(aug, 50, 3, seeded_generator(5, 0, 0)).alphas
     assert alphas is not None
     # AlexNet: add V @ (alpha * sqrt(lambda)) to every pixel (here in normalised units: / std)
     delta = (alphas.numpy() * sqrt_eig.numpy()) @ vec.numpy().T / np.array(STD3)  # (B, 3)

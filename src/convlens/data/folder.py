@@ -30,7 +30,7 @@ from convlens.data.images import (
     scan_folder,
     warn_skipped,
 )
-from convlens.data.loader import Augment, BatchNormalizer, _generator, draw_augment
+from convlens.data.loader import Augment, BatchNormalizer, draw_augment, seeded_generator
 from convlens.data.stats import channel_stats
 from convlens.errors import ConvlensError
 
@@ -219,7 +219,7 @@ class FolderStream:
         self.start_batch = 0
         n = len(self.dataset)
         perm = (
-            torch.randperm(n, generator=_generator(self.seed, epoch))
+            torch.randperm(n, generator=seeded_generator(self.seed, epoch))
             if self.shuffle
             else torch.arange(n)
         )
@@ -237,7 +237,9 @@ class FolderStream:
             xb = xb.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
             draw = None
             if self.augment is not None:
-                draw = draw_augment(self.augment, xb.shape[0], c, _generator(self.seed, epoch, b))
+                draw = draw_augment(
+                    self.augment, xb.shape[0], c, seeded_generator(self.seed, epoch, b)
+                )
             yield self.normalizer(xb, draw), yb.to(self.device, torch.int64)
         if self.epoch == epoch:
             self.epoch = epoch + 1

@@ -112,7 +112,8 @@ def scan_folder(root: Path) -> ImageTree:
     """Scan an ImageFolder tree on disk.
 
     `ROOT/train/<class>/*` and `ROOT/test/<class>/*` (or `val/`) give the two splits; a plain
-    `ROOT/<class>/*` gives one split, named `"all"` (the caller splits it).
+    `ROOT/<class>/*` (or `ROOT/train/<class>/*` alone) gives one split, named `"all"` (the caller
+    splits it).
 
     Raises:
         ConvlensError: no such folder, no class folders, or no images at all.
@@ -136,8 +137,10 @@ def scan_folder(root: Path) -> ImageTree:
             "test": _scan_class_dirs(test_dir, classes, skipped),
         }
     else:
-        classes = [p.name for p in _class_dirs(root)]
-        splits = {"all": _scan_class_dirs(root, classes, skipped)}
+        # a train/ folder alone is the tree (split by the caller), not a class called "train"
+        tree_root = root / "train" if (root / "train").is_dir() else root
+        classes = [p.name for p in _class_dirs(tree_root)]
+        splits = {"all": _scan_class_dirs(tree_root, classes, skipped)}
     if not classes:
         raise ConvlensError(
             f"{root} holds no class folders; an ImageFolder tree is PATH/<class>/<image> "

@@ -44,7 +44,8 @@ def mix_seed(*parts: int) -> int:
     return h & ((1 << 63) - 1)
 
 
-def _generator(*parts: int) -> torch.Generator:
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded by `mix_seed(*parts)`: `(seed, epoch)` orders, `(seed, epoch, batch)` augments."""
     g = torch.Generator(device="cpu")
     g.manual_seed(mix_seed(*parts))
     return g
@@ -289,7 +290,7 @@ class BatchLoader:
         """This rank's sample indices for `epoch`, in batch order (CPU int64)."""
         n = self.images.shape[0]
         perm = (
-            torch.randperm(n, generator=_generator(self.seed, epoch))
+            torch.randperm(n, generator=seeded_generator(self.seed, epoch))
             if self.shuffle
             else torch.arange(n)
         )
@@ -312,7 +313,7 @@ class BatchLoader:
             xb = self.images.index_select(0, sel)  # (B, C, H, W) uint8
             draw = None
             if self.augment is not None:
-                g = _generator(self.seed, epoch, b)
+                g = seeded_generator(self.seed, epoch, b)
                 draw = draw_augment(self.augment, sel.shape[0], c, g)
             yield self.normalizer(xb, draw), self.labels.index_select(0, sel)
         if self.epoch == epoch:  # a complete pass: the next one is the next epoch
