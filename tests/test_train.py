@@ -329,3 +329,10 @@ def test_fit_on_a_folder_trains_and_loads(tmp_path: Path) -> None:
     assert run.model_options["in_channels"] == 3 and run.data.classes == ["a", "b"]
     assert len(run.history) == 2 and all(math.isfinite(h["train_loss"]) for h in run.history)
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").open()] == [0, 1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train", "lenet5", "--device", "cuda", "--out", str(tmp_path / "r"), *TINY_ARGS])
+    err = _flat(capsys.readouterr().err)
+    assert rc == 1 and "no CUDA device; use --device cpu" in err
