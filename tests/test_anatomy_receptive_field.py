@@ -312,3 +312,25 @@ def test_random_chains_match_gradient_support(chain: tuple[nn.Sequential, int]) 
             top, left, bottom, right = rf.clipped_box(i, j, (size, size))
             assert top <= support[0] and left <= support[1], (i, j)
             assert support[2] <= bottom and support[3] <= right, (i, j)
+
+
+class _Reductions(nn.Module):
+    """torch.max(a, b) is elementwise; norm over channels keeps the map; amax over H, W does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.max(self.a(x), self.b(x)[:, :, 1:-1, 1:-1])  # same windows: unit i sees i..i+2
+        z = self.c(y / y.norm(2, dim=1, keepdim=True))
+        return z.amax(dim=(2, 3))
+
+
+def test_reductions_and_elementwise_max() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rf = receptive_fields(_Reductions(), (3, 9, 9))
+    assert rf["c"] == RF(size=(3, 3), jump=(1, 1), start=(1.0, 1.0))

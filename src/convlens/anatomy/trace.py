@@ -277,9 +277,9 @@ class _GeometryMode(TorchFunctionMode):
             "std",
             "var",
             "logsumexp",
-            "norm",
         ):
             self._rules[name] = self._reduce
+        self._rules["norm"] = lambda a, k, f, o: self._reduce(a, k, f, o, at=2)
 
     def __torch_function__(
         self,
@@ -533,20 +533,27 @@ class _GeometryMode(TorchFunctionMode):
         return self._elementwise("linear", args, kwargs, fields, out)
 
     def _reduce(
-        self, args: Sequence[Any], kwargs: dict[str, Any], fields: list[Field], out: Any
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        fields: list[Field],
+        out: Any,
+        at: int = 1,  # position of `dim` (2 for norm(input, p, dim))
     ) -> Field | None:
         src = args[0] if args else None
         f = getattr(src, _ATTR, None) if isinstance(src, torch.Tensor) else None
         if f is None or f.whole or not isinstance(src, torch.Tensor):
             return fields[0]
-        dim = _arg(args, kwargs, 1, "dim", None)
-        if dim is None or isinstance(dim, torch.Tensor):
-            return Field.everything()
+        dim = _arg(args, kwargs, at, "dim", None)
+        if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise, not a reduction
+            return self._elementwise("max/min", args, kwargs, fields, out)
+        if dim is None or isinstance(dim, bool) or (not isinstance(dim, int) and len(dim) == 0):
+            return Field.everything()  # over every dimension
         n = src.dim()
         reduced = {int(d) % n for d in ([dim] if isinstance(dim, int) else dim)}
         if any(n + d in reduced for d in f.dims):
             return Field.everything()
-        keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+        keepdim = bool(_arg(args, kwargs, at + 1, "keepdim", False))
         if keepdim:
             return f
         after = [sum(1 for r in reduced if r > n + d) for d in f.dims]
