@@ -127,6 +127,25 @@ def test_common_size_is_inferred_or_given(tmp_path):
     assert ds.image_shape == (3, 4, 6)
 
 
+def test_large_jpegs_shrink_to_the_size_asked_for(tmp_path):
+    # a smooth picture (random 8x8 blown up), like a photo at this scale; noise would alias
+    big = np.asarray(rng_image(0, size=(8, 8)).resize((256, 256), Image.Resampling.BICUBIC))
+    for c in ("a", "b"):
+        save(Image.fromarray(big), tmp_path / "p" / "train" / c / "x.jpg", "JPEG")
+        save(Image.fromarray(big), tmp_path / "p" / "test" / c / "x.jpg", "JPEG")
+    with pytest.warns(DataNotice, match="4 of 4 images resized to 32x32"):
+        ds = data.load(f"folder:{tmp_path / 'p'}", "train", size=32)
+    assert ds.image_shape == (3, 32, 32)
+    # reference: Pillow's full-size decode, then the same bilinear resize
+    ref = np.asarray(
+        Image.open(tmp_path / "p/train/a/x.jpg")
+        .convert("RGB")
+        .resize((32, 32), Image.Resampling.BILINEAR)
+    ).astype(np.float64)
+    got = ds.images[0].numpy().transpose(1, 2, 0).astype(np.float64)
+    assert np.abs(got - ref).mean() < 3  # the reduced-scale JPEG decode differs only slightly (~1)
+
+
 @pytest.mark.filterwarnings("ignore::convlens.data.images.DataNotice")
 @pytest.mark.parametrize("layout", ["missing", "empty", "no_images", "files_only"])
 def test_empty_or_missing_folders_are_clear_errors(tmp_path, layout):
