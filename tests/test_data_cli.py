@@ -115,3 +115,20 @@ def test_data_notices_print_as_one_note_line_in_the_cli():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0
     assert p.stderr.strip() == "note: skipped 1 non-image file"
+
+
+def test_download_fetches_what_is_missing(monkeypatch, tmp_path, data_root, capsys):
+    from convlens.data import download as dl
+
+    monkeypatch.delenv("CONVLENS_DATA", raising=False)
+    fetched = []
+
+    def fake_download(name, target=None):  # the torchvision path is tested in test_data_sets.py
+        fetched.append(name)
+        shutil.copytree(data_root / name, tmp_path / "cache" / name)
+        return tmp_path / "cache" / name
+
+    monkeypatch.setattr(dl, "download_dataset", fake_download)
+    assert main(["datasets", "mnist", "sample", "--download"]) == 0
+    assert fetched == ["mnist"]
+    assert str(tmp_path / "cache" / "mnist") in rows(capsys.readouterr().out)["mnist"]
