@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchinfo
 import torchvision
 from torch import nn
@@ -43,6 +44,7 @@ def test_alexnet_conv1_reproduces_the_notes() -> None:
         ("vit_b_16", 224, 86_567_656),  # attention MACs
         ("swin_t", 224, 28_288_354),
         ("efficientnet_b0", 224, 5_288_548),
+        ("maxvit_t", 224, 30_919_624),  # einsum MACs
     ],
 )
 def test_totals_equal_published_counts_and_torchvision_ops(
@@ -239,3 +241,21 @@ def test_hooks_removed_and_modes_restored_when_the_model_fails() -> None:
     assert torch.overrides._get_current_function_mode_stack() == []
     y = net(torch.zeros(1, 1, 16, 16))  # still an ordinary module
     assert not hasattr(y, "_convlens_field")
+
+
+def test_model_level_functional_ops_and_einsum_are_counted() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))  # used by the model's own forward
+            self.c = nn.Conv2d(4, 4, 1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.c(F.conv2d(x, self.w))  # (N, 4, 6, 6)
+            return torch.einsum("bchw,dc->bdhw", y, torch.ones(5, 4))  # 5 x 4 per position
+
+    s = summary(Functional(), (3, 8, 8))
+    root, conv = s.layers
+    assert root.name == "(model)" and root.params == 108
+    assert root.macs == 4 * 6 * 6 * 27 + 5 * 6 * 6 * 4 and conv.macs == 4 * 6 * 6 * 4
+    assert s.totals["params"] == 124 and s.totals["macs"] == root.macs + conv.macs

@@ -1,7 +1,8 @@
 """`convlens.summary(model, input_size)`: every layer's shape, parameters, MACs and receptive field.
 
 One row per module call that does arithmetic of its own (a leaf module, or a container that holds
-parameters or runs a convolution itself), in forward order. The columns, per image (batch of 1):
+parameters or runs a convolution itself), in forward order; the model itself gets a first row named
+``(model)`` when its own ``forward`` holds parameters or runs convolutions or matrix products. The columns, per image (batch of 1):
 
 * ``output_shape``: the output without the batch dimension, e.g. (96, 55, 55).
 * ``neurons``: output elements, C x H x W.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -227,6 +228,10 @@ def summary(
         if not (is_leaf or params or call.macs) or call.output_shape is None:
             continue
         rows.append(_row(call, params))
+    root = result.root
+    if root is not None and (own[id(model)] or root.macs):
+        # Parameters or convolutions of the model's own forward (e.g. ViT's class token).
+        rows.insert(0, replace(_row(root, own[id(model)]), name="(model)"))
     unique = {id(p): p for p in model.parameters()}.values()
     totals = {
         "params": sum(p.numel() for p in unique),

@@ -56,6 +56,7 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     output_shape: tuple[int, ...] | None = None
     on_meta: bool = True
+    root: Call | None = None  # the model's own call: its functional ops' MACs, its own parameters
 
 
 def trace(
@@ -149,6 +150,7 @@ def _trace_once(
     return Trace(
         input_size=input_size,
         calls=[call for call in calls if call.name != ""],
+        root=next((call for call in calls if call.name == ""), None),
         notes=mode.notes,
         output_shape=tuple(out.shape) if out is not None else None,
         on_meta=on_meta,
@@ -210,6 +212,27 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _tensors(item)
+
+
+def _einsum_macs(args: Sequence[Any]) -> int:
+    """Multiply-accumulates of a two-operand einsum: the product of the sizes of all its indices."""
+    if not args or not isinstance(args[0], str):
+        return 0
+    operands = (
+        list(args[1][0:]) if len(args) == 2 and isinstance(args[1], list | tuple) else args[1:]
+    )
+    inputs = args[0].replace(" ", "").split("->")[0].split(",")
+    if len(inputs) != 2 or len(operands) != 2 or "." in args[0]:
+        return 0  # one operand (a sum or a transpose) or ellipses: not counted
+    sizes: dict[str, int] = {}
+    for letters, t in zip(inputs, operands, strict=True):
+        if not isinstance(t, torch.Tensor) or len(letters) != t.dim():
+            return 0
+        sizes.update(zip(letters, (int(d) for d in t.shape), strict=True))
+    macs = 1
+    for size in sizes.values():
+        macs *= size
+    return macs
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -321,6 +344,9 @@ class _GeometryMode(TorchFunctionMode):
 
     def _count_macs(self, name: str, args: Sequence[Any], out: torch.Tensor) -> None:
         """Multiply-accumulates per image (the batch is 1): one per weight per output position."""
+        if name == "einsum" and self.stack:
+            self.stack[-1].macs += _einsum_macs(args)
+            return
         if not self.stack or len(args) < 2 or not isinstance(args[1], torch.Tensor):
             return
         if name == "conv2d":
