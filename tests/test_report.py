@@ -185,11 +185,7 @@ def test_report_of_trained_run_has_every_section(trained_report: Path) -> None:
     page = parse(html)
     assert list(page.sections) == SECTION_IDS
     for sid, status in page.sections.items():
-        body = section_html(html, sid)
-        assert status != "failed", body[:2000]
-        if status == "skipped":  # only for an API this installation lacks, never for this run
-            assert "this version of convlens has no" in body, body[:2000]
-    assert sum(s == "ok" for s in page.sections.values()) >= 9
+        assert status == "ok", section_html(html, sid)[:2000]
     # Each section is led by its sentences and its heading; the contents list links to every one.
     for spec in SECTIONS:
         assert spec.intro in unescape(html)

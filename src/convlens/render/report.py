@@ -24,6 +24,7 @@ import base64
 import datetime as _dt
 import html
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ class SectionOutcome:
     body: str = ""
     reason: str = ""
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -564,7 +566,18 @@ def build_report(
         t = time.perf_counter()
         out = SectionOutcome(spec.id, spec.title, spec.intro, "ok")
         try:
-            result = spec.build(ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = spec.build(ctx)
+            # convlens's own warnings (e.g. occlusion falling back to full recomputation) become notes
+            # under the section; anything else (a library's deprecation) is left to the filters.
+            for w in caught:
+                if "convlens" in str(w.filename) and issubclass(w.category, UserWarning):
+                    note = str(w.message)
+                    if note not in out.notes:
+                        out.notes.append(note)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         except Unavailable as e:
             result = Skipped(str(e))
         except ConvlensError as e:
@@ -609,6 +622,7 @@ def build_report(
                 "status": o.status,
                 "body": Markup(o.body),
                 "reason": o.reason,
+                "notes": o.notes,
             }
             for o in outcomes
         ],

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from convlens.render.common import image_grid, overlay_heatmap, to_hwc
+from convlens.render.common import overlay_heatmap, to_hwc
 from convlens.render.report import (
     ReportContext,
     Section,
@@ -542,15 +542,16 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
         in_channels=c,
         seed=o.seed,
     )
-    titles = [f"ch {ch}: {float(v):.2f}" for ch, v in zip(res.channels, res.values, strict=True)]
-    fig = image_grid(list(res.images), ncols=min(n, 8), titles=titles, cell_inches=1.1)
+    actmax_figure = need("convlens.render.actmax", "actmax_figure")
+    fig = actmax_figure(res.images, labels=[f"ch {ch}" for ch in res.channels], values=res.values)
     return Section(
         img(
             fig,
             f"activation maximisation for layer {layer}",
             f"Layer {layer}, channels 0-{n - 1}: {o.actmax_steps} gradient-ascent steps from noise (Fourier "
-            "parameterisation, small random shifts), all channels in one batch; the title gives the "
-            "channel's mean activation on the final image.",
+            "parameterisation, small random shifts), all channels in one batch; each title gives the "
+            "channel's mean activation on the final image. A flat grey image is a channel that no input "
+            "the ascent found excites.",
         )
     )
 
