@@ -238,11 +238,13 @@ def receptive_fields(
 
 
 def describe(rf: RF) -> str:
-    """Short human form, e.g. ``"11x11 / 4 @ (5, 5)"`` (size / jump @ centre of unit 0)."""
+    """Short human form, e.g. ``"11 / 4 @ (5, 5)"`` (size / jump @ centre of unit 0)."""
 
     def fmt(v: Any) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
+    if rf.jump == (0, 0):
+        return f"whole input ({rf.size[0]}x{rf.size[1]})"
     size = f"{rf.size[0]}x{rf.size[1]}" if rf.size[0] != rf.size[1] else f"{rf.size[0]}"
     jump = f"{rf.jump[0]}x{rf.jump[1]}" if rf.jump[0] != rf.jump[1] else f"{rf.jump[0]}"
     return f"{size} / {jump} @ ({fmt(rf.start[0])}, {fmt(rf.start[1])})"
