@@ -238,6 +238,19 @@ def test_out_dir_holding_a_run_is_not_overwritten(trained_run: Path, tmp_path: P
         fit("lenet5", "sample", out=out, config=recipe("lenet5", "sample", **TINY), progress=False)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    raw = {"status": "running", "model": {"name": "lenet5"}, "data": {"name": "sample"}}
+    (out / "run.json").write_text(json.dumps(raw))
+    with pytest.raises(ConvlensError, match="no checkpoint at"):
+        fit("lenet5", "sample", out=out, resume=True, progress=False)
+    run = fit(
+        "lenet5", "sample", out=out, config=recipe("lenet5", "sample", **TINY), progress=False
+    )
+    assert run.status == "complete"
+
+
 def test_resume_refuses_a_run_of_another_model(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -115,7 +116,10 @@ def fit(
         model_options = saved["raw"]["model"].get("options", {})
         data_root = data_root if data_root is not None else saved["raw"]["data"].get("root")
     else:
-        if (out / RUN_JSON).exists():
+        # A run that stopped before its first checkpoint has nothing to resume: start it again.
+        # (Only rank 0 looks: under torchrun the others might see the run.json it has just written.)
+        started = (out / CHECKPOINT).exists() or (out / WEIGHTS).exists()
+        if (out / RUN_JSON).exists() and started and _env_rank() == 0:
             raise ConvlensError(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
@@ -142,6 +146,14 @@ def fit(
     finally:
         rt.close()
     return load_run(out)
+
+
+def _env_rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _check_resumable(
