@@ -96,7 +96,11 @@ def summary_section(ctx: ReportContext) -> Section | Skipped:
     numeric = [False, False, False, True, True, True, True, True, True]
 
     def pair(v: tuple[int, int] | None) -> str:
-        return "" if v is None else (f"{v[0]}" if v[0] == v[1] else f"{v[0]}x{v[1]}")
+        if v is None:
+            return ""
+        if not any(v):  # a jump of 0: a flat layer, no grid of units to step over
+            return "-"
+        return f"{v[0]}" if v[0] == v[1] else f"{v[0]}x{v[1]}"
 
     body_rows = [
         [
