@@ -171,15 +171,17 @@ def activation_maximization(
 
     dev = torch.device(device) if device is not None else _model_device(model)
     c_in = in_channels or (len(mean) if mean is not None else None) or _first_conv_in(model) or 3
-    mean_t = _per_channel(mean, 0.0, c_in, "mean", dev)  # (1, C, 1, 1)
-    std_t = _per_channel(std, 1.0, c_in, "std", dev)
+    # Optimise in the model's precision (float32 usually; a float64 model gets float64 images).
+    dtype = _model_dtype(model)
+    mean_t = _per_channel(mean, 0.0, c_in, "mean", dev).to(dtype)  # (1, C, 1, 1)
+    std_t = _per_channel(std, 1.0, c_in, "std", dev).to(dtype)
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - mean_t) / std_t  # the model sees normalised input
         return model(x) if layer is None else truncated_forward(model, layer, x)
 
     with _frozen(model):
-        n_out = _output_channels(forward, c_in, size, dev, layer)
+        n_out = _output_channels(forward, c_in, size, dev, dtype, layer)
         bad = [c for c in chans if not 0 <= c < n_out]
         if bad:
             what = "classes" if layer is None else f"channels in layer {layer!r}"
@@ -198,19 +200,19 @@ def activation_maximization(
             if simple:
                 step_norm = lr if lr is not None else math.sqrt(c_in * size * size) / 255.0
                 images, history = _simple_ascent(
-                    score, sign, gens, shape, steps, step_norm, dev, bar
+                    score, sign, gens, shape, steps, step_norm, dev, dtype, bar
                 )
             else:
                 cm = None
                 if decorrelate and c_in == 3:
                     cm = normalize_color_matrix(
                         IMAGENET_COLOR_SQRT if color_matrix is None else color_matrix.float()
-                    ).to(dev)
+                    ).to(dev, dtype)
                 with _redirected_relus(model) as redirect:
                     images, history = _readable_ascent(
-                        score, sign, gens, shape, steps, lr if lr is not None else DEFAULT_LR, dev,
-                        bar, redirect, param=str(param), color_matrix=cm, transforms=transforms,
-                        l2=l2, blur=blur,
+                        score, sign, gens, shape, steps, lr if lr is not None else DEFAULT_LR,
+                        dev, dtype, bar, redirect, param=str(param), color_matrix=cm,
+                        transforms=transforms, l2=l2, blur=blur,
                     )  # fmt: skip
         with torch.no_grad():
             values = score(images)
@@ -254,11 +256,12 @@ def _simple_ascent(
     steps: int,
     step_norm: float,
     dev: torch.device,
+    dtype: torch.dtype,
     bar: Callable[[], None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Keras example, batched: `x += step_norm * g / ||g||` per image, from grey 128 + U(0, 20)."""
     x = torch.stack([(128.0 + 20.0 * torch.rand(shape, generator=g)) / 255.0 for g in gens])
-    x = x.to(dev).requires_grad_(True)  # (K, C, S, S) pixels
+    x = x.to(dev, dtype).requires_grad_(True)  # (K, C, S, S) pixels
     history = torch.zeros(steps, len(gens))
     for i in range(steps):
         vals = score(x)  # (K,)
@@ -279,6 +282,7 @@ def _readable_ascent(
     steps: int,
     lr: float,
     dev: torch.device,
+    dtype: torch.dtype,
     bar: Callable[[], None],
     redirect: _Redirect,
     *,
@@ -292,7 +296,7 @@ def _readable_ascent(
     c, size, _ = shape
     full = size + 2 * margin_for(size)  # synthesised with a margin, cropped at the end
     if param == "fft":
-        scale = fft_scale(full, full).to(dev)  # (full, full//2+1)
+        scale = fft_scale(full, full).to(dev, dtype)  # (full, full//2+1)
         var = torch.stack([fft_init(c, full, full, g) for g in gens])  # (K, C, full, full//2+1, 2)
 
         def to_raw(v: torch.Tensor) -> torch.Tensor:
@@ -304,9 +308,9 @@ def _readable_ascent(
             return v
 
     # Every step's transform, drawn up front from each image's own generator: (steps, K, 4)
-    draws = torch.stack([draw_transforms(steps, g) for g in gens], dim=1).to(dev)
+    draws = torch.stack([draw_transforms(steps, g) for g in gens], dim=1).to(dev, dtype)
     tconfig = TransformConfig.for_size(size)
-    var = var.to(dev).requires_grad_(True)
+    var = var.to(dev, dtype).requires_grad_(True)
     opt = torch.optim.Adam([var], lr=lr)
     history = torch.zeros(steps, len(gens))
     warmup = round(steps * REDIRECT_WARMUP)
@@ -449,7 +453,9 @@ def output_channels(
         return model(x) if layer is None else truncated_forward(model, layer, x)
 
     with _frozen(model):
-        return _output_channels(forward, input_shape[0], input_shape[1], dev, layer)
+        return _output_channels(
+            forward, input_shape[0], input_shape[1], dev, _model_dtype(model), layer
+        )
 
 
 def _output_channels(
@@ -457,12 +463,13 @@ def _output_channels(
     c_in: int,
     size: int,
     dev: torch.device,
+    dtype: torch.dtype,
     layer: str | None,
 ) -> int:
     """Channels of the target output, from one grey image; a clear error if the model cannot run it."""
     try:
         with torch.no_grad():
-            out = forward(torch.full((1, c_in, size, size), 0.5, device=dev))
+            out = forward(torch.full((1, c_in, size, size), 0.5, device=dev, dtype=dtype))
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvlensError(
@@ -490,6 +497,11 @@ def _per_channel(
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
 
 def _first_conv_in(model: nn.Module) -> int | None:
