@@ -354,6 +354,13 @@ def test_out_that_is_a_folder_is_refused(
     assert "is a folder" in flat(capsys.readouterr().err)
 
 
+def test_bad_device_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = make_run(tmp_path / "run", weights=False)
+    assert main(["report", str(run), "--device", "tpu"]) == 1
+    assert "unknown device 'tpu'" in flat(capsys.readouterr().err)
+    assert not (run / "report.html").exists()
+
+
 def test_missing_weights_and_metrics_report_what_exists(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -104,10 +104,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one self-contained HTML page showing what the network of RUN_DIR learned.
 
-        Sections: model summary, training curves, confusion matrix, first-layer filters, activations,
-        feature- against pixel-space neighbours, t-SNE map, top-activating patches, activation
-        maximisation, occlusion / Grad-CAM / saliency, effective receptive field. Images are embedded;
-        the page makes no network request. A section that cannot apply says why instead.
+        Sections: model summary, training curves, confusion matrix, first-layer filters, activations, feature- against pixel-space neighbours, t-SNE map, top-activating patches, activation maximisation, occlusion / Grad-CAM / saliency, effective receptive field.
+
+        Images are embedded and the page makes no network request. A section that cannot apply says why instead; a run with missing files (an interrupted training) is reported as far as it goes.
         """
         from convlens.render.report import ReportOptions
 
@@ -139,9 +138,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a small network, write its HTML report and print the report's path.
 
-        By default LeNet-5 on the Fashion-MNIST sample bundled with convlens: no download, no data
-        folder, a couple of minutes on a laptop CPU. Run it again and it reuses the trained network
-        (an interrupted training is resumed); --retrain starts over.
+        By default LeNet-5 on the Fashion-MNIST sample bundled with convlens: no download, no data folder, a couple of minutes on a laptop CPU.
+
+        Run it again and it reuses the trained network (an interrupted training is resumed); --retrain starts over.
         """
         from convlens.render.report import ReportOptions
         from convlens.train import fit, recipe
@@ -155,6 +154,7 @@ def register(app: typer.Typer) -> None:
             )
         name = model or DEMO_MODEL[data]
         root = str(data_dir) if data_dir else None
+        report_device = _device(device)  # checked before minutes of training, not after
         t0 = time.perf_counter()
         resume = _prepare_demo_dir(out, name, data, retrain=retrain)
         if resume is None:
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
             fit(name, data, out=out, config=config, data_root=root, resume=resume, console=console)
         t1 = time.perf_counter()
         path, rep = write_report_with_progress(
-            out, None, options=ReportOptions(device=_device(device)), data_root=root
+            out, None, options=ReportOptions(device=report_device), data_root=root
         )
         console.print(
             f"demo: training {t1 - t0:.0f} s, report {time.perf_counter() - t1:.0f} s",
@@ -208,10 +208,15 @@ def _prepare_demo_dir(out: Path, model: str, data: str, *, retrain: bool) -> boo
 
 
 def _device(device: str) -> str:
-    if device == "auto":
-        import torch
+    """`auto` -> cuda when available, else cpu; a CUDA device that is not there is a clear error."""
+    import torch
 
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cpu" and not device.startswith("cuda"):
-        raise ConvlensError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+        raise ConvlensError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConvlensError(
+            f"--device {device}: no CUDA device is available here; use --device cpu"
+        )
     return device
