@@ -459,7 +459,12 @@ def open_run_dir(
         ctx.problems.append(f"{WEIGHTS} is missing: the pictures use the weights of {note}.")
         if not ctx.history and history:
             ctx.history = history
-            ctx.problems.append(f"The training curves come from the history kept in {CHECKPOINT}.")
+            ctx.problems = [
+                f"{METRICS} is missing: the training curves come from the history kept in {CHECKPOINT}."
+                if p.startswith(f"{METRICS} is missing")
+                else p
+                for p in ctx.problems
+            ]
         d = raw["data"]
         ctx.run = Run(
             path=run_dir,
