@@ -199,10 +199,15 @@ def test_grid_and_probability_drop_against_a_plain_loop() -> None:
 
 
 def test_model_left_as_it_was_and_errors() -> None:
-    m = models.create("lenet5", in_channels=1).train()
+    m = _lively(models.create("lenet5", in_channels=1)).train()
     x = torch.randn(1, 1, 28, 28)
-    occlusion(m, x, window=7, stride=7)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    layout = [(n, type(mod)) for n, mod in m.named_modules()]
+    occlusion(m, x, window=7, stride=7)  # traced with the shape-aware tracer, BN-free
     assert m.training and all(mod.training for mod in m.modules())
+    assert [(n, type(mod)) for n, mod in m.named_modules()] == layout
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]) and v.is_contiguous()
     with pytest.raises(ConvlensError, match="larger than the window"):
         occlusion(m, x, window=4, stride=5)
     with pytest.raises(ConvlensError, match="larger than the image"):
@@ -210,3 +215,15 @@ def test_model_left_as_it_was_and_errors() -> None:
     with pytest.raises(ConvlensError, match="out of range"):
         occlusion(m, x, target=10, window=7, stride=7)
     assert np.array_equal(occlusion_positions(10, 10, 3), [[0, 10]])
+
+
+def test_batchnorm_statistics_and_weight_layout_untouched() -> None:
+    """Folding BN and channels-last copies are private: the model's tensors stay as they were."""
+    import torchvision
+
+    m = torchvision.models.resnet18(num_classes=3).train()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    occlusion(m, torch.randn(1, 3, 32, 32), window=16, stride=16)
+    assert m.training
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]) and v.is_contiguous(), k
