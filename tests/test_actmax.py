@@ -341,3 +341,13 @@ def test_fourier_image_has_a_one_over_f_spectrum() -> None:
     low, high = amp[(f > 0.05) & (f < 0.1)].mean(), amp[(f > 0.4) & (f < 0.5)].mean()
     expected = (1 / 0.075) / (1 / 0.45)  # ~6x, mid-band frequencies
     assert 0.6 * expected < low / high < 1.6 * expected
+
+
+def test_bf16_autocast_runs_and_stays_close_to_float32() -> None:
+    net = small_net()
+    common = dict(size=16, steps=3, mean=MEAN3, std=STD3, simple=True)
+    full = activation_maximization(net, "3", [0, 1], **common)
+    half = activation_maximization(net, "3", [0, 1], bf16=True, **common)
+    assert half.images.dtype == torch.float32 and torch.isfinite(half.images).all()
+    # three steps of one grey level each: bf16 may change directions, not the scale of the change
+    assert float((half.images - full.images).abs().max()) < 0.05
