@@ -317,7 +317,7 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
     "activations",
     "Activations for a few test images",
     "What each stage of the network computes for one image: every small square is one channel's feature "
-    "map (bright = strong response), one row per layer, from the input up. Early layers still look like the "
+    "map (bright = strong response), one grid per layer, from the input down. Early layers still look like the "
     "image (edges, strokes); deeper layers are coarser, and more of their channels stay dark.",
 )
 def activations_section(ctx: ReportContext) -> Section | Skipped:
@@ -327,7 +327,7 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
     ds = ctx.dataset("test")
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
-        acts = activations(ctx.model, ctx.normalize(ds.images[i : i + 1])[0], max_layers=4)
+        acts = activations(ctx.model, ctx.normalize(ds.images[i : i + 1])[0], max_layers=6)
         acts = {
             k: v for k, v in acts.items() if v.shape[-1] > 1 or v.shape[-2] > 1
         }  # maps, not vectors
