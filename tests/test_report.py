@@ -377,7 +377,8 @@ def test_missing_weights_and_metrics_report_what_exists(
     assert (
         "model.safetensors" in html and "metrics.jsonl is missing" in html and "status is" in html
     )
-    assert "no usable weights" in section_html(html, "filters")
+    assert "Neither model.safetensors nor checkpoint.pt exists" in html
+    assert "no weights yet" in section_html(html, "filters")
     assert "no metrics.jsonl" in section_html(html, "training")
 
 

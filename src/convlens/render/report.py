@@ -447,10 +447,17 @@ def open_run_dir(
         fallback = _load_checkpoint_weights(run_dir, raw)
         if fallback is None:
             reason = f"no usable weights: {e}"
-            if (run_dir / WEIGHTS).is_file() or not (run_dir / CHECKPOINT).is_file():
+            has_weights, has_ckpt = (run_dir / WEIGHTS).is_file(), (run_dir / CHECKPOINT).is_file()
+            if has_weights:
                 ctx.problems.append(f"{WEIGHTS} could not be used ({e}).")
-            else:
+            elif has_ckpt:
                 ctx.problems.append(f"{WEIGHTS} is missing and {CHECKPOINT} could not be read.")
+            else:
+                reason = f"no weights yet: neither {WEIGHTS} nor {CHECKPOINT} is in {run_dir}."
+                ctx.problems.append(
+                    f"Neither {WEIGHTS} nor {CHECKPOINT} exists: training stopped before its first "
+                    "checkpoint, or the run directory is incomplete."
+                )
             ctx._cache["no_model_reason"] = reason
             ctx.problems.append("Every section that needs the trained model is left out.")
             return ctx
