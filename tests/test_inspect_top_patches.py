@@ -7,6 +7,8 @@ arg-max unit lies inside the receptive-field box used for the crop.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -43,7 +45,12 @@ def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
             if name == layer:
                 return x
         raise AssertionError(layer)
-    return create_feature_extractor(model, [layer])(x)[layer]
+    return _extractor(model, layer)(x)[layer]
+
+
+@functools.cache
+def _extractor(model: nn.Module, layer: str) -> nn.Module:
+    return create_feature_extractor(model, [layer])  # FX tracing is slow: once per (model, layer)
 
 
 def brute_force(acts: torch.Tensor, channels: list[int], n: int) -> tuple[np.ndarray, ...]:
