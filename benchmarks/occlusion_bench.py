@@ -61,7 +61,7 @@ def captum(
         )  # fmt: skip
 
 
-def bench(name: str, full_sweep: bool) -> None:
+def bench(name: str, full_sweep: bool, repeat: int) -> None:
     shape, window, stride = CASES[name]
     torch.manual_seed(0)
     model = models.create(
@@ -109,11 +109,12 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,vgg16,lenet5")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--full-sweep", action="store_true", help="time every ppe on the full grid")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of ours (the median is reported)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.models.split(","):
-        bench(name.strip(), args.full_sweep)
+        bench(name.strip(), args.full_sweep, args.repeat)
 
 
 if __name__ == "__main__":

@@ -294,6 +294,8 @@ class IncrementalOcclusion:
         self.kind: dict[fx.Node, str] = {}
         self.windows: dict[fx.Node, _Window] = {}
         self.geom: dict[fx.Node, _Geom] = {}
+        self.inplace_relu: set[fx.Node] = set()
+        self.inplace_add: set[fx.Node] = set()
         self.planned = False
 
     # ---- the clean pass -------------------------------------------------------------------------
@@ -354,6 +356,7 @@ class IncrementalOcclusion:
             dep[node] = node is self.nodes[0] or any(dep.get(a, False) for a in args)
             self.kind[node] = self._classify(node, args, dep, is4d, cache)
         self._fold_batch_norms()
+        self._find_inplace()
         bad = sorted(
             {
                 self._describe(n)
@@ -449,6 +452,30 @@ class IncrementalOcclusion:
                 if folded is not None:
                     self.windows[node] = folded
                     self.kind[user] = "alias"
+
+    def _find_inplace(self) -> None:
+        """ReLUs and residual adds that may overwrite their first input's batched values.
+
+        Safe when that input is a freshly computed tensor (a conv, pool, add or cat result, or a BN
+        folded into one) that nothing else reads.
+        """
+        fresh = {"window", "alias", "binary", "cat"}
+        relus = {F.relu, torch.relu}
+        for node in self.nodes:
+            args = _node_args(node)
+            if not args or self.kind.get(args[0]) not in fresh or len(args[0].users) != 1:
+                continue
+            if self.kind.get(node) == "pointwise" and len(args) == 1 and not node.kwargs:
+                module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+                if type(module) is nn.ReLU or (node.op == "call_function" and node.target in relus):
+                    self.inplace_relu.add(node)
+            elif (
+                self.kind.get(node) == "binary"
+                and node.target in (operator.add, operator.iadd, torch.add)
+                and not node.kwargs
+                and args[0] is not args[1]
+            ):
+                self.inplace_add.add(node)
 
     def _describe(self, node: fx.Node) -> str:
         if node.op == "call_module":
@@ -645,8 +672,9 @@ class IncrementalOcclusion:
 
         args = fx.node.map_arg(node.args, sub)
         kwargs = fx.node.map_arg(node.kwargs, sub)
-        val = self._call(node, args, kwargs)
-        return _Region(val, region[0].rows, region[0].cols)
+        if node in self.inplace_relu:  # saves allocating (and page-faulting) a new tensor
+            return _Region(torch.relu_(args[0]), region[0].rows, region[0].cols)  # type: ignore[arg-type]
+        return _Region(self._call(node, args, kwargs), region[0].rows, region[0].cols)
 
     def _combine(
         self,
@@ -665,6 +693,8 @@ class IncrementalOcclusion:
 
         args = fx.node.map_arg(node.args, sub)
         kwargs = fx.node.map_arg(node.kwargs, sub)
+        if node in self.inplace_add:
+            return _Region(args[0].add_(args[1]), rows, cols)  # type: ignore[union-attr,arg-type]
         return _Region(self._call(node, args, kwargs), rows, cols)
 
     def _generic(

@@ -160,7 +160,7 @@ def occlusion(
         clean = model(images)
         if not isinstance(clean, torch.Tensor) or clean.dim() != 2 or clean.shape[0] != N:
             raise ConvlensError("occlusion needs a model that returns (N, classes) scores")
-        tgt = resolve_targets(target, clean).clone()
+        tgt = resolve_targets(target, clean)
         occluded = torch.empty(N, gh * gw, dtype=clean.dtype, device=clean.device)  # target logits
         occluded_p = torch.empty_like(occluded)  # target probabilities
         with _progress(progress, N * gh * gw) as advance:
@@ -204,12 +204,13 @@ def occlusion(
         logit_drop = (clean[ar, tgt][:, None] - occluded).reshape(N, gh, gw)
         prob_drop = (clean.softmax(1)[ar, tgt][:, None] - occluded_p).reshape(N, gh, gw)
         attribution = _per_pixel(logit_drop, rows, cols, H, W)  # (N, H, W)
+    # Cloned outside inference mode: callers get ordinary tensors they may modify in place.
     return OcclusionResult(
-        attribution=attribution[:, None].expand(N, C, H, W).contiguous(),
-        logit_drop=logit_drop,
-        prob_drop=prob_drop,
-        target=tgt,
-        logits=clean,
+        attribution=attribution[:, None].expand(N, C, H, W).clone(),
+        logit_drop=logit_drop.clone(),
+        prob_drop=prob_drop.clone(),
+        target=tgt.clone(),
+        logits=clean.clone(),
         rows=rows,
         cols=cols,
     )
