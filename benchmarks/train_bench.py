@@ -148,7 +148,7 @@ def main() -> None:
     p.add_argument("--resnet-limit", type=int, default=10_000, help="ResNet-20: first N images")
     p.add_argument("--skip-resnet", action="store_true")
     p.add_argument("--skip-time", action="store_true")
-    p.add_argument("--time-epochs", type=int, default=4, help="epochs of the time-to-90 % run")
+    p.add_argument("--time-epochs", type=int, default=4, help="epochs of the time-to-90 %% run")
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads for both (default: cores)"
     )
