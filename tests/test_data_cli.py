@@ -106,15 +106,20 @@ def test_console_script_runs(tmp_path):
 
 
 def test_data_notices_print_as_one_note_line_in_the_cli():
+    # Inside the CLI a convlens warning is one `note:` line; a library user keeps Python's format.
     code = (
         "import warnings\n"
-        "import convlens.cli.main\n"
+        "from convlens.cli.main import _warnings_as_notes\n"
         "from convlens.data import DataNotice\n"
-        "warnings.warn('skipped 1 non-image file', DataNotice)\n"
+        "with _warnings_as_notes():\n"
+        "    warnings.warn('skipped 1 non-image file', DataNotice)\n"
+        "warnings.warn('outside the CLI', DataNotice)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0
-    assert p.stderr.strip() == "note: skipped 1 non-image file"
+    lines = p.stderr.strip().splitlines()
+    assert lines[0] == "note: skipped 1 non-image file"
+    assert "DataNotice: outside the CLI" in lines[1]
 
 
 def test_download_fetches_what_is_missing(monkeypatch, tmp_path, data_root, capsys):

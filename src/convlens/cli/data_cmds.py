@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -80,33 +78,6 @@ def datasets(
         )
 
 
-def _show_data_notices() -> None:
-    """Print the data layer's notices (skipped files, resized images) as one yellow line each.
-
-    `convlens.data` reports them as :class:`~convlens.data.images.DataNotice` warnings; Python's
-    default would print a source file and line number, which means nothing to a CLI user. The class
-    is matched by name so that `convlens --help` does not import the data layer.
-    """
-    original = warnings.showwarning
-    console = Console(stderr=True)
-
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: TextIO | None = None,
-        line: str | None = None,
-    ) -> Any:
-        if category.__name__ == "DataNotice":
-            console.print(f"[yellow]note:[/] {message}", highlight=False)
-            return None
-        return original(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
     app.command("datasets")(datasets)
-    _show_data_notices()

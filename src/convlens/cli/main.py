@@ -6,7 +6,12 @@ Each command module exposes `register(app)`; this file only assembles them and t
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -46,10 +51,47 @@ for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, repo
     _module.register(app)
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def _warnings_as_notes() -> Iterator[None]:
+    """Warnings raised by convlens itself print as one yellow `note:` line.
+
+    Python's default shows a source file and line number, which mean nothing to a CLI user
+    (a skipped non-image file, a resized image, a layer that falls back to full recomputation).
+    Warnings from other libraries keep the default format.
+    """
+    original = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> Any:
+        ours = category.__module__.startswith("convlens") or Path(
+            filename
+        ).resolve().is_relative_to(_PACKAGE_DIR)
+        if ours:
+            err_console.print(f"[yellow]note:[/] {message}", highlight=False)
+            return None
+        return original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (used by the console script and by tests)."""
     try:
-        app(args=argv, prog_name="convlens", standalone_mode=False)
+        with _warnings_as_notes():
+            app(args=argv, prog_name="convlens", standalone_mode=False)
     except ConvlensError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 1
