@@ -134,7 +134,7 @@ def test_crop_and_flip_match_torchvision_on_the_same_draw():
     bl.set_epoch(2)
     got = batches(bl)
     for b, (x, y) in enumerate(got):
-        draw = draw_augment(aug, len(y), 3, seeded_generator(11, 2, b))  # what the loader drew
+        draw = draw_augment(aug, len(y), 3, seeded_generator(11, 2, b), (9, 7))  # loader's draw
         assert draw.offsets is not None and draw.flips is not None
         for i, idx in enumerate(y.tolist()):
             img = TF.pad(images[idx], [3, 3, 3, 3], fill=0)  # zero = black in pixel space
@@ -145,10 +145,13 @@ def test_crop_and_flip_match_torchvision_on_the_same_draw():
             ref = TF.normalize(img.float() / 255.0, MEAN3, STD3)
             torch.testing.assert_close(x[i], ref, rtol=1e-5, atol=1e-5)
     flips = torch.cat(
-        [draw_augment(aug, 16, 3, seeded_generator(11, 2, b)).flips for b in range(len(got))]
+        [
+            draw_augment(aug, 16, 3, seeded_generator(11, 2, b), (32, 32)).flips
+            for b in range(len(got))
+        ]
     )
     assert 0 < int(flips.sum()) < len(flips)
-    offs = draw_augment(aug, 1000, 3, seeded_generator(0, 0, 0)).offsets
+    offs = draw_augment(aug, 1000, 3, seeded_generator(0, 0, 0), (32, 32)).offsets
     assert (
         offs is not None and int(offs.min()) == 0 and int(offs.max()) == 6
     )  # the full range 0..2p
@@ -171,7 +174,7 @@ def test_pca_basis_matches_numpy_and_lighting_shifts_each_image_by_one_colour():
         next(iter(BatchLoader(images, labels, augment=aug, **kw))),
         next(iter(BatchLoader(images, labels, **kw))),
     )
-    alphas = draw_augment(aug, 50, 3, seeded_generator(5, 0, 0)).alphas
+    alphas = draw_augment(aug, 50, 3, seeded_generator(5, 0, 0), (32, 32)).alphas
     assert alphas is not None
     # AlexNet: add V @ (alpha * sqrt(lambda)) to every pixel (here in normalised units: / std)
     delta = (alphas.numpy() * sqrt_eig.numpy()) @ vec.numpy().T / np.array(STD3)  # (B, 3)
@@ -179,6 +182,26 @@ def test_pca_basis_matches_numpy_and_lighting_shifts_each_image_by_one_colour():
     np.testing.assert_allclose(
         diff, np.broadcast_to(delta[:, :, None, None], diff.shape), atol=1e-5
     )
+
+
+def test_cutout_matches_the_reference_mask_and_keeps_the_other_draws():
+    images, labels = toy(n=40, h=12, w=10)
+    kw = dict(batch_size=40, mean=MEAN3, std=STD3, shuffle=False, seed=3)
+    aug = Augment(crop_padding=2, flip=True, cutout=6)
+    (x_cut, _), (x_plain, _) = (
+        next(iter(BatchLoader(images, labels, augment=aug, **kw))),
+        next(iter(BatchLoader(images, labels, augment=Augment(2, True), **kw))),
+    )
+    draw = draw_augment(aug, 40, 3, seeded_generator(3, 0, 0), (12, 10))
+    plain = draw_augment(Augment(2, True), 40, 3, seeded_generator(3, 0, 0), (12, 10))
+    assert draw.centres is not None and plain.offsets is not None and draw.offsets is not None
+    assert torch.equal(draw.offsets, plain.offsets)  # adding Cutout leaves crops and flips alone
+    # DeVries & Taylor's reference: mask[clip(y - L/2) : clip(y + L/2), clip(x - L/2) : clip(x + L/2)] = 0
+    mask = np.ones((40, 1, 12, 10), np.float32)
+    for i, (r, c) in enumerate(draw.centres.tolist()):
+        mask[i, :, max(r - 3, 0) : min(r + 3, 12), max(c - 3, 0) : min(c + 3, 10)] = 0
+    np.testing.assert_allclose(x_cut.numpy(), x_plain.numpy() * mask, atol=1e-6)
+    assert 0 < (mask == 0).mean() < 6 * 6 / (12 * 10)  # squares cut by the border are smaller
 
 
 def test_channel_stats_matches_numpy():

@@ -83,7 +83,10 @@ def train(
         None, "--label-smoothing", help="Cross-entropy label smoothing, 0..1."
     ),
     augment: str | None = typer.Option(
-        None, "--augment", help="Comma list of crop,flip,lighting, or none."
+        None, "--augment", help="Comma list of crop,flip,lighting,cutout, or none."
+    ),
+    cutout: int | None = typer.Option(
+        None, "--cutout", help="Side of the Cutout square in pixels (with --augment ...,cutout)."
     ),
     seed: int | None = typer.Option(
         None, "--seed", help="Random seed (weights, order, augmentation)."
@@ -132,6 +135,7 @@ def train(
         "warmup": warmup,
         "label_smoothing": label_smoothing,
         "augment": augment,
+        "cutout": cutout,
         "seed": seed,
         "device": device,
         "amp": amp,

@@ -238,7 +238,11 @@ class FolderStream:
             draw = None
             if self.augment is not None:
                 draw = draw_augment(
-                    self.augment, xb.shape[0], c, seeded_generator(self.seed, epoch, b)
+                    self.augment,
+                    xb.shape[0],
+                    c,
+                    seeded_generator(self.seed, epoch, b),
+                    (xb.shape[2], xb.shape[3]),
                 )
             yield self.normalizer(xb, draw), yb.to(self.device, torch.int64)
         if self.epoch == epoch:

@@ -61,15 +61,18 @@ class Augment:
         flip: mirror half the images left-right. Off for digits, whose meaning it changes.
         lighting: standard deviation of AlexNet's PCA colour-lighting noise (0.1 in the paper;
             0 = off). The principal components are those of the loader's (training) pixels.
+        cutout: side of the square that Cutout (DeVries & Taylor 2017) sets to the data set's mean,
+            centred anywhere in the image (so it may be cut by the border). 0 = off; 16 for CIFAR-10.
     """
 
     crop_padding: int = 0
     flip: bool = False
     lighting: float = 0.0
+    cutout: int = 0
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.lighting > 0
+        return self.crop_padding > 0 or self.flip or self.lighting > 0 or self.cutout > 0
 
 
 def default_augment(name: str) -> Augment:
@@ -139,10 +142,13 @@ class AugmentDraw:
     offsets: torch.Tensor | None  # (B, 2) int64 in 0..2p
     flips: torch.Tensor | None  # (B,) bool
     alphas: torch.Tensor | None  # (B, C) float32 ~ N(0, lighting)
+    centres: torch.Tensor | None = None  # (B, 2) int64 (row, col) of each Cutout square
 
 
-def draw_augment(aug: Augment, batch: int, channels: int, g: torch.Generator) -> AugmentDraw:
-    """Draw one batch's augmentation parameters from `g`, in a fixed order."""
+def draw_augment(
+    aug: Augment, batch: int, channels: int, g: torch.Generator, size: tuple[int, int]
+) -> AugmentDraw:
+    """Draw one batch's augmentation parameters from `g`, in a fixed order (`size` = image H, W)."""
     offsets = (
         torch.randint(0, 2 * aug.crop_padding + 1, (batch, 2), generator=g)
         if aug.crop_padding > 0
@@ -150,7 +156,36 @@ def draw_augment(aug: Augment, batch: int, channels: int, g: torch.Generator) ->
     )
     flips = torch.rand(batch, generator=g) < 0.5 if aug.flip else None
     alphas = torch.randn(batch, channels, generator=g) * aug.lighting if aug.lighting > 0 else None
-    return AugmentDraw(offsets, flips, alphas)
+    # Drawn last, so that runs without Cutout keep the draws (and results) they always had.
+    centres = None
+    if aug.cutout > 0:
+        h, w = size
+        centres = torch.stack(
+            [
+                torch.randint(0, h, (batch,), generator=g),
+                torch.randint(0, w, (batch,), generator=g),
+            ],
+            dim=1,
+        )
+    return AugmentDraw(offsets, flips, alphas, centres)
+
+
+def cutout_mask(centres: torch.Tensor, side: int, height: int, width: int) -> torch.Tensor:
+    """`(B, 1, H, W)` float mask, 0 inside the `side` x `side` square at each centre (clipped), 1 outside.
+
+    The square covers rows `[r - side // 2, r - side // 2 + side)` and likewise for columns, as in
+    DeVries & Taylor's reference code (for even sides).
+    """
+    rows = torch.arange(height, device=centres.device).view(1, height)  # (1, H)
+    cols = torch.arange(width, device=centres.device).view(1, width)  # (1, W)
+    top = (centres[:, :1] - side // 2).clamp(min=0)  # (B, 1)
+    left = (centres[:, 1:] - side // 2).clamp(min=0)
+    bottom = centres[:, :1] - side // 2 + side
+    right = centres[:, 1:] - side // 2 + side
+    in_rows = (rows >= top) & (rows < bottom)  # (B, H)
+    in_cols = (cols >= left) & (cols < right)  # (B, W)
+    inside = in_rows[:, :, None] & in_cols[:, None, :]  # (B, H, W)
+    return (~inside).unsqueeze(1).to(torch.float32)
 
 
 class BatchNormalizer:
@@ -192,6 +227,12 @@ class BatchNormalizer:
             # (B, C) colour shift in [0, 1] pixel units, then into normalised units
             delta = (to_device(draw.alphas, self.device) * sqrt_eig) @ eigvec.T
             x.add_(delta.view(*delta.shape, 1, 1) * self.inv_std)
+        if draw is not None and draw.centres is not None and self.augment is not None:
+            # Normalised 0 is the data set's mean colour: what Cutout fills the square with.
+            mask = cutout_mask(
+                to_device(draw.centres, self.device), self.augment.cutout, x.shape[2], x.shape[3]
+            )
+            x.mul_(mask)
         return x
 
 
@@ -306,7 +347,7 @@ class BatchLoader:
         self.start_batch = 0
         idx = self.epoch_indices(epoch).to(self.device)
         nb = len(self)
-        c = self.images.shape[1]
+        c, h, w = self.images.shape[1:]
         for b in range(start, nb):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             # index_select: a row memcpy, 50x faster than advanced indexing `images[sel]` here
@@ -314,7 +355,7 @@ class BatchLoader:
             draw = None
             if self.augment is not None:
                 g = seeded_generator(self.seed, epoch, b)
-                draw = draw_augment(self.augment, sel.shape[0], c, g)
+                draw = draw_augment(self.augment, sel.shape[0], c, g, (h, w))
             yield self.normalizer(xb, draw), self.labels.index_select(0, sel)
         if self.epoch == epoch:  # a complete pass: the next one is the next epoch
             self.epoch = epoch + 1

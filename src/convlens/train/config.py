@@ -14,7 +14,7 @@ from convlens.errors import ConvlensError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step")
-AUGMENTS = ("crop", "flip", "lighting")
+AUGMENTS = ("crop", "flip", "lighting", "cutout")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -38,11 +38,12 @@ class TrainConfig:
         1.0  # epochs of linear warm-up from 0 to `lr` (onecycle: the length of its rise)
     )
     label_smoothing: float = 0.0  # cross-entropy target smoothing, 0..1
-    augment: str = "none"  # comma list of crop,flip,lighting, or "none"
+    augment: str = "none"  # comma list of crop,flip,lighting,cutout, or "none"
     crop_padding: int = 4  # pixels of padding for random crops (when "crop" is in `augment`)
     lighting: float = (
         0.1  # strength of the random brightness/contrast jitter (when "lighting" is in `augment`)
     )
+    cutout: int = 16  # side in pixels of the Cutout square (when "cutout" is in `augment`)
     seed: int = 0  # seeds weights, shuffling and augmentation: same seed + CPU = same weights
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     threads: int | None = (
@@ -88,6 +89,8 @@ class TrainConfig:
                 raise ConvlensError(
                     f"unknown augmentation {a!r}; use a comma list of {','.join(AUGMENTS)}, or none"
                 )
+        if self.cutout < 1:
+            raise ConvlensError(f"the Cutout side must be at least 1 pixel, not {self.cutout}")
         for name in ("limit_train", "limit_test", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -304,6 +304,7 @@ def _train(
             crop_padding=cfg.crop_padding if "crop" in aug else 0,
             flip="flip" in aug,
             lighting=cfg.lighting if "lighting" in aug else 0.0,
+            cutout=cfg.cutout if "cutout" in aug else 0,
         ),
         device=rt.device,
         seed=cfg.seed,
