@@ -118,6 +118,31 @@ def test_evaluate_cli_json_and_table(trained_run: Path, capsys: pytest.CaptureFi
     assert "accuracy" in text and "Ankle boot" in text and "confusion matrix" in text
 
 
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConvlensError, match="without flip augmentation"):
+        evaluate(trained_run, tta="flip")  # the sample recipe does not flip: refused
+    with pytest.raises(ConvlensError, match="unknown test-time augmentation"):
+        evaluate(trained_run, tta="crop10")
+    # The same weights, declared as trained with flips (the model does not care; the check does).
+    flipped = tmp_path / "flipped"
+    shutil.copytree(trained_run, flipped)
+    raw = json.loads((flipped / "run.json").read_text())
+    raw["train"]["augment"] = "crop,flip"
+    (flipped / "run.json").write_text(json.dumps(raw))
+    ev = evaluate(flipped, tta="flip", limit=500)
+    run = load_run(flipped)
+    test = run.load_data("test")
+    x = run.normalize(test.images[:500])
+    with torch.inference_mode():
+        p = (run.model(x).softmax(1) + run.model(x.flip(3)).softmax(1)).numpy() / 2  # (500, 10)
+    y = test.labels[:500].numpy()
+    assert ev.accuracy == pytest.approx(float((p.argmax(1) == y).mean()))
+    assert ev.loss == pytest.approx(float(-np.log(p[np.arange(500), y]).mean()), rel=1e-4)
+    assert ev.to_dict()["tta"] == "flip"
+
+
 def test_evaluate_refuses_data_of_another_shape(trained_run: Path, tmp_path: Path) -> None:
     folder = _image_folder(tmp_path / "rgb", size=28, mode="RGB")
     with pytest.raises(ConvlensError, match=r"shape \(3, 28, 28\)"):
@@ -166,10 +191,13 @@ def test_onecycle_rises_then_falls_to_zero() -> None:
 # ---- configuration and recipes --------------------------------------------------------------------
 
 
-def test_recipe_for_cifar_resnets_is_he_et_al() -> None:
+def test_recipe_for_cifar_resnets_is_he_et_al_plus_cutout() -> None:
     cfg = recipe("resnet20", "cifar10")
-    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.batch_size) == ("sgd", 0.1, 0.9, 128)
-    assert cfg.augmentations == ["crop", "flip"] and cfg.crop_padding == 4
+    assert (cfg.optimizer, cfg.momentum) == ("sgd", 0.9)
+    # He et al.'s 0.1 at batch 128, scaled linearly with the batch (Goyal et al. 2017)
+    assert cfg.lr / cfg.batch_size == pytest.approx(0.1 / 128)
+    assert cfg.augmentations == ["crop", "flip", "cutout"] and cfg.crop_padding == 4
+    assert cfg.cutout == 16  # DeVries & Taylor's size for CIFAR-10
     assert cfg.weight_decay in (1e-4, 5e-4)
     assert (
         "flip" not in recipe("resnet20", "mnist").augmentations

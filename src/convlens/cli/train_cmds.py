@@ -177,6 +177,9 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="test or train."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N images."),
+    tta: str = typer.Option(
+        "none", "--tta", help="Test-time augmentation: none, or flip (image + mirror, averaged)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Accuracy, per-class accuracy and the confusion matrix of a trained run."""
@@ -191,12 +194,15 @@ def evaluate(
         root=None if data_dir is None else str(data_dir),
         device=device,
         limit=limit,
+        tta=tta,
     )
     if as_json:
         typer.echo(json.dumps(ev.to_dict(), indent=2))
         return
     console.print(
-        f"{run_dir} on {ev.data} ({ev.split}, {ev.count:,} images): "
+        f"{run_dir} on {ev.data} ({ev.split}, {ev.count:,} images"
+        + (", flip TTA" if ev.tta == "flip" else "")
+        + "): "
         f"accuracy [bold]{ev.accuracy:.2%}[/], loss {ev.loss:.4f}",
         highlight=False,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 
 from convlens.errors import ConvlensError
 from convlens.train.run_dir import Run, load_run
+
+TTAS = ("none", "flip")
 
 
 @dataclass
@@ -23,7 +26,8 @@ class Evaluation:
         classes: class names, index = label.
         confusion: int64 `(K, K)`; `confusion[i, j]` = images of true class `i` predicted as `j`
             (rows true, columns predicted, as `sklearn.metrics.confusion_matrix`).
-        loss: mean cross-entropy.
+        loss: mean cross-entropy (of the averaged probabilities, with test-time augmentation).
+        tta: test-time augmentation used: `none`, or `flip` (mean softmax of the image and its mirror).
     """
 
     data: str
@@ -31,6 +35,7 @@ class Evaluation:
     classes: list[str]
     confusion: torch.Tensor
     loss: float
+    tta: str = "none"
 
     @property
     def count(self) -> int:
@@ -59,6 +64,7 @@ class Evaluation:
             "count": self.count,
             "accuracy": self.accuracy,
             "loss": self.loss,
+            "tta": self.tta,
             "classes": self.classes,
             "per_class_accuracy": dict(zip(self.classes, self.per_class_accuracy, strict=True)),
             "confusion": self.confusion.tolist(),
@@ -81,6 +87,7 @@ def evaluate(
     batch_size: int = 1000,
     device: str = "cpu",
     limit: int | None = None,
+    tta: str = "none",
 ) -> Evaluation:
     """Run the model of `run` over a data set split and count its predictions.
 
@@ -93,9 +100,12 @@ def evaluate(
         batch_size: images per forward pass.
         device: where to run the model.
         limit: evaluate only the first `limit` images.
+        tta: test-time augmentation. `none`: one view. `flip`: average the softmax of each image and
+            of its left-right mirror (two forward passes), the usual two-view evaluation on CIFAR-10;
+            only for runs trained with flip augmentation, which taught the model mirrored images.
 
     Raises:
-        ConvlensError: the data set does not fit the run's model.
+        ConvlensError: the data set does not fit the run's model; `flip` for a run trained without flips.
     """
     from convlens import data as datasets
 
@@ -115,15 +125,29 @@ def evaluate(
         raise ConvlensError(
             f"{name} has {ds.num_classes} classes, but {run.path}'s model tells {k} apart"
         )
+    if tta not in TTAS:
+        raise ConvlensError(
+            f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTAS)}"
+        )
+    augment = str(run.config.get("augment", "none"))
+    if tta == "flip" and "flip" not in augment:
+        raise ConvlensError(
+            f"{run.path} was trained without flip augmentation (augment {augment!r}), so its model "
+            "never saw mirrored images; --tta flip would mislead"
+        )
     images, labels = ds.images[:limit], ds.labels[:limit]
     model = run.model.eval()
     preds, loss_sum = [], 0.0
     for i in range(0, len(images), batch_size):
         x = run.normalize(images[i : i + batch_size].to(device))  # (B, C, H, W) float
         y = labels[i : i + batch_size].to(device)
-        logits = model(x)  # (B, K)
-        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        preds.append(logits.argmax(1).cpu())
+        log_p = F.log_softmax(model(x).float(), dim=1)  # (B, K)
+        if tta == "flip":
+            log_p_mirror = F.log_softmax(model(x.flip(3)).float(), dim=1)
+            # log of the mean of the two probability vectors
+            log_p = torch.logsumexp(torch.stack([log_p, log_p_mirror]), dim=0) - math.log(2.0)
+        loss_sum += float(F.nll_loss(log_p, y, reduction="sum"))
+        preds.append(log_p.argmax(1).cpu())
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
     return Evaluation(
         data=name,
@@ -131,4 +155,5 @@ def evaluate(
         classes=list(run.data.classes),
         confusion=confusion_matrix(labels, pred, k),
         loss=loss_sum / max(len(images), 1),
+        tta=tta,
     )

@@ -4,14 +4,16 @@
 | --- | --- | --- | --- |
 | lenet5 | mnist, fashion-mnist | SGD+Nesterov 0.05, batch 64, one-cycle, 12-15 epochs | benchmarks/RESULTS.md |
 | lenet5 | sample (8,000 images) | AdamW 4e-3, batch 64, one-cycle, 6 epochs | tests (>= 85 %) |
-| resnet20..110, plain20..110 | cifar10 | He et al. 2016: SGD 0.1, momentum 0.9, batch 128, crop 4 + flip | He et al. 2016, sec. 4.2 |
+| resnet20..110, plain20..110 | cifar10 | SGD 0.2, batch 256, cosine, 160 epochs, crop 4 + flip + Cutout 16, label smoothing 0.1 | benchmarks/RESULTS.md (H200) |
 | same | mnist, fashion-mnist | as above with a 2-pixel crop (no flip on digits) | benchmarks/RESULTS.md |
 | anything else | anything | SGD 0.05, cosine, batch 128, 10 epochs | a safe start |
 
-Departures from He et al., on purpose: a cosine schedule over 100 epochs instead of steps at 82/123
-of 164 epochs, with weight decay 5e-4 instead of 1e-4 (shorter schedules want more regularisation;
-the pair is the usual short CIFAR recipe). `--schedule step --epochs 164 --weight-decay 1e-4` is
-the paper's.
+Departures from He et al. (SGD 0.1, batch 128, steps at 82/123 of 164 epochs, weight decay 1e-4), on
+purpose: a cosine schedule, weight decay 5e-4 and, on CIFAR-10, Cutout 16 (DeVries & Taylor 2017) and
+label smoothing 0.1 at batch 256 / lr 0.2 for 160 epochs. On the JPEG copy of CIFAR-10 the paper-like
+short recipe (batch 128, 100 epochs, crop + flip only) reached 88.1 %; this one 89.4 % (90.4 % with
+flip TTA), ResNet-20 on one H200. `--schedule step --epochs 164 --weight-decay 1e-4 --batch-size 128
+--lr 0.1 --augment crop,flip --label-smoothing 0` is the paper's.
 """
 
 from __future__ import annotations
@@ -75,6 +77,22 @@ def _base(model: str, data: str) -> TrainConfig:
         )
     if _CIFAR_RESNET.match(model):
         small = data in _SMALL_GRAY
+        if data == "cifar10":
+            return TrainConfig(
+                epochs=160,
+                batch_size=256,
+                lr=0.2,
+                optimizer="sgd",
+                momentum=0.9,
+                nesterov=True,
+                weight_decay=5e-4,
+                schedule="cosine",
+                warmup=1.0,
+                label_smoothing=0.1,
+                augment="crop,flip,cutout",
+                crop_padding=4,
+                cutout=16,
+            )
         return TrainConfig(
             epochs=40 if small else 100,
             batch_size=128,
