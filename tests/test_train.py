@@ -377,3 +377,23 @@ def test_cuda_asked_for_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixt
     rc = main(["train", "lenet5", "--device", "cuda", "--out", str(tmp_path / "r"), *TINY_ARGS])
     err = _flat(capsys.readouterr().err)
     assert rc == 1 and "no CUDA device; use --device cpu" in err
+
+
+def test_tensorboard_scalars_equal_the_metrics_file(tmp_path: Path) -> None:
+    """The TensorBoard event file, read back by TensorBoard's own reader, holds metrics.jsonl's values."""
+    pytest.importorskip("tensorboard")
+    import io
+
+    from rich.console import Console
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = recipe("lenet5", "sample", epochs=2, limit_train=512, limit_test=256, threads=1)
+    fit("lenet5", "sample", out=out, config=cfg, console=Console(file=io.StringIO()))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    for key in ("train_loss", "test_acc", "lr"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [1, 2]
+        np.testing.assert_allclose([e.value for e in events], [h[key] for h in history], rtol=1e-6)
