@@ -10,10 +10,7 @@ layer first, so a network without one says that rather than anything else.
 
 from __future__ import annotations
 
-import importlib
-import types
 from collections.abc import Callable
-from typing import Any
 
 import matplotlib
 
@@ -53,16 +50,6 @@ def section(id: str, title: str, intro: str) -> Callable[[SectionFn], SectionFn]
     return register
 
 
-def need(module: str, name: str) -> Any:
-    """`module.name`, or :class:`Unavailable` saying this installation lacks it."""
-    try:
-        value = getattr(importlib.import_module(module), name)
-        # `convlens.inspect.occlusion` is both a module and the function it exports.
-        return getattr(value, name) if isinstance(value, types.ModuleType) else value
-    except (ImportError, AttributeError):
-        raise Unavailable(f"this version of convlens has no {module}.{name}.") from None
-
-
 # --------------------------------------------------------------------------------------------------
 # 1. Anatomy
 # --------------------------------------------------------------------------------------------------
@@ -79,7 +66,8 @@ MAX_SUMMARY_ROWS = 80
     "units can see (size) and how far apart neighbouring units look (jump).",
 )
 def summary_section(ctx: ReportContext) -> Section | Skipped:
-    summary = need("convlens.anatomy", "summary")
+    from convlens.anatomy import summary
+
     s = summary(ctx.model, ctx.input_shape, name=ctx.raw["model"]["name"], warn=False)
     rows = list(s.layers)
     headers = [
@@ -227,7 +215,8 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
     ds = ctx.dataset("test")
     _, pred = ctx.predictions()
     k = max(len(ctx.classes), int(ds.labels.max()) + 1, int(pred.max()) + 1)
-    confusion_matrix = need("convlens.train", "confusion_matrix")
+    from convlens.train import confusion_matrix
+
     y = ds.labels.numpy()
     cm = confusion_matrix(ds.labels, pred, k).numpy()  # (K, K): rows true, columns predicted
     names = [ctx.class_name(i) for i in range(k)]
@@ -294,8 +283,9 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
 )
 def filters_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.first_conv()
-    filters = need("convlens.inspect", "filters")
-    filters_figure = need("convlens.render.layers", "filters_figure")
+    from convlens.inspect import filters
+    from convlens.render.layers import filters_figure
+
     w = filters(ctx.model, layer)  # (C_out, C_in, kH, kW)
     fig = filters_figure(w, layer=layer, max_filters=64, max_inputs=8)
     c_out, c_in, kh, kw = w.shape
@@ -322,8 +312,9 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
 )
 def activations_section(ctx: ReportContext) -> Section | Skipped:
     ctx.conv_layers()
-    activations = need("convlens.inspect", "activations")
-    activations_figure = need("convlens.render.layers", "activations_figure")
+    from convlens.inspect import activations
+    from convlens.render.layers import activations_figure
+
     ds = ctx.dataset("test")
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
@@ -364,8 +355,9 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
     "even when they look different; pixel-space neighbours merely overlap in brightness and position.",
 )
 def neighbors_section(ctx: ReportContext) -> Section | Skipped:
-    neighbors = need("convlens.inspect", "neighbors")
-    neighbors_figure = need("convlens.render.layers", "neighbors_figure")
+    from convlens.inspect import neighbors
+    from convlens.render.layers import neighbors_figure
+
     test, train = ctx.dataset("test"), ctx.dataset("train")
     o = ctx.options
     pool, pool_labels = train.images[: o.neighbor_pool], train.labels[: o.neighbor_pool]
@@ -424,11 +416,9 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
     "to tell apart from these features; the image grid shows which images sit where on the map.",
 )
 def tsne_section(ctx: ReportContext) -> Section | Skipped:
-    extract_features = need("convlens.inspect", "extract_features")
-    tsne = need("convlens.inspect", "tsne")
-    tsne_grid = need("convlens.inspect", "tsne_grid")
-    tsne_scatter = need("convlens.render.layers", "tsne_scatter")
-    tsne_image_grid = need("convlens.render.layers", "tsne_image_grid")
+    from convlens.inspect import extract_features, tsne, tsne_grid
+    from convlens.render.layers import tsne_image_grid, tsne_scatter
+
     ds = ctx.dataset("test")
     n = min(ctx.options.tsne_images, len(ds))
     if n < 10:
@@ -482,9 +472,9 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
 )
 def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    top_patches = need("convlens.inspect", "top_patches")
-    crop_patches = need("convlens.inspect", "crop_patches")
-    top_patches_figure = need("convlens.render.layers", "top_patches_figure")
+    from convlens.inspect import crop_patches, top_patches
+    from convlens.render.layers import top_patches_figure
+
     ds = ctx.dataset("test")
     o = ctx.options
     d = ctx.raw["data"]
@@ -526,7 +516,8 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
 )
 def actmax_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    activation_maximization = need("convlens.inspect", "activation_maximization")
+    from convlens.inspect import activation_maximization
+
     o = ctx.options
     n = min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
     d = ctx.raw["data"]
@@ -546,7 +537,8 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
         in_channels=c,
         seed=o.seed,
     )
-    actmax_figure = need("convlens.render.actmax", "actmax_figure")
+    from convlens.render.actmax import actmax_figure
+
     fig = actmax_figure(res.images, labels=[f"ch {ch}" for ch in res.channels], values=res.values)
     return Section(
         img(
@@ -575,9 +567,9 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
 )
 def attribution_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    occlusion = need("convlens.inspect", "occlusion")
-    grad_cam = need("convlens.inspect", "grad_cam")
-    saliency = need("convlens.inspect", "saliency")
+    from convlens.inspect import grad_cam, saliency
+    from convlens.inspect.occlusion import occlusion
+
     ds = ctx.dataset("test")
     probs, pred = ctx.predictions()
     right, wrong = ctx.example_indices()
@@ -645,8 +637,9 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
 )
 def erf_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    effective_receptive_field = need("convlens.anatomy", "effective_receptive_field")
-    erf_figure = need("convlens.render.layers", "erf_figure")
+    from convlens.anatomy import effective_receptive_field
+    from convlens.render.layers import erf_figure
+
     erf = effective_receptive_field(
         ctx.model, layer, ctx.input_shape, n=ctx.options.erf_samples, seed=ctx.options.seed
     )
