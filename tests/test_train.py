@@ -397,3 +397,26 @@ def test_tensorboard_scalars_equal_the_metrics_file(tmp_path: Path) -> None:
         events = acc.Scalars(key)
         assert [e.step for e in events] == [1, 2]
         np.testing.assert_allclose([e.value for e in events], [h[key] for h in history], rtol=1e-6)
+
+
+def test_compiled_training_gives_the_weights_of_eager_training(tmp_path: Path) -> None:
+    """`--compile` changes how steps run, not what they compute (same seed, same batches)."""
+    from safetensors.torch import load_file
+
+    cfg = recipe("lenet5", "sample", epochs=1, limit_train=256, limit_test=128, threads=1)
+    eager = fit("lenet5", "sample", out=tmp_path / "eager", config=cfg, progress=False)
+    compiled = fit(
+        "lenet5",
+        "sample",
+        out=tmp_path / "compiled",
+        config=cfg.replace(compile=True),
+        progress=False,
+    )
+    a = load_file(str(tmp_path / "eager" / "model.safetensors"))
+    b = load_file(str(tmp_path / "compiled" / "model.safetensors"))
+    assert a.keys() == b.keys()  # no `_orig_mod.` prefixes: the saved model is the plain one
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
+    assert compiled.history[-1]["test_acc"] == pytest.approx(
+        eager.history[-1]["test_acc"], abs=0.02
+    )
