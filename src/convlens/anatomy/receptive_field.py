@@ -137,14 +137,16 @@ class Field:
         dilation: tuple[int, int] = (1, 1),
     ) -> Field:
         """The field after a sliding window (convolution or pooling) over this tensor's H and W."""
-        if self.whole:
-            return self
-        lo = tuple(self.lo[a] - padding[a] * self.jump[a] for a in (0, 1))
-        hi = tuple(
-            self.hi[a] + (dilation[a] * (kernel[a] - 1) - padding[a]) * self.jump[a] for a in (0, 1)
-        )
-        jump = tuple(self.jump[a] * stride[a] for a in (0, 1))
-        return Field(self.dims, lo, hi, jump)  # type: ignore[arg-type]
+        if self.whole or (kernel == stride == (1, 1) and padding == (0, 0)):
+            return self  # a 1x1 window at stride 1 (half of ResNet's convolutions) changes nothing
+        (lo0, lo1), (hi0, hi1), (j0, j1) = self.lo, self.hi, self.jump
+        return Field(
+            self.dims,
+            (lo0 - padding[0] * j0, lo1 - padding[1] * j1),
+            (hi0 + (dilation[0] * (kernel[0] - 1) - padding[0]) * j0,
+             hi1 + (dilation[1] * (kernel[1] - 1) - padding[1]) * j1),
+            (j0 * stride[0], j1 * stride[1]),
+        )  # fmt: skip
 
     def shift(self, offset: tuple[int, int], step: tuple[int, int] = (1, 1)) -> Field:
         """The field after keeping units offset, offset + step, ... per axis (slicing, padding)."""
@@ -177,7 +179,7 @@ def union(fields: list[Field]) -> tuple[Field, str | None]:
     (ResNet, Inception, DenseNet). Paths with different centres or jumps are reported.
     """
     first = fields[0]
-    if len(fields) == 1 or all(f == first for f in fields):
+    if len(fields) == 1 or all(f is first or f == first for f in fields):
         return first, None
     if any(f.whole for f in fields):
         return Field.everything(), None

@@ -1,18 +1,29 @@
 """One forward pass without data: shapes, MACs and receptive fields of every module call.
 
-:func:`trace` runs the model on the meta device (tensors with a shape and no storage, so no
-arithmetic: ResNet-152 at 224x224 takes about a tenth of a second) and watches it two ways:
+:func:`trace` runs the model on a meta input (a tensor with a shape and no storage, so no
+arithmetic: ResNet-152 at 224x224 takes about ten milliseconds) and watches it two ways:
 
-* forward pre-/post-hooks on every module record which module is running and what it returns;
-* a ``TorchFunctionMode`` sees every torch function the forward calls, including the functional ones
-  inside ``forward`` methods (``torch.flatten``, ``F.relu``, ``x + y``, ``torch.cat``, ``F.max_pool2d``),
-  counts the multiply-accumulates of convolutions and matrix products for the innermost running module,
-  and attaches a :class:`~convlens.anatomy.receptive_field.Field` to every tensor it produces.
+* every module's ``forward`` is wrapped, for the duration of the call, to record which module is
+  running and what it returns; the common leaf layers (``Conv2d``, ``BatchNorm2d``, ``Linear``,
+  pooling, activations, dropout, ``Identity``) are not run at all: their output shape, MACs and
+  receptive field come from the layer arithmetic (:func:`_leaf_rule`), and the output is an empty
+  meta tensor of that shape;
+* a ``TorchFunctionMode`` sees every torch function the rest of the forward calls, including the
+  functional ones inside ``forward`` methods (``torch.flatten``, ``F.relu``, ``x + y``, ``torch.cat``,
+  ``F.max_pool2d``), counts the multiply-accumulates of convolutions and matrix products for the
+  innermost running module, and attaches a :class:`~convlens.anatomy.receptive_field.Field` to every
+  tensor it produces.
 
-The user's module is not copied or changed: its parameters and buffers are swapped for meta tensors by
-``torch.func.functional_call`` for the duration of the call, and its train/eval flags are restored.
-If a model cannot run on the meta device (data-dependent control flow, a CPU constant held outside
-its buffers), the trace runs once on zeros on the model's own device instead.
+The user's module is not copied and is left as it was: its ``forward`` attributes and train/eval
+flags are restored, and its parameters are never written. Three ways to run, the first that works:
+
+1. a meta input through the model as it is (its parameters stay where they are: the arithmetic of
+   the leaf layers needs only their shapes), aborted if an op would write to a real tensor;
+2. the same with every parameter and buffer swapped for a meta stand-in by
+   ``torch.func.functional_call`` (for models whose functional ops mix parameters with the input,
+   e.g. ViT's class token);
+3. zeros on the model's own device, for models that cannot run on meta (data-dependent control
+   flow, a CPU constant held outside its buffers); its failure is the message the user sees.
 """
 
 from __future__ import annotations
@@ -30,9 +41,13 @@ from convlens.anatomy.receptive_field import RF, Field, union
 from convlens.errors import ConvlensError
 
 _ATTR = "_convlens_field"  # where a traced tensor carries its Field
+_META = torch.device("meta")
+# Switches every torch function mode off (ours included) while the wrappers read shapes and make
+# outputs: under the mode, even ``x.shape`` is a Python call.
+_no_torch_function = torch._C.DisableTorchFunction
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One call of one module during the traced forward pass."""
 
@@ -57,6 +72,7 @@ class Trace:
     output_shape: tuple[int, ...] | None = None
     on_meta: bool = True
     root: Call | None = None  # the model's own call: its functional ops' MACs, its own parameters
+    modules: list[tuple[str, nn.Module]] = field(default_factory=list)  # as model.named_modules()
 
 
 def trace(
@@ -76,76 +92,149 @@ def trace(
     c, h, w = input_size
     if min(c, h, w) < 1:
         raise ConvlensError(f"input size must be positive, got {c}x{h}x{w}")
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()  # BatchNorm on a 1x1 map and GoogLeNet's auxiliary heads want eval mode
+    modules = named_modules(model)
+    training = [m.training for _, m in modules]
+    if any(training):
+        model.eval()  # BatchNorm on a 1x1 map and GoogLeNet's auxiliary heads want eval mode
     try:
-        try:
-            result = _trace_once(model, input_size, on_meta=True, through_gates=through_gates)
-        except ConvlensError:
-            raise
-        except Exception:  # not all models run on meta; zeros on the real device decide
-            result = _trace_once(model, input_size, on_meta=False, through_gates=through_gates)
+        result = None
+        for how in ("meta", "meta-state"):
+            try:
+                result = _trace_once(model, modules, input_size, how, through_gates)
+                break
+            except ConvlensError:
+                raise
+            except Exception:
+                continue  # the next way decides; the last one explains a failure
+        if result is None:
+            result = _trace_once(model, modules, input_size, "device", through_gates)
     finally:
-        for m, flag in training:
-            m.training = flag
+        for (_, m), flag in zip(modules, training, strict=True):
+            if m.training != flag:
+                m.training = flag
     if warn:
         for note in result.notes:
             warnings.warn(f"receptive field: {note}", stacklevel=3)
     return result
 
 
+def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``list(model.named_modules())``: each module once, under its first name, in pre-order."""
+    found: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    todo: list[tuple[str, nn.Module]] = [("", model)]
+    while todo:
+        prefix, module = todo.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append((prefix, module))
+        children = [
+            (f"{prefix}.{name}" if prefix else name, child)
+            for name, child in module._modules.items()
+            if child is not None
+        ]
+        todo.extend(reversed(children))
+    return found
+
+
+class _WritesRealTensor(Exception):
+    """Raised to abort a trace whose forward would write into a real tensor (a buffer...)."""
+
+
 def _trace_once(
-    model: nn.Module, input_size: tuple[int, int, int], *, on_meta: bool, through_gates: bool
+    model: nn.Module,
+    modules: list[tuple[str, nn.Module]],
+    input_size: tuple[int, int, int],
+    how: str,
+    through_gates: bool,
 ) -> Trace:
+    """One traced forward pass; `how` is "meta", "meta-state" or "device" (module docstring)."""
     c, h, w = input_size
-    names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
     calls: list[Call] = []
     stack: list[Call] = []
-    times_called: dict[int, int] = {}
+    mode = _GeometryMode(stack, through_gates=through_gates, guard=how == "meta")
+    rf_of: dict[int, tuple[Field, RF]] = {}  # id(field) -> (field, its RF); keeps fields alive
 
-    def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        k = times_called[id(module)] = times_called.get(id(module), 0) + 1
-        call = Call(names[id(module)], module, k, len(calls))
-        first = next(_tensors(args), None)
-        call.input_shape = tuple(first.shape) if first is not None else None
-        calls.append(call)
-        stack.append(call)
-
-    def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        call = stack.pop()
-        out = next(_tensors(output), None)
+    def finish(call: Call, output: Any) -> None:
+        """Record what `call` returned (with torch functions switched off)."""
+        out = output if type(output) is torch.Tensor else next(_tensors(output), None)
         if out is not None:
             call.output_shape = tuple(out.shape)
-            call.field = getattr(out, _ATTR, None)
-            if call.field is not None:
-                call.rf = call.field.to_rf((h, w))
+            f = call.field = getattr(out, _ATTR, None)
+            if f is not None:
+                known = rf_of.get(id(f))
+                if known is None or known[0] is not f:
+                    known = rf_of[id(f)] = (f, f.to_rf((h, w)))
+                call.rf = known[1]
 
-    mode = _GeometryMode(stack, through_gates=through_gates)
-    handles = []
-    for m in {id(m): m for m in model.modules()}.values():
-        handles.append(m.register_forward_pre_hook(pre_hook))
-        handles.append(m.register_forward_hook(post_hook))
+    def wrap(name: str, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        leaf = _leaf_rule(module) if how != "device" else None
+        times = 0
+
+        def traced_forward(*args: Any, **kwargs: Any) -> Any:
+            nonlocal times
+            times += 1
+            with _no_torch_function():
+                call = Call(name, module, times, len(calls))
+                calls.append(call)
+                x = args[0] if args else None
+                if type(x) is torch.Tensor:
+                    call.input_shape = tuple(x.shape)
+                    made = None
+                    if leaf is not None and len(args) == 1 and not kwargs:
+                        made = leaf(x, getattr(x, _ATTR, None))
+                    if made is not None:  # the layer's arithmetic instead of its forward
+                        output, out_field, call.macs = made
+                        if out_field is not None:
+                            setattr(output, _ATTR, out_field)
+                        finish(call, output)
+                        return output
+                elif (first := next(_tensors(args), None)) is not None:
+                    call.input_shape = tuple(first.shape)
+                stack.append(call)
+            output = forward(*args, **kwargs)
+            with _no_torch_function():
+                stack.pop()
+                finish(call, output)
+            return output
+
+        return traced_forward
+
+    # The wrappers go into the modules' instance dicts, in front of their class's forward, and come
+    # out in the `finally`; one the user set there before is called through and put back.
+    own_forward = [m.__dict__.get("forward") for _, m in modules]
+    y: Any = None
     try:
-        if on_meta:
-            x = torch.empty(1, c, h, w, device="meta")
-            state = _meta_state(model)
-            with torch.no_grad(), mode:
-                setattr(x, _ATTR, Field.image())
-                y = torch.func.functional_call(model, state, (x,), strict=False)
-        else:
+        for name, m in modules:
+            m.__dict__["forward"] = wrap(name, m, m.forward)
+        if how == "device":
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             dtype = next((p.dtype for p in model.parameters()), torch.float32)
             x = torch.zeros(1, c, h, w, device=device, dtype=dtype)
             with torch.no_grad(), mode:
                 setattr(x, _ATTR, Field.image())
                 y = model(x)
+        else:
+            x = torch.empty(1, c, h, w, device=_META)
+            setattr(x, _ATTR, Field.image())
+            with torch.no_grad(), mode:
+                if how == "meta":
+                    y = model(x)
+                else:
+                    y = torch.func.functional_call(model, _meta_state(model), (x,), strict=False)
     except Exception as e:
-        if on_meta:
+        if how != "device":
             raise
         raise _explain_failure(model, input_size, stack, e) from e
     finally:
-        for handle in handles:
-            handle.remove()
+        for (_, m), before in zip(modules, own_forward, strict=True):
+            if before is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.__dict__["forward"] = before
+    if mode.refused:
+        raise _WritesRealTensor("the model caught the refusal of an in-place write")
     out = next(_tensors(y), None)
     return Trace(
         input_size=input_size,
@@ -153,7 +242,8 @@ def _trace_once(
         root=next((call for call in calls if call.name == ""), None),
         notes=mode.notes,
         output_shape=tuple(out.shape) if out is not None else None,
-        on_meta=on_meta,
+        on_meta=how != "device",
+        modules=modules,
     )
 
 
@@ -264,6 +354,11 @@ _UNARY_SAME_SHAPE = frozenset(
 _BINARY_SAME_SHAPE = frozenset({"add", "add_", "__add__", "__iadd__", "__radd__"})
 
 
+def _like(x: torch.Tensor) -> torch.Tensor:
+    """A new meta tensor like `x` (``torch.empty_like`` runs a Python reference on meta: 30 us)."""
+    return _new(x.shape, x) if x.is_contiguous() else torch.empty_like(x)
+
+
 def _same_shape_shortcut(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """The output of a shape-preserving op on meta tensors, without running its meta kernel.
 
@@ -286,7 +381,7 @@ def _same_shape_shortcut(name: str, args: Sequence[Any], kwargs: dict[str, Any])
             "silu",
         ):
             inplace = inplace or (len(args) > 1 and args[-1] is True)
-        return x if inplace else torch.empty_like(x)
+        return x if inplace else _like(x)
     if (
         name in _BINARY_SAME_SHAPE
         and len(args) == 2
@@ -296,17 +391,271 @@ def _same_shape_shortcut(name: str, args: Sequence[Any], kwargs: dict[str, Any])
         and args[1].shape == x.shape
         and args[1].dtype == x.dtype
     ):
-        return x if inplace else torch.empty_like(x)
+        return x if inplace else _like(x)
     return None
+
+
+# -- leaf layers by arithmetic ---------------------------------------------------------------------
+# A leaf rule takes the meta input x of one call (with its Field, or None) and returns the output
+# (an empty meta tensor of the right shape), its Field and the call's MACs; or None, and then the
+# layer runs as usual (under the mode). Each rule accepts only the cases whose result it knows to be
+# the layer's own: contiguous (N, C, H, W) meta inputs, matching channels and dtypes, sizes that do
+# not collapse. Anything else (including every error case) goes to the real forward, which raises.
+LeafResult = tuple[torch.Tensor, Field | None, int]
+LeafRule = Callable[[torch.Tensor, Field | None], LeafResult | None]
+
+
+def _leaf_rule(module: nn.Module) -> LeafRule | None:
+    """The arithmetic of `module` when it is one of the common leaf layers, else None.
+
+    Exact types only: a subclass may override ``forward``.
+    """
+    if type(module) is nn.Conv2d:
+        return _conv_rule(module)
+    if type(module) is nn.BatchNorm2d:
+        return _batch_norm_rule(module)
+    if type(module) in _SAME_SHAPE_LAYERS:
+        return _same_shape_rule(bool(getattr(module, "inplace", False)))
+    if type(module) is nn.Identity:
+        return lambda x, f: (x, f, 0)
+    if type(module) is nn.MaxPool2d and not module.return_indices:
+        return _pool_rule(module)
+    if type(module) is nn.AvgPool2d:
+        return _pool_rule(module)
+    if type(module) is nn.AdaptiveAvgPool2d:
+        return _adaptive_rule(module.output_size)
+    if type(module) is nn.AdaptiveMaxPool2d and not module.return_indices:
+        return _adaptive_rule(module.output_size)
+    if type(module) is nn.Linear:
+        return _linear_rule(module)
+    return None
+
+
+# Layers whose output is shaped like their input, element by element (dropout: in eval mode).
+_SAME_SHAPE_LAYERS = frozenset(
+    {nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+     nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout}
+)  # fmt: skip
+
+
+def _is_nchw(x: torch.Tensor) -> bool:
+    return x.is_meta and x.dim() == 4 and x.is_contiguous()
+
+
+def _new(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=_META)
+
+
+def _same_shape_rule(inplace: bool) -> LeafRule:
+    def rule(x: torch.Tensor, f: Field | None) -> LeafResult | None:
+        if not (x.is_meta and x.is_contiguous()):
+            return None
+        return (x if inplace else _new(x.shape, x)), f, 0
+
+    return rule
+
+
+def _batch_norm_rule(bn: nn.BatchNorm2d) -> LeafRule | None:
+    if bn.training:
+        return None  # batch statistics and running-stat updates: the real forward
+    channels = bn.num_features
+
+    def rule(x: torch.Tensor, f: Field | None) -> LeafResult | None:
+        if not _is_nchw(x) or x.shape[1] != channels:
+            return None
+        return _new(x.shape, x), f, 0
+
+    return rule
+
+
+def _conv_rule(conv: nn.Conv2d) -> LeafRule | None:
+    weight, bias = conv.weight, conv.bias  # (Cout, Cin / groups, kh, kw), (Cout,)
+    cout, cin, groups = conv.out_channels, conv.in_channels, conv.groups
+    kernel, stride, dilation = _ints(conv.kernel_size), _ints(conv.stride), _ints(conv.dilation)
+    if (
+        conv.padding_mode != "zeros"
+        or kernel is None
+        or stride is None
+        or dilation is None
+        or tuple(weight.shape) != (cout, cin // groups, *kernel)
+        or cout == 0
+        or (bias is not None and bias.dtype != weight.dtype)
+    ):
+        return None
+    same = conv.padding == "same"  # stride 1, output size = input size
+    if conv.padding in ("same", "valid"):
+        total = [dilation[a] * (kernel[a] - 1) for a in (0, 1)]
+        padding = (total[0] // 2, total[1] // 2) if same else (0, 0)  # the left/top share
+    elif (pad := _ints(conv.padding)) is not None:
+        padding = pad
+    else:
+        return None
+    dtype = weight.dtype
+    per_output = weight.numel() // cout  # weights per output element: Cin / groups x kh x kw
+    reach = [dilation[a] * (kernel[a] - 1) + 1 - 2 * padding[a] for a in (0, 1)]
+
+    def rule(x: torch.Tensor, f: Field | None) -> LeafResult | None:
+        if not _is_nchw(x) or x.shape[1] != cin or x.dtype != dtype:
+            return None
+        n, _, h, w = x.shape
+        if same:
+            oh, ow = h, w
+        else:  # (H + 2P - D (K - 1) - 1) // S + 1
+            oh, ow = (h - reach[0]) // stride[0] + 1, (w - reach[1]) // stride[1] + 1
+        if oh < 1 or ow < 1:
+            return None
+        out = torch.empty((n, cout, oh, ow), dtype=dtype, device=_META)
+        field = f.window(kernel, stride, padding, dilation) if f is not None else None
+        return out, field, n * cout * oh * ow * per_output
+
+    return rule
+
+
+def _pool_rule(pool: nn.MaxPool2d | nn.AvgPool2d) -> LeafRule | None:
+    kernel = _ints(pool.kernel_size)
+    stride = _ints(pool.stride if pool.stride is not None else pool.kernel_size)
+    padding = _ints(pool.padding)
+    dilation = _ints(pool.dilation) if isinstance(pool, nn.MaxPool2d) else (1, 1)
+    if kernel is None or stride is None or padding is None or dilation is None:
+        return None
+    if min(*kernel, *stride, *dilation) < 1 or any(padding[a] > kernel[a] // 2 for a in (0, 1)):
+        return None  # PyTorch refuses these: its message, from the real forward
+    ceil = bool(pool.ceil_mode)
+
+    def size(n: int, a: int) -> int:
+        """PyTorch's pooling_output_shape: floor or ceil, no window starting in the right padding."""
+        span = n + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1
+        out = (span + (stride[a] - 1 if ceil else 0)) // stride[a] + 1
+        if ceil and (out - 1) * stride[a] >= n + padding[a]:
+            out -= 1
+        return out
+
+    def rule(x: torch.Tensor, f: Field | None) -> LeafResult | None:
+        if not _is_nchw(x):
+            return None
+        n, c, h, w = x.shape
+        oh, ow = size(h, 0), size(w, 1)
+        if oh < 1 or ow < 1:
+            return None
+        field = f.window(kernel, stride, padding, dilation) if f is not None else None
+        return _new((n, c, oh, ow), x), field, 0
+
+    return rule
+
+
+def _adaptive_rule(output_size: Any) -> LeafRule | None:
+    if isinstance(output_size, int):
+        wanted: tuple[int | None, int | None] = (output_size, output_size)
+    elif isinstance(output_size, tuple | list) and len(output_size) == 2:
+        wanted = (output_size[0], output_size[1])
+    else:
+        return None
+    if any(s is not None and (not isinstance(s, int) or s < 1) for s in wanted):
+        return None
+
+    def rule(x: torch.Tensor, f: Field | None) -> LeafResult | None:
+        if not _is_nchw(x) or x.shape[-2] < 1 or x.shape[-1] < 1:
+            return None
+        n, c, h, w = x.shape
+        oh = h if wanted[0] is None else wanted[0]
+        ow = w if wanted[1] is None else wanted[1]
+        out = _new((n, c, oh, ow), x)
+        if f is None:
+            return out, None, 0
+        return out, _adaptive_field(f, _spatial(x, f), _spatial(out, f)), 0
+
+    return rule
+
+
+def _linear_rule(linear: nn.Linear) -> LeafRule | None:
+    weight, bias = linear.weight, linear.bias  # (out, in), (out,)
+    n_in, n_out = linear.in_features, linear.out_features
+    if tuple(weight.shape) != (n_out, n_in) or (bias is not None and bias.dtype != weight.dtype):
+        return None
+    dtype = weight.dtype
+
+    def rule(x: torch.Tensor, f: Field | None) -> LeafResult | None:
+        if not (x.is_meta and x.is_contiguous()) or x.dim() < 2:
+            return None
+        if x.shape[-1] != n_in or x.dtype != dtype:
+            return None
+        out = torch.empty((*x.shape[:-1], n_out), dtype=dtype, device=_META)
+        if f is not None and (f.whole or -1 in f.dims):
+            f = Field.everything()  # the weights mix every position of the last dim
+        return out, f, out.numel() * n_in
+
+    return rule
+
+
+def _ints(v: Any) -> tuple[int, int] | None:
+    """A layer's int-or-pair argument as (h, w), or None if it is anything else (a string...)."""
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, tuple | list) and len(v) in (1, 2) and all(isinstance(i, int) for i in v):
+        return (v[0], v[-1])
+    return None
+
+
+def _adaptive_field(f: Field, src: tuple[int, int] | None, dst: tuple[int, int] | None) -> Field:
+    """The field after adaptive pooling from an `src` to a `dst` (height, width) map."""
+    if src is None or dst is None:
+        return Field.everything()
+    if src == dst:
+        return f
+    if dst == (1, 1):
+        return Field.everything()
+    if src[0] % dst[0] == 0 and src[1] % dst[1] == 0:  # then it is an ordinary pooling window
+        kernel = (src[0] // dst[0], src[1] // dst[1])
+        return f.window(kernel, kernel, (0, 0))
+    # Unequal windows (e.g. VGG's 7x7 pooling of a 2x2 map): no single jump describes them; the
+    # units are reported as seeing the whole input, which is what the classifier after it sees.
+    return Field.everything()
+
+
+# In-place forms without the trailing underscore; "__set__" is an attribute write (``t.data = ...``).
+_INPLACE_DUNDERS = frozenset(
+    {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__", "__setitem__",
+     "__set__"}
+)  # fmt: skip
+
+
+def _writes_real_tensor(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """The op writes into a tensor that is not on meta (an in-place op, or ``out=``)."""
+    if "out" in kwargs:
+        target: Any = kwargs["out"]
+    elif (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS:
+        target = args[0] if args else None
+    else:
+        return False
+    return any(not t.is_meta for t in _tensors(target))
+
+
+def _fields(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Field]:
+    """The Fields carried by the tensors among an op's arguments, in order."""
+    found = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if (f := getattr(a, _ATTR, None)) is not None:
+                found.append(f)
+        elif isinstance(a, tuple | list | dict):
+            found.extend(f for t in _tensors(a) if (f := getattr(t, _ATTR, None)) is not None)
+    if kwargs:
+        found.extend(f for t in _tensors(kwargs) if (f := getattr(t, _ATTR, None)) is not None)
+    return found
 
 
 class _GeometryMode(TorchFunctionMode):
     """Attaches a receptive-field :class:`Field` to every tensor a traced forward produces."""
 
-    def __init__(self, stack: list[Call], *, through_gates: bool = True) -> None:
+    def __init__(
+        self, stack: list[Call], *, through_gates: bool = True, guard: bool = False
+    ) -> None:
         super().__init__()
         self.stack = stack
         self.through_gates = through_gates
+        self.guard = guard  # refuse in-place writes to real tensors (the model's own state)
+        self.refused = False
         self.gate_noted = False
         self.notes: list[str] = []
         self._rules: dict[str, Callable[..., Field | None]] = {
@@ -358,16 +707,22 @@ class _GeometryMode(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if self.guard and _writes_real_tensor(name, args, kwargs):
+            self.refused = True  # even if the model catches the exception, this run is void
+            raise _WritesRealTensor(name)
         out = _same_shape_shortcut(name, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
-        if not isinstance(out, torch.Tensor | tuple | list):
+        if type(out) is torch.Tensor:
+            outputs = [out]
+        elif isinstance(out, torch.Tensor | tuple | list):
+            outputs = list(_tensors(out))
+            if not outputs:
+                return out
+        else:
             return out  # .shape, .size(), .dim() ...
-        outputs = list(_tensors(out))
-        if not outputs:
-            return out
         self._count_macs(name, args, outputs[0])
-        fields = [f for t in _tensors((args, kwargs)) if (f := getattr(t, _ATTR, None)) is not None]
+        fields = _fields(args, kwargs)
         if not fields:
             return out
         rule = self._rules.get(name)
@@ -470,20 +825,7 @@ class _GeometryMode(TorchFunctionMode):
         f = self._input_field(args)
         if f is None:
             return fields[0]
-        src = _spatial(args[0], f)
-        dst = _spatial(out, f)
-        if src is None or dst is None:
-            return Field.everything()
-        if src == dst:
-            return f
-        if dst == (1, 1):
-            return Field.everything()
-        if src[0] % dst[0] == 0 and src[1] % dst[1] == 0:  # then it is an ordinary pooling window
-            kernel = (src[0] // dst[0], src[1] // dst[1])
-            return f.window(kernel, kernel, (0, 0))
-        # Unequal windows (e.g. VGG's 7x7 pooling of a 2x2 map): no single jump describes them; the
-        # units are reported as seeing the whole input, which is what the classifier after it sees.
-        return Field.everything()
+        return _adaptive_field(f, _spatial(args[0], f), _spatial(out, f))
 
     def _pad(
         self, args: Sequence[Any], kwargs: dict[str, Any], fields: list[Field], out: Any
