@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchinfo
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import convlens
@@ -237,6 +240,7 @@ def test_hooks_removed_and_modes_restored_when_the_model_fails() -> None:
     with pytest.raises(ConvlensError):
         summary(net, (1, 8, 8))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert all("forward" not in m.__dict__ for m in net.modules())  # the trace's wrappers are gone
     assert all(m.training for m in net.modules())
     assert torch.overrides._get_current_function_mode_stack() == []
     y = net(torch.zeros(1, 1, 16, 16))  # still an ordinary module
@@ -259,3 +263,145 @@ def test_model_level_functional_ops_and_einsum_are_counted() -> None:
     assert root.name == "(model)" and root.params == 108
     assert root.macs == 4 * 6 * 6 * 27 + 5 * 6 * 6 * 4 and conv.macs == 4 * 6 * 6 * 4
     assert s.totals["params"] == 124 and s.totals["macs"] == root.macs + conv.macs
+
+
+# -- the common leaf layers, summarised by their arithmetic instead of their forward ----------------
+
+
+def _without_layer_arithmetic() -> mock._patch:  # type: ignore[type-arg]
+    """Every layer runs its own forward on the meta device (PyTorch's meta kernels give the shapes)."""
+    return mock.patch("convlens.anatomy.trace._leaf_rule", lambda module: None)
+
+
+@st.composite
+def _layer_and_input(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, int, int]]:
+    """One leaf layer the trace computes by arithmetic, with geometries PyTorch may refuse."""
+    c, h, w = draw(st.integers(1, 4)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    kind = draw(st.sampled_from(["conv", "max", "avg", "adaptive", "linear", "bn", "elementwise"]))
+    layer: nn.Module
+    if kind == "conv":
+        cin = c if draw(st.integers(0, 9)) else c + 1  # now and then the wrong number of channels
+        groups = draw(st.sampled_from([1, cin]))
+        stride = draw(st.integers(1, 3))
+        pads = [st.integers(0, 3), st.just("valid")] + ([st.just("same")] if stride == 1 else [])
+        layer = nn.Conv2d(
+            cin,
+            groups * draw(st.integers(1, 3)),
+            (draw(st.integers(1, 5)), draw(st.integers(1, 5))),
+            stride=stride,
+            padding=draw(st.one_of(*pads)),
+            dilation=draw(st.integers(1, 2)),
+            groups=groups,
+            bias=draw(st.booleans()),
+        )
+    elif kind in ("max", "avg"):
+        k, s, p = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(0, 2))
+        ceil = draw(st.booleans())  # p > k // 2 is refused by PyTorch
+        if kind == "max":
+            layer = nn.MaxPool2d(k, s, p, dilation=draw(st.integers(1, 2)), ceil_mode=ceil)
+        else:
+            layer = nn.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=draw(st.booleans()))
+    elif kind == "adaptive":
+        size = (draw(st.none() | st.integers(1, 6)), draw(st.none() | st.integers(1, 6)))
+        adaptive = draw(st.sampled_from([nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d]))
+        layer = adaptive(size)
+    elif kind == "linear":
+        layer = nn.Linear(w if draw(st.integers(0, 9)) else w + 1, draw(st.integers(1, 5)))
+    elif kind == "bn":
+        layer = nn.BatchNorm2d(c if draw(st.integers(0, 9)) else c + 1)
+    else:
+        inplace = draw(st.booleans())
+        layer = draw(
+            st.sampled_from(
+                [nn.ReLU(inplace), nn.ReLU6(inplace), nn.Hardswish(inplace), nn.GELU(),
+                 nn.Sigmoid(), nn.Dropout(0.5, inplace), nn.Identity()]
+            )
+        )  # fmt: skip
+    return layer, (c, h, w)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_layer_and_input())
+def test_layer_arithmetic_equals_pytorch(case: tuple[nn.Module, tuple[int, int, int]]) -> None:
+    """Shapes and refusals as PyTorch's CPU kernels; MACs = outputs x weights per output; the
+    receptive field as the layer's own forward traced on meta."""
+    layer, size = case
+    net = nn.Sequential(layer).eval()
+    try:
+        with torch.no_grad():
+            real = net(torch.zeros(1, *size))
+    except (RuntimeError, ValueError):
+        with pytest.raises(ConvlensError):
+            summary(net, size)
+        return
+    s = summary(net, size)
+    row = s["0"]
+    assert row.output_shape == tuple(real.shape[1:]) == s.output_shape
+    if isinstance(layer, nn.Conv2d):
+        assert row.macs == real.numel() * layer.weight[0].numel()
+    elif isinstance(layer, nn.Linear):
+        assert row.macs == real.numel() * layer.in_features
+    else:
+        assert row.macs == 0
+    with _without_layer_arithmetic():
+        general = summary(net, size)
+    assert s.to_dict() == general.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("resnet18", (3, 64, 64)),
+        ("googlenet", (3, 97, 97)),  # ceil-mode pooling at an odd size
+        ("squeezenet1_0", (3, 65, 71)),
+        ("densenet121", (3, 64, 64)),
+        ("mobilenet_v3_small", (3, 64, 64)),  # squeeze-and-excitation gates, Hardswish
+        ("alexnet", (3, 97, 97)),
+        ("vit_b_16", (3, 224, 224)),  # class token: parameters swapped for meta stand-ins
+    ],
+)
+def test_layer_arithmetic_equals_the_layers_own_forward_on_whole_networks(
+    name: str, size: tuple[int, int, int]
+) -> None:
+    kw = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    model = torchvision.models.get_model(name, weights=None, **kw)
+    fast = summary(model, size, warn=False)
+    with _without_layer_arithmetic():
+        general = summary(model, size, warn=False)
+    assert fast.to_dict() == general.to_dict()
+    with torch.no_grad():
+        assert fast.output_shape == tuple(model.eval()(torch.zeros(1, *size)).shape[1:])
+
+
+def test_in_place_writes_to_the_models_buffers_do_not_happen() -> None:
+    class Counter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1  # in place, on a real buffer
+            return self.conv(x)
+
+    model = Counter()
+    s = summary(model, (1, 8, 8))
+    assert s.layers[0].output_shape == (2, 6, 6) and s.layers[0].macs == 2 * 36 * 9
+    assert model.calls.device.type == "cpu" and model.calls.item() == 0
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 2, 6, 6) and model.calls.item() == 1
+
+
+def test_a_forward_set_on_the_instance_is_called_and_kept() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    seen: list[tuple[int, ...]] = []
+    relu_forward = net[1].forward
+
+    def spy(x: torch.Tensor) -> torch.Tensor:  # as accelerate's hooks wrap a module's forward
+        seen.append(tuple(x.shape))
+        return relu_forward(x)
+
+    net[1].forward = spy
+    s = summary(net, (1, 5, 5))
+    assert seen == [(1, 2, 3, 3)] and s["1"].output_shape == (2, 3, 3)
+    assert net[1].__dict__["forward"] is spy
+    assert "forward" not in net[0].__dict__ and "forward" not in net.__dict__

@@ -169,7 +169,10 @@ def _trace_once(
                 call.rf = known[1]
 
     def wrap(name: str, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-        leaf = _leaf_rule(module) if how != "device" else None
+        # The arithmetic stands in for the class's own forward only: not on real data, nor in front
+        # of a forward the user set on the instance (e.g. accelerate's hooks).
+        own = "forward" in module.__dict__
+        leaf = _leaf_rule(module) if how != "device" and not own else None
         times = 0
 
         def traced_forward(*args: Any, **kwargs: Any) -> Any:
@@ -359,6 +362,17 @@ def _like(x: torch.Tensor) -> torch.Tensor:
     return _new(x.shape, x) if x.is_contiguous() else torch.empty_like(x)
 
 
+def _fits_batch_norm(x: torch.Tensor, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """F.batch_norm(input, running_mean, running_var, weight, bias, ...): one value per channel."""
+    per_channel = [
+        *args[1:5],
+        *(kwargs.get(k) for k in ("running_mean", "running_var", "weight", "bias")),
+    ]
+    return x.dim() >= 2 and all(
+        t.numel() == x.shape[1] for t in per_channel if isinstance(t, torch.Tensor)
+    )
+
+
 def _same_shape_shortcut(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """The output of a shape-preserving op on meta tensors, without running its meta kernel.
 
@@ -369,6 +383,8 @@ def _same_shape_shortcut(name: str, args: Sequence[Any], kwargs: dict[str, Any])
         return None
     x = args[0]
     inplace = name.endswith("_") or name == "__iadd__" or kwargs.get("inplace") is True
+    if name == "batch_norm" and not _fits_batch_norm(x, args, kwargs):
+        return None  # the meta kernel says what is wrong
     if name in _UNARY_SAME_SHAPE:
         if name in (
             "relu",
