@@ -8,7 +8,10 @@ mult-add per bias per output position and one per BatchNorm parameter; ResNet-15
 so the difference is the fc bias plus the BatchNorm parameters).
 
 Printed: the totals of both, the median wall time of `--repeats` runs of each (after one untimed
-warm-up run each), and the ratio. Target: ours >= 5x faster.
+warm-up run each), and the ratio. Target: ours >= 5x faster. Every timed call is a whole summary
+from scratch: nothing is kept from one call to the next. The median CPU time (all threads) and the
+load average are printed too: torchinfo's forward uses every thread, ours one core, so on a busy
+machine the wall-clock ratio moves with the load.
 
 Run: `.venv/bin/python benchmarks/summary_bench.py` (about a minute on 2 busy cores).
 """
@@ -31,15 +34,16 @@ from torch import nn
 import convlens
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls after one untimed warm-up call."""
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `repeats` calls after one untimed warm-up call."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -79,8 +83,11 @@ def main() -> None:
         ours.totals["macs"],
     )
 
-    t_ours = median_seconds(lambda: convlens.summary(model, size, warn=False), args.repeats)
-    t_theirs = median_seconds(
+    load = os.getloadavg()[0]
+    t_ours, cpu_ours = median_seconds(
+        lambda: convlens.summary(model, size, warn=False), args.repeats
+    )
+    t_theirs, cpu_theirs = median_seconds(
         lambda: torchinfo.summary(model, input_size=(1, *size), verbose=0, depth=100),
         args.repeats,
     )
@@ -96,7 +103,9 @@ def main() -> None:
     )
     print(
         f"time (median of {args.repeats}): ours {t_ours * 1e3:.1f} ms  torchinfo {t_theirs * 1e3:.1f} ms"
+        f"  (CPU time: ours {cpu_ours * 1e3:.1f} ms  torchinfo {cpu_theirs * 1e3:.1f} ms)"
     )
+    print(f"load average before timing: {load:.2f} (1 min)")
     print(f"speed-up: {t_theirs / t_ours:.1f}x (target >= 5x)")
 
 
