@@ -6,6 +6,8 @@ per-cell brute-force search for the grid.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from sklearn.manifold import trustworthiness
 
 from convlens.errors import ConvlensError
 from convlens.inspect import tsne, tsne_grid
-from convlens.inspect.tsne import default_perplexity
+from convlens.inspect.tsne import FFTGradient, default_perplexity, exact_neighbors
 from convlens.render.layers import tsne_image_grid, tsne_scatter
 
 
@@ -52,6 +54,53 @@ def test_tsne_small_inputs() -> None:
         tsne(x[:3])
     with pytest.raises(ConvlensError, match=r"perplexity 30\.0 is out of range for 10 points"):
         tsne(x, perplexity=30)
+
+
+def test_exact_neighbors_equal_sklearn_brute_force() -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(1).normal(size=(700, 12))
+    idx, dist = exact_neighbors(x, 20, block=256)  # several blocks
+    ref_dist, ref_idx = NearestNeighbors(n_neighbors=21, algorithm="brute").fit(x).kneighbors(x)
+    np.testing.assert_array_equal(idx, ref_idx[:, 1:])  # column 0 is the point itself
+    np.testing.assert_allclose(dist, ref_dist[:, 1:], rtol=1e-10)
+
+
+def exact_repulsion(y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Brute force: Z over all i != j and the repulsive gradient -sum_j q_ij^2 Z (y_i - y_j) / Z."""
+    diff = y[:, None, :] - y[None, :, :]  # (N, N, 2)
+    k = 1.0 / (1.0 + (diff**2).sum(-1))
+    np.fill_diagonal(k, 0.0)
+    z = k.sum()
+    return float(z), -((k**2)[:, :, None] * diff).sum(1) / z
+
+
+@pytest.mark.parametrize("extent", [20.0, 90.0])  # below and above the 50 unit boxes of the grid
+def test_fft_repulsion_matches_brute_force(extent: float) -> None:
+    x, _ = clusters(n_per=300, k=5, d=2, seed=2)
+    y = np.ascontiguousarray((x - x.mean(0)) * extent / np.ptp(x, 0).max())
+    z_ref, g_ref = exact_repulsion(y)
+    errors = []
+    for nodes in (3, 5):
+        z, g = FFTGradient(nodes).repulsion(y)
+        assert abs(z - z_ref) / z_ref < 5e-3
+        errors.append(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref))
+    assert errors[0] < 0.05 and errors[1] < 0.01 and errors[1] < errors[0] / 2, errors
+
+
+def test_fft_gradient_matches_opentsne() -> None:
+    """Our objective against openTSNE's own FFT gradient and KL on the same P and map."""
+    from openTSNE.affinity import PerplexityBasedNN
+    from openTSNE.tsne import kl_divergence_fft
+
+    x, _ = clusters(n_per=250, k=4, d=10, seed=3)
+    p = PerplexityBasedNN(x, perplexity=30, method="exact", random_state=0).P
+    y = np.random.default_rng(0).normal(0, 4, (len(x), 2))
+    fft = {"n_interpolation_points": 3, "min_num_intervals": 50, "ints_in_interval": 1}
+    kl_ref, g_ref = kl_divergence_fft(y.copy(), p, 1, fft, should_eval_error=True)
+    kl, g = FFTGradient(3)(y.copy(), p, 1, should_eval_error=True)
+    assert abs(kl - kl_ref) < 1e-3 * kl_ref
+    assert np.linalg.norm(g - g_ref) < 1e-2 * np.linalg.norm(g_ref)
 
 
 def test_tsne_grid_equals_per_cell_brute_force() -> None:
@@ -94,3 +143,16 @@ def test_tsne_figures() -> None:
     np.testing.assert_allclose(
         canvas[r * 6 : r * 6 + 6, c * 6 : c * 6 + 6], images[grid[r, c], 0].numpy() / 255
     )
+
+
+@pytest.mark.slow
+def test_tsne_fft_path_keeps_neighbourhoods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grow-then-refine FFT path (used from 10,000 points) on a small set, forced on."""
+    monkeypatch.setattr(importlib.import_module("convlens.inspect.tsne"), "_FFT_FROM", 0)
+    x, y = clusters()
+    emb = tsne(x, seed=0, n_jobs=1)
+    assert np.isfinite(emb.coords).all() and 0 < emb.kl_divergence < 3
+    assert trustworthiness(x, emb.coords, n_neighbors=10) > 0.9
+    d = ((emb.coords[:, None] - emb.coords[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (y[d.argmin(1)] == y).mean() > 0.99
