@@ -14,7 +14,7 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.inspect import activation_maximization
-from convlens.inspect.actmax import output_channels
+from convlens.inspect.actmax import ForwardStats, output_channels, use_bf16
 from convlens.inspect.param import (
     TransformConfig,
     color_correlation_sqrt,
@@ -55,6 +55,8 @@ def small_net(c_in: int = 3, seed: int = 0) -> nn.Sequential:
         (3, 32, {}),  # Fourier, decorrelated colours, transforms
         (1, 28, {"param": "pixel", "l2": 0.1, "blur": 0.5}),
         (3, 32, {"simple": True}),
+        (3, 32, {"batch_size": 3}),  # chunks of 3 and 1: still the separate runs
+        (3, 32, {"simple": True, "batch_size": 3}),
     ],
 )
 def test_batched_equals_one_channel_at_a_time(c_in: int, size: int, kwargs: dict) -> None:
@@ -80,7 +82,7 @@ def test_batched_equals_one_channel_at_a_time(c_in: int, size: int, kwargs: dict
 
 def test_batched_equals_one_channel_at_a_time_float32() -> None:
     net = small_net(3).train()
-    common = dict(size=32, steps=16, mean=MEAN3, std=STD3, seed=7)
+    common = dict(size=32, steps=16, mean=MEAN3, std=STD3, seed=7, precision="fp32")
     batched = activation_maximization(net, "3", [0, 3, 5, 11], **common)
     for k, c in enumerate([0, 3, 5, 11]):
         alone = activation_maximization(net, "3", [c], **common)
@@ -129,8 +131,9 @@ def test_simple_mode_is_the_keras_loop_batched() -> None:
     net = small_net().eval()
     channels, seed, size = [2, 9], 3, 32
     res = activation_maximization(
-        net, "3", channels, size=size, simple=True, mean=MEAN3, std=STD3, seed=seed
-    )
+        net, "3", channels, size=size, simple=True, mean=MEAN3, std=STD3, seed=seed,
+        precision="fp32",
+    )  # fmt: skip
     assert res.history.shape[0] == 20  # the Keras example's 20 steps
     step = (3 * size * size) ** 0.5 / 255  # one grey level per pixel per step, root-mean-square
     for k, c in enumerate(channels):
@@ -151,7 +154,7 @@ def test_logit_objective_on_a_linear_model_follows_the_weight_row() -> None:
     lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     res = activation_maximization(
         lin, None, [2], objective="logit", size=8, simple=True, steps=1, lr=0.05,
-        mean=MEAN3, std=STD3, in_channels=3,
+        mean=MEAN3, std=STD3, in_channels=3, precision="fp32",
     )  # fmt: skip
     g = torch.Generator().manual_seed(2)
     x0 = (128 + 20 * torch.rand((3, 8, 8), generator=g)) / 255
@@ -346,8 +349,64 @@ def test_fourier_image_has_a_one_over_f_spectrum() -> None:
 def test_bf16_autocast_runs_and_stays_close_to_float32() -> None:
     net = small_net()
     common = dict(size=16, steps=3, mean=MEAN3, std=STD3, simple=True)
-    full = activation_maximization(net, "3", [0, 1], **common)
-    half = activation_maximization(net, "3", [0, 1], bf16=True, **common)
+    full = activation_maximization(net, "3", [0, 1], precision="fp32", **common)
+    half = activation_maximization(net, "3", [0, 1], precision="bf16", **common)
     assert half.images.dtype == torch.float32 and torch.isfinite(half.images).all()
     # three steps of one grey level each: bf16 may change directions, not the scale of the change
     assert float((half.images - full.images).abs().max()) < 0.05
+    # `values` are measured in float32 even after a bf16 run: the oracle is the plain prefix
+    x = (half.images - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = net.eval()[:4](x)  # (2, 12, 16, 16)
+    np.testing.assert_allclose(half.values, out[[0, 1], [0, 1]].mean((1, 2)), atol=1e-5)
+
+
+def test_precision_choice() -> None:
+    cpu = torch.device("cpu")
+    assert use_bf16("bf16", cpu, torch.float32) and not use_bf16("fp32", cpu, torch.float32)
+    assert not use_bf16("auto", cpu, torch.float64)  # a float64 model keeps its precision
+    assert not use_bf16("auto", torch.device("cuda"), torch.float32)
+    amx = bool(torch.cpu._is_amx_tile_supported())
+    assert use_bf16("auto", cpu, torch.float32) == amx
+    # auto: bf16 only when at least half of the convolution work has >= 16 input channels
+    assert not use_bf16("auto", cpu, torch.float32, ForwardStats(1, conv_macs=10, wide_macs=4))
+    assert use_bf16("auto", cpu, torch.float32, ForwardStats(1, conv_macs=10, wide_macs=5)) == amx
+    # small_net (3 -> 8 -> 12 channels) is narrow: auto is the float32 run, bit for bit
+    common = dict(size=16, steps=3, mean=MEAN3, std=STD3, simple=True)
+    auto = activation_maximization(small_net(), "3", [0, 1], **common)
+    fp32 = activation_maximization(small_net(), "3", [0, 1], precision="fp32", **common)
+    assert torch.equal(auto.images, fp32.images)
+    # a wide net: the CPU chooses bf16 where it has AMX (counted with a hook on the conv's input dtype)
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.Conv2d(32, 8, 3))
+    dtypes: list[torch.dtype] = []
+    handle = wide[2].register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    try:
+        activation_maximization(wide, "3", [0], size=16, steps=1, simple=True)
+    finally:
+        handle.remove()
+    # probe (float32), the one step, the final values (float32)
+    assert dtypes == [torch.float32, torch.bfloat16 if amx else torch.float32, torch.float32]
+    with pytest.raises(ConvlensError, match="unknown precision 'fp16'"):
+        activation_maximization(small_net(), "3", [0], size=16, precision="fp16")
+    with pytest.raises(ConvlensError, match="batch_size must be >= 1"):
+        activation_maximization(small_net(), "3", [0], size=16, batch_size=0)
+
+
+def test_cpu_chunks_follow_the_largest_activation() -> None:
+    """Chunking is invisible in the result (float64: equal to 1e-9 to one batch of all images), and
+    the automatic CPU chunk size comes from the largest activation the forward pass computes."""
+    net = small_net().double()
+    common = dict(size=64, steps=4, mean=MEAN3, std=STD3, simple=True)
+    auto = activation_maximization(net, "3", list(range(12)), **common)
+    one = activation_maximization(net, "3", list(range(12)), batch_size=1, **common)
+    np.testing.assert_allclose(auto.images, one.images, atol=1e-9, rtol=0)
+    calls: list[int] = []
+    handle = net[3].register_forward_pre_hook(lambda _m, a: calls.append(a[0].shape[0]))
+    try:
+        activation_maximization(net, "3", list(range(12)), size=256, steps=1, simple=True)
+    finally:
+        handle.remove()
+    # Layer "3" gives 12 x 256 x 256 = 786,432 elements per image: 2**21 // 786,432 = 2 images per
+    # pass. One probe image, then 6 chunks for the step and 6 for the final values.
+    assert calls == [1] + [2] * 12
