@@ -405,3 +405,31 @@ def test_a_forward_set_on_the_instance_is_called_and_kept() -> None:
     assert seen == [(1, 2, 3, 3)] and s["1"].output_shape == (2, 3, 3)
     assert net[1].__dict__["forward"] is spy
     assert "forward" not in net[0].__dict__ and "forward" not in net.__dict__
+
+
+def test_concatenations_equal_pytorch() -> None:
+    class Joins(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(2, 3, 1)
+            self.b = nn.Conv2d(2, 5, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([self.a(x), self.b(x)], dim=-3)  # (N, 8, H, W)
+            z = torch.cat((y, y[:, :, :2]), 2)  # a strided slice: left to the kernel
+            return torch.cat(tensors=[z, z], dim=3)  # (N, 8, H + 2, 2 W)
+
+    with torch.no_grad():
+        real = Joins()(torch.zeros(1, 2, 6, 7))
+    assert summary(Joins(), (2, 6, 7)).output_shape == tuple(real.shape[1:]) == (8, 8, 14)
+
+    class Mismatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, self.conv(x)], dim=1)  # 6x7 and 4x5 maps
+
+    with pytest.raises(ConvlensError, match="cannot run on a 2x6x7 input"):
+        summary(Mismatch(), (2, 6, 7))
