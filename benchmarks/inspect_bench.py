@@ -3,7 +3,7 @@
 1. t-SNE: `convlens.inspect.tsne` (openTSNE, FFT-accelerated interpolation) against scikit-learn's
    `TSNE` (Barnes-Hut) on 20,000 penultimate feature vectors of Fashion-MNIST from a LeNet-5 trained
    here for `--epochs` epochs (0 = random weights). Both at perplexity 30, PCA initialisation, all cores,
-   sklearn at its default 1000 iterations, ours 250 + 450 (see `convlens.inspect.tsne`). Reported: seconds, each
+   sklearn at its default 1000 iterations, ours 250 + 500 (see `convlens.inspect.tsne`). Reported: seconds, each
    library's own KL divergence, and the KL of both maps under ONE common affinity matrix P (openTSNE's
    perplexity-30 affinities of the same features) with the exact normalisation Z over all N^2 pairs, so
    the two numbers are comparable. Target: >= 4x faster at equal or lower KL.
