@@ -433,3 +433,9 @@ def test_concatenations_equal_pytorch() -> None:
 
     with pytest.raises(ConvlensError, match="cannot run on a 2x6x7 input"):
         summary(Mismatch(), (2, 6, 7))
+
+
+def test_torchscript_modules_are_refused_with_a_message() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+    with pytest.raises(ConvlensError, match="not a TorchScript one"):
+        convlens.summary(scripted, (3, 32, 32))

@@ -39,10 +39,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from convlens.anatomy.receptive_field import RF, describe
 from convlens.anatomy.trace import Call, trace
+from convlens.errors import ConvlensError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -210,14 +212,20 @@ def summary(
         ``.to_csv()`` the machine forms.
 
     Raises:
-        ConvlensError: the input is too small for the network (names the layer that collapses) or
-            the model fails on it.
+        ConvlensError: the input is too small for the network (names the layer that collapses),
+            the model fails on it, or it is a TorchScript module (whose calls bypass Python).
 
     Example:
         >>> s = convlens.summary(convlens.models.create("alexnet"), (3, 227, 227))
         >>> s["features.0"].params_unshared
         105705600
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        # Scripted submodules run inside the TorchScript interpreter: no Python forward to observe.
+        raise ConvlensError(
+            "convlens.summary needs the Python module, not a TorchScript one "
+            "(torch.jit.script/trace hide the layers' calls); pass the module before scripting"
+        )
     result = trace(model, tuple(input_size), warn=warn, through_gates=through_gates)  # type: ignore[arg-type]
     layers: dict[int, _Layer] = {}  # id(module) -> what its rows share, worked out once
     rows: list[LayerRow] = []
