@@ -74,12 +74,9 @@ def bench(name: str, full_sweep: bool, repeat: int) -> None:
         model, x[:, :, :64, :64] if shape[1] > 64 else x, window=window, stride=stride
     )  # warm-up
 
-    runs = [
-        timed(lambda: occlusion(model, x, target, window=window, stride=stride).attribution)
-        for _ in range(repeat)
-    ]
-    ours, t_ours = sorted(runs, key=lambda r: r[1].wall)[len(runs) // 2]  # the median run
-    spread = ", ".join(f"{t.wall:.2f}s" for _, t in runs)
+    ours, t_ours = timed(
+        lambda: occlusion(model, x, target, window=window, stride=stride).attribution
+    )
 
     if full_sweep:
         sweep = {p: timed(lambda p=p: captum(model, x, window, stride, target, p)) for p in PPE}
@@ -104,8 +101,7 @@ def bench(name: str, full_sweep: bool, repeat: int) -> None:
         f"speed-up {t_ref.wall / t_ours.wall:5.1f}x wall {t_ref.cpu / t_ours.cpu:5.1f}x cpu | "
         f"max |diff| {diff:.2e} ({diff / scale:.1e} of max |attr|)"
     )
-    print(f"          captum {pilot}")
-    print(f"          convlens runs (median reported): {spread}", flush=True)
+    print(f"          captum {pilot}", flush=True)
 
 
 def main() -> None:

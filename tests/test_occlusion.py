@@ -227,32 +227,3 @@ def test_batchnorm_statistics_and_weight_layout_untouched() -> None:
     assert m.training
     for k, v in m.state_dict().items():
         assert torch.equal(v, state[k]) and v.is_contiguous(), k
-
-
-def test_window_groups_tile_the_grid_and_shrink_border_rectangles() -> None:
-    """Every window is evaluated exactly once, and border groups recompute less than the worst case.
-
-    ResNet-18 at 224x224 (window 16, stride 8): a window in the top-left corner changes only part
-    of the 14x14 `layer3.1` maps, while the windows in the middle change all of them.
-    """
-    m = models.create("resnet18", num_classes=10).eval()
-    rows = occlusion_positions(224, 16, 8)
-    eng = IncrementalOcclusion(m, (3, 224, 224), rows, rows)
-    with torch.inference_mode():
-        cache, _ = eng.clean_pass(torch.randn(1, 3, 224, 224))
-        batches = list(eng.batches(cache))
-    seen = np.concatenate([p for _, p in batches])
-    assert sorted(map(tuple, seen.tolist())) == [(i, j) for i in range(27) for j in range(27)]
-    for group, patches in batches:  # every patch lies in its own group
-        assert np.isin(patches[:, 0], group.rows).all() and np.isin(patches[:, 1], group.cols).all()
-    node = next(n for n in eng.geom if n.name == "layer3_1_conv2")
-    assert (eng.geom[node].h, eng.geom[node].w) == (14, 14)  # the whole grid as one group
-    corner = next(g for g in eng.groups if 0 in g.rows and 0 in g.cols)
-    assert corner.geom[node].h < 14 and corner.geom[node].w < 14
-    # The corner's rectangle still holds every corner window's projective field.
-    lo_r, hi_r, lo_c, hi_c = eng.intervals[node]
-    g = corner.geom[node]
-    for i in corner.rows:
-        assert g.row_start[i] <= lo_r[i] and hi_r[i] <= g.row_start[i] + g.h
-    for j in corner.cols:
-        assert g.col_start[j] <= lo_c[j] and hi_c[j] <= g.col_start[j] + g.w

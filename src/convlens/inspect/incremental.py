@@ -38,7 +38,7 @@ import math
 import operator
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,11 +79,6 @@ _EXPECTED_FULL_FUNCTIONS: set[Any] = {
     F.softmax, F.log_softmax,
 }  # fmt: skip
 _EXPECTED_FULL_METHODS = {"view", "reshape", "flatten", "mean", "size", "dim", "amax", "squeeze"}
-# Cost model for grouping windows, in FLOP-equivalents (2-core AVX-512 CPU, ResNet-18, measured):
-# a batch costs ~10 ms of dispatch and weight reads beyond its arithmetic (~1.5 GFLOP at
-# ~150 GFLOP/s per core); a memory-bound element op costs about as much as 100 FLOPs per element.
-_BATCH_COST = 1.5e9
-_ELEMENT_COST = 100.0
 
 
 @dataclass(frozen=True)
@@ -147,20 +142,6 @@ class _Full:
     value: Any
 
 
-@dataclass
-class WindowGroup:
-    """The windows at grid rows `rows` x grid columns `cols`, whose rectangles share one size."""
-
-    rows: np.ndarray  # (gr,) grid row indices
-    cols: np.ndarray  # (gc,) grid column indices
-    geom: dict[fx.Node, _Geom]
-
-    def patches(self) -> np.ndarray:
-        """`(gr * gc, 2)` (grid row, grid column) pairs, row-major."""
-        r, c = np.meshgrid(self.rows, self.cols, indexing="ij")
-        return np.stack([r.ravel(), c.ravel()], axis=1)
-
-
 class _Same:
     """The node does not depend on the input: its clean value serves every patch."""
 
@@ -180,18 +161,13 @@ def _interval_through(
 
 
 def _choose(
-    lo: np.ndarray, hi: np.ndarray, sel: np.ndarray, size: int, full_fraction: float
+    lo: np.ndarray, hi: np.ndarray, size: int, full_fraction: float
 ) -> tuple[int, np.ndarray]:
-    """One rectangle length for the grid indices `sel`, and every index's start, inside [0, size).
-
-    Starts are given for the whole grid (indices outside `sel` get 0; they are never read).
-    """
-    length = int(max(1, (hi[sel] - lo[sel]).max()))
+    """One rectangle length for all grid indices, and each index's start, kept inside [0, size)."""
+    length = int(max(1, (hi - lo).max()))
     if length >= full_fraction * size:
         return size, np.zeros_like(lo)
-    starts = np.zeros_like(lo)
-    starts[sel] = np.clip(lo[sel], 0, size - length)
-    return length, starts
+    return length, np.clip(lo, 0, size - length)
 
 
 def _conv_window(m: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> _Window | None:
@@ -317,12 +293,7 @@ class IncrementalOcclusion:
                 self.last_use[a] = i
         self.kind: dict[fx.Node, str] = {}
         self.windows: dict[fx.Node, _Window] = {}
-        # Per node: the changed interval (row lo, row hi, col lo, col hi) per grid row / column,
-        # the spatial size, and the rectangles of the whole grid taken as one group.
-        self.intervals: dict[fx.Node, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.sizes: dict[fx.Node, tuple[int, int]] = {}
         self.geom: dict[fx.Node, _Geom] = {}
-        self.groups: list[WindowGroup] = []
         self.inplace_relu: set[fx.Node] = set()
         self.inplace_add: set[fx.Node] = set()
         self.planned = False
@@ -520,10 +491,9 @@ class IncrementalOcclusion:
         return node.target not in _EXPECTED_FULL_FUNCTIONS
 
     def _geometry(self, cache: dict[fx.Node, Any]) -> None:
-        """Each node's changed interval per grid row and column, then rectangles and groups."""
         lo_r, hi_r = self.rows[:, 0], self.rows[:, 1]
         lo_c, hi_c = self.cols[:, 0], self.cols[:, 1]
-        iv = self.intervals
+        iv: dict[fx.Node, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for node in self.nodes:
             kind = self.kind.get(node)
             if kind in (None, "same") or not (
@@ -531,7 +501,6 @@ class IncrementalOcclusion:
             ):
                 continue
             H, W = cache[node].shape[2:]
-            self.sizes[node] = (H, W)
             if kind == "input":
                 iv[node] = (lo_r, hi_r, lo_c, hi_c)
             elif kind == "window":
@@ -541,156 +510,39 @@ class IncrementalOcclusion:
                 c = _interval_through(iv[src][2], iv[src][3], ax, W)
                 iv[node] = (r[0], r[1], c[0], c[1])
             elif kind in ("pointwise", "alias"):
-                iv[node] = iv[next(a for a in _node_args(node) if a in iv)]
+                src = next(a for a in _node_args(node) if a in iv)
+                iv[node] = iv[src]
+                self.geom[node] = self.geom[src]  # the same rectangles, by construction
+                continue
             elif kind in ("binary", "cat"):
                 srcs = [iv[a] for a in _node_args(node) if a in iv]
                 iv[node] = tuple(_union(srcs, k) for k in range(4))  # type: ignore[assignment]
             else:  # generic: computed on the whole tensor
                 g = len(lo_r), len(lo_c)
                 iv[node] = (np.zeros(g[0], np.int64), np.full(g[0], H), np.zeros(g[1], np.int64), np.full(g[1], W))  # fmt: skip
-        everything = np.arange(len(self.rows)), np.arange(len(self.cols))
-        self.geom = self._geom_for(*everything)
-        self.groups = [WindowGroup(*everything, self.geom)]
-
-    def _geom_for(self, grid_rows: np.ndarray, grid_cols: np.ndarray) -> dict[fx.Node, _Geom]:
-        """Rectangles shared by the windows at `grid_rows` x `grid_cols` (one size per node).
-
-        Start arrays span the whole grid; entries outside the group are 0 and never read.
-        """
-        geom: dict[fx.Node, _Geom] = {}
-        for node, (r_lo, r_hi, c_lo, c_hi) in self.intervals.items():
-            kind = self.kind[node]
-            if kind in ("pointwise", "alias"):
-                # The same rectangles as the source, by construction.
-                geom[node] = geom[next(a for a in _node_args(node) if a in geom)]
-                continue
-            H, W = self.sizes[node]
+            r_lo, r_hi, c_lo, c_hi = iv[node]
+            h, rs = _choose(r_lo, r_hi, H, self.full_fraction)
+            w, cs = _choose(c_lo, c_hi, W, self.full_fraction)
             if kind == "generic":
-                h, w, rs, cs = H, W, np.zeros_like(r_lo), np.zeros_like(c_lo)
-            else:
-                h, rs = _choose(r_lo, r_hi, grid_rows, H, self.full_fraction)
-                w, cs = _choose(c_lo, c_hi, grid_cols, W, self.full_fraction)
-            geom[node] = _Geom(h, w, H, W, rs, cs)
-        return geom
+                h, w, rs, cs = H, W, np.zeros_like(rs), np.zeros_like(cs)
+            self.geom[node] = _Geom(h, w, H, W, rs, cs)
 
-    def plan_groups(self, cache: dict[fx.Node, Any], max_bytes: int) -> list[WindowGroup]:
-        """Split the window grid into rectangular groups whose rectangles are sized separately.
-
-        One rectangle size for all windows wastes work: near the image border a window's
-        projective field is cut off (ResNet-18's `layer3.1` at 14x14: 8 rows for a window in the
-        top row, all 14 for one in the middle). Grid rows (and columns) are cut into bands; each
-        band pair is a group. The bands minimise an estimated cost: work per window (conv FLOPs,
-        element ops) plus a fixed cost per batch (dispatch, weight reads), which keeps groups from
-        getting too small.
-        """
-        nodes = [n for n in self.intervals if self.kind[n] != "generic"]
-        if not nodes:
-            return self.groups
-        per_px = np.array([self._pixel_cost(n, cache) for n in nodes])  # (N,) per output pixel
-        chans = np.array([cache[n].shape[1] * cache[n].element_size() for n in nodes])  # (N,)
-        iv = self.intervals
-        axes = []
-        for k, size in (
-            (0, [self.sizes[n][0] for n in nodes]),
-            (2, [self.sizes[n][1] for n in nodes]),
-        ):
-            length = np.stack([iv[n][k + 1] - iv[n][k] for n in nodes])  # (N, grid)
-            axes.append((length, np.array(size)))
-        ff = self.full_fraction
-
-        def band_len(axis: int, a: int, b: int) -> np.ndarray:
-            length, size = axes[axis]
-            ln = np.maximum(length[:, a:b].max(1), 1)
-            return np.where(ln >= ff * size, size, ln)  # (N,) rectangle side per node
-
-        def cost(r: np.ndarray, nr: int, cs: np.ndarray, ncs: np.ndarray) -> float:
-            """Cost of one row band `r` (N,) of `nr` rows against column bands `cs` (N, CB)."""
-            work = (per_px * r) @ cs  # (CB,) per window
-            per_patch = (chans[:, None] * r[:, None] * cs).max(0)  # (CB,) bytes
-            bs = np.clip(max_bytes // per_patch, 16, 512)
-            n = nr * ncs
-            return float((n * work).sum() + _BATCH_COST * np.ceil(n / bs).sum())
-
-        # For fixed column bands the best row bands are a shortest path over cut points (a band's
-        # cost does not depend on the other row bands), and vice versa: alternate until stable.
-        bands: list[list[tuple[int, int]]] = [[(0, len(self.rows))], [(0, len(self.cols))]]
-        for _ in range(4):
-            before = [list(b) for b in bands]
-            for axis in (0, 1):
-                other = bands[1 - axis]
-                o_len = np.stack([band_len(1 - axis, a, b) for a, b in other], 1)  # (N, B')
-                o_n = np.array([b - a for a, b in other])
-                n = len(axes[axis][0][0])
-                best = [0.0] + [math.inf] * n  # best[k]: cost of the first k grid indices
-                cut = [0] * (n + 1)
-                for b in range(1, n + 1):
-                    for a in range(b):
-                        c = best[a] + cost(band_len(axis, a, b), b - a, o_len, o_n)
-                        if c < best[b]:
-                            best[b], cut[b] = c, a
-                found, b = [], n
-                while b > 0:
-                    found.append((cut[b], b))
-                    b = cut[b]
-                bands[axis] = found[::-1]
-            if bands == before:
-                break
-        groups = []
-        for a, b in bands[0]:
-            for c, d in bands[1]:
-                rows, cols = np.arange(a, b), np.arange(c, d)
-                groups.append(WindowGroup(rows, cols, self._geom_for(rows, cols)))
-        return groups
-
-    def _pixel_cost(self, node: fx.Node, cache: dict[fx.Node, Any]) -> float:
-        """Estimated work per output pixel of a node, in FLOP-equivalents."""
-        C = cache[node].shape[1]
-        kind = self.kind[node]
-        module = self.modules.get(str(node.target)) if node.op == "call_module" else None
-        if kind == "window" and isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            return 2.0 * C * module.in_channels // module.groups * kh * kw
-        if kind == "window":
-            ay, ax = self.windows[node].axes
-            return _ELEMENT_COST * C * ay.kernel * ax.kernel
-        if kind == "alias":
-            return 0.0
-        return _ELEMENT_COST * C * max(1, len(_node_args(node)))
-
-    def bytes_per_patch(self, cache: dict[fx.Node, Any], group: WindowGroup | None = None) -> int:
+    def bytes_per_patch(self, cache: dict[fx.Node, Any]) -> int:
         """Bytes of the largest per-patch tensor any node holds (for choosing a batch size)."""
-        geom = self.geom if group is None else group.geom
         sizes = [1]
-        for node, g in geom.items():
+        for node, g in self.geom.items():
             v = cache[node]
             sizes.append(v.shape[1] * g.h * g.w * v.element_size())
         for node, v in cache.items():
-            if isinstance(v, torch.Tensor) and node not in geom and self.kind.get(node) != "same":
+            if (
+                isinstance(v, torch.Tensor)
+                and node not in self.geom
+                and self.kind.get(node) != "same"
+            ):
                 sizes.append(v[0].numel() * v.element_size())
         return max(sizes)
 
     # ---- the incremental pass -------------------------------------------------------------------
-
-    def batches(
-        self, cache: dict[fx.Node, Any], max_bytes: int = 24 << 20, batch_size: int | None = None
-    ) -> Iterator[tuple[WindowGroup, np.ndarray]]:
-        """All windows as `(group, patches)` batches; `patches` are `(P, 2)` grid indices.
-
-        Groups come from :meth:`plan_groups` (planned on the first call). Each batch's size keeps
-        its largest tensor near `max_bytes`: bigger ones are mmap'd afresh by the allocator (a page
-        fault on every allocation) and run slower on CPU; `batch_size` overrides it.
-        """
-        if len(self.groups) == 1 and self.groups[0].geom is self.geom:
-            self.groups = self.plan_groups(cache, max_bytes)
-        for group in self.groups:
-            bs = batch_size or int(
-                np.clip(max_bytes // self.bytes_per_patch(cache, group), 16, 512)
-            )
-            patches = group.patches()
-            # Equal batches rather than full ones and a remainder: same work, steadier sizes.
-            n = math.ceil(len(patches) / bs)
-            for part in np.array_split(patches, n):
-                yield group, part
 
     def run(
         self,
@@ -699,7 +551,6 @@ class IncrementalOcclusion:
         baseline: torch.Tensor,
         patches: np.ndarray,
         padded: dict[tuple[Any, ...], torch.Tensor] | None = None,
-        group: WindowGroup | None = None,
     ) -> torch.Tensor:
         """Model outputs for the occluded copies of `image` at `patches` (P, 2) grid indices.
 
@@ -707,41 +558,38 @@ class IncrementalOcclusion:
             cache: from :meth:`clean_pass` on the same image.
             image: `(1, C, H, W)`.
             baseline: `(1, C, H, W)` values that replace the occluded pixels.
-            patches: `(P, 2)` (grid row, grid column) pairs, all in `group`.
+            patches: `(P, 2)` (grid row, grid column) pairs.
             padded: padded clean tensors, filled on first use; pass the same dict for every
                 batch of one image so each is padded once.
-            group: the window group the patches belong to (default: the whole grid as one).
         """
         assert self.gm is not None
         dev = image.device
-        ps = _Pass(
-            cache=cache,
-            geom=self.geom if group is None else group.geom,
-            pi=torch.as_tensor(patches[:, 0], device=dev),
-            pj=torch.as_tensor(patches[:, 1], device=dev),
-            padded={} if padded is None else padded,
-        )
-        states = ps.states
+        pi = torch.as_tensor(patches[:, 0], device=dev)
+        pj = torch.as_tensor(patches[:, 1], device=dev)
+        padded = {} if padded is None else padded
+        states: dict[fx.Node, Any] = {}
         out: Any = None
         for idx, node in enumerate(self.nodes):
             if node.op == "output":
-                out = fx.node.map_arg(node.args[0], lambda n: self._to_full(ps, n))
+                out = fx.node.map_arg(
+                    node.args[0], lambda n: self._to_full(states[n], n, cache, pi, pj, padded)
+                )
                 break
             kind = self.kind[node]
             if kind == "same":
                 states[node] = _SAME
             elif kind == "input":
-                states[node] = self._input_region(ps, node, image, baseline)
+                states[node] = self._input_region(node, image, baseline, patches, pi, pj)
             elif kind == "window":
-                states[node] = self._window(ps, node)
+                states[node] = self._window(node, states, cache, pi, pj, padded)
             elif kind == "pointwise":
-                states[node] = self._pointwise(ps, node)
+                states[node] = self._pointwise(node, states, cache)
             elif kind == "alias":  # a BN folded into the conv before it
                 states[node] = states[_node_args(node)[0]]
             elif kind in ("binary", "cat"):
-                states[node] = self._combine(ps, node)
+                states[node] = self._combine(node, states, cache, pi, pj, padded)
             else:
-                states[node] = self._generic(ps, node)
+                states[node] = self._generic(node, states, cache, pi, pj, padded)
             for a in _node_args(node):
                 if self.last_use.get(a) == idx:
                     del states[a]
@@ -749,38 +597,55 @@ class IncrementalOcclusion:
         return out
 
     def _input_region(
-        self, ps: _Pass, node: fx.Node, image: torch.Tensor, baseline: torch.Tensor
+        self,
+        node: fx.Node,
+        image: torch.Tensor,
+        baseline: torch.Tensor,
+        patches: np.ndarray,
+        pi: torch.Tensor,
+        pj: torch.Tensor,
     ) -> _Region:
-        g = ps.geom[node]
+        g = self.geom[node]
         dev = image.device
-        rows, cols = self._starts(ps, node)
+        rows = torch.as_tensor(g.row_start, device=dev)[pi]
+        cols = torch.as_tensor(g.col_start, device=dev)[pj]
         x = _crop(image, rows, cols, g.h, g.w)  # (P, C, h, w)
         b = _crop(baseline, rows, cols, g.h, g.w)
         # Inside the occluding window (possibly cut by the image border) the baseline replaces x.
         ys = rows[:, None] + torch.arange(g.h, device=dev)  # (P, h)
         xs = cols[:, None] + torch.arange(g.w, device=dev)  # (P, w)
-        r = torch.as_tensor(self.rows, device=dev)[ps.pi]  # (P, 2)
-        c = torch.as_tensor(self.cols, device=dev)[ps.pj]
+        r = torch.as_tensor(self.rows, device=dev)[pi]  # (P, 2)
+        c = torch.as_tensor(self.cols, device=dev)[pj]
         in_r = (ys >= r[:, :1]) & (ys < r[:, 1:])
         in_c = (xs >= c[:, :1]) & (xs < c[:, 1:])
         mask = (in_r[:, :, None] & in_c[:, None, :])[:, None]  # (P, 1, h, w)
         return _Region(torch.where(mask, b, x), rows, cols)
 
-    def _starts(self, ps: _Pass, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(P,)` first row and first column of each patch's rectangle at `node`."""
-        g = ps.geom[node]
-        dev = ps.pi.device
-        rows = torch.as_tensor(g.row_start, device=dev)[ps.pi]
-        return rows, torch.as_tensor(g.col_start, device=dev)[ps.pj]
+    def _starts(
+        self, node: fx.Node, pi: torch.Tensor, pj: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.geom[node]
+        dev = pi.device
+        return torch.as_tensor(g.row_start, device=dev)[pi], torch.as_tensor(
+            g.col_start, device=dev
+        )[pj]
 
-    def _window(self, ps: _Pass, node: fx.Node) -> _Region:
+    def _window(
+        self,
+        node: fx.Node,
+        states: dict[fx.Node, Any],
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> _Region:
         src = _node_args(node)[0]
         win = self.windows[node]
         ay, ax = win.axes
-        g = ps.geom[node]
-        rows, cols = self._starts(ps, node)
-        state = ps.states[src]
-        if g.full and isinstance(state, _Region) and ps.geom[src].full:
+        g = self.geom[node]
+        rows, cols = self._starts(node, pi, pj)
+        state = states[src]
+        if g.full and isinstance(state, _Region) and self.geom[src].full:
             return _Region(win.full(state.vals), rows, cols)  # plain full computation
         ih = (g.h - 1) * ay.stride + ay.reach + 1
         iw = (g.w - 1) * ax.stride + ax.reach + 1
@@ -788,20 +653,22 @@ class IncrementalOcclusion:
         need_h = (g.H - 1) * ay.stride + ay.reach + 1
         need_w = (g.W - 1) * ax.stride + ax.reach + 1
         x = self._gather(
-            ps, src, rows * ay.stride, cols * ax.stride, ih, iw,
-            (ay.pad, ax.pad, need_h, need_w), win.fill,
+            states[src], src, cache, rows * ay.stride, cols * ax.stride, ih, iw,
+            (ay.pad, ax.pad, need_h, need_w), win.fill, padded,
         )  # fmt: skip
         return _Region(win.fn(x), rows, cols)
 
-    def _pointwise(self, ps: _Pass, node: fx.Node) -> _Region:
+    def _pointwise(
+        self, node: fx.Node, states: dict[fx.Node, Any], cache: dict[fx.Node, Any]
+    ) -> _Region:
         region: list[_Region] = []
 
         def sub(n: fx.Node) -> Any:
-            s = ps.states[n]
+            s = states[n]
             if isinstance(s, _Region):
                 region.append(s)
                 return s.vals
-            return ps.cache[n]
+            return cache[n]
 
         args = fx.node.map_arg(node.args, sub)
         kwargs = fx.node.map_arg(node.kwargs, sub)
@@ -809,12 +676,20 @@ class IncrementalOcclusion:
             return _Region(torch.relu_(args[0]), region[0].rows, region[0].cols)  # type: ignore[arg-type]
         return _Region(self._call(node, args, kwargs), region[0].rows, region[0].cols)
 
-    def _combine(self, ps: _Pass, node: fx.Node) -> _Region:
-        g = ps.geom[node]
-        rows, cols = self._starts(ps, node)
+    def _combine(
+        self,
+        node: fx.Node,
+        states: dict[fx.Node, Any],
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> _Region:
+        g = self.geom[node]
+        rows, cols = self._starts(node, pi, pj)
 
         def sub(n: fx.Node) -> Any:
-            return self._gather(ps, n, rows, cols, g.h, g.w, None, 0.0)
+            return self._gather(states[n], n, cache, rows, cols, g.h, g.w, None, 0.0, padded)
 
         args = fx.node.map_arg(node.args, sub)
         kwargs = fx.node.map_arg(node.kwargs, sub)
@@ -822,35 +697,56 @@ class IncrementalOcclusion:
             return _Region(args[0].add_(args[1]), rows, cols)  # type: ignore[union-attr,arg-type]
         return _Region(self._call(node, args, kwargs), rows, cols)
 
-    def _generic(self, ps: _Pass, node: fx.Node) -> Any:
-        args = fx.node.map_arg(node.args, lambda n: self._to_full(ps, n))
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self._to_full(ps, n))
+    def _generic(
+        self,
+        node: fx.Node,
+        states: dict[fx.Node, Any],
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> Any:
+        args = fx.node.map_arg(
+            node.args, lambda n: self._to_full(states[n], n, cache, pi, pj, padded)
+        )
+        kwargs = fx.node.map_arg(
+            node.kwargs, lambda n: self._to_full(states[n], n, cache, pi, pj, padded)
+        )
         val = self._call(node, args, kwargs)
-        if node in ps.geom:  # a 4-D result: a rectangle that covers everything
-            zero = torch.zeros_like(ps.pi)
+        if node in self.geom:  # a 4-D result: a rectangle that covers everything
+            zero = torch.zeros_like(pi)
             return _Region(val, zero, zero)
         return _Full(val)
 
-    def _to_full(self, ps: _Pass, node: fx.Node) -> Any:
-        state = ps.states[node]
+    def _to_full(
+        self,
+        state: Any,
+        node: fx.Node,
+        cache: dict[fx.Node, Any],
+        pi: torch.Tensor,
+        pj: torch.Tensor,
+        padded: dict[tuple[Any, ...], torch.Tensor],
+    ) -> Any:
         if isinstance(state, _Full):
             return state.value
         if isinstance(state, _Same):
-            return ps.cache[node]
-        g = ps.geom[node]
-        zero = torch.zeros_like(ps.pi)
-        return self._gather(ps, node, zero, zero, g.H, g.W, None, 0.0)
+            return cache[node]
+        g = self.geom[node]
+        zero = torch.zeros_like(pi)
+        return self._gather(state, node, cache, zero, zero, g.H, g.W, None, 0.0, padded)
 
     def _gather(
         self,
-        ps: _Pass,
+        state: Any,
         node: fx.Node,
+        cache: dict[fx.Node, Any],
         r0: torch.Tensor,
         c0: torch.Tensor,
         ih: int,
         iw: int,
         pad: tuple[int, int, int, int] | None,
         fill: float,
+        padded: dict[tuple[Any, ...], torch.Tensor],
     ) -> torch.Tensor:
         """The patched tensor of `node` inside windows `[r0, r0+ih) x [c0, c0+iw)`, batched.
 
@@ -858,9 +754,7 @@ class IncrementalOcclusion:
         given: `top`/`left` fill values before the input, and enough after it to make the padded
         size at least `need_h x need_w`.
         """
-        state = ps.states[node]
-        padded = ps.padded
-        clean = ps.cache[node]  # (1, C, H, W)
+        clean = cache[node]  # (1, C, H, W)
         H, W = clean.shape[2:]
         pt, pl = (pad[0], pad[1]) if pad else (0, 0)
         if pad:
@@ -873,7 +767,7 @@ class IncrementalOcclusion:
                 padded[key] = _pad(clean, (pl, pr, pt, pb), fill)
             return _crop(padded[key], r0, c0, ih, iw)
         assert isinstance(state, _Region)
-        g = ps.geom[node]
+        g = self.geom[node]
         P, C = state.vals.shape[:2]
         if g.full:
             src = _pad(state.vals, (pl, pr, pt, pb), fill)
@@ -913,18 +807,13 @@ class IncrementalOcclusion:
         buf[gidx.reshape(-1)] = vals.reshape(P * hw, C)
         return buf[:-1].view(P, ih, iw, C).permute(0, 3, 1, 2)
 
-
-@dataclass
-class _Pass:
-    """What one batched incremental pass reads and writes."""
-
-    cache: dict[fx.Node, Any]  # clean values, (1, ...) each
-    geom: dict[fx.Node, _Geom]  # the rectangles of the batch's window group
-    pi: torch.Tensor  # (P,) grid row of each patch
-    pj: torch.Tensor  # (P,) grid column
-    # Padded clean tensors, filled on first use and shared by all batches of one image.
-    padded: dict[tuple[Any, ...], torch.Tensor]
-    states: dict[fx.Node, Any] = field(default_factory=dict)  # batched values of computed nodes
+    def iter_batches(self, n_patches: int, batch_size: int) -> Iterator[np.ndarray]:
+        """Grid indices `(P, 2)` in row-major order, `batch_size` at a time."""
+        gw = len(self.cols)
+        flat = np.arange(n_patches)
+        for s in range(0, n_patches, batch_size):
+            f = flat[s : s + batch_size]
+            yield np.stack([f // gw, f % gw], axis=1)
 
 
 _TRACE_BATCH = 7  # batch size of the meta tensor the shape-aware tracer runs on

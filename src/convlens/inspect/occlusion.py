@@ -122,7 +122,7 @@ def occlusion(
         baseline: value the occluded pixels take: a number, or a tensor broadcastable to
             `(N, C, H, W)` (e.g. the per-channel mean of the normalised data, `(C, 1, 1)`).
         batch_size: occluded copies evaluated together (default: sized to keep each batch's
-            largest tensor around 24 MB; windows are batched by groups of nearby positions).
+            largest tensor around 24 MB).
         engine: "incremental" (recompute only changed regions) or "full" (whole copies).
         progress: show a Rich progress bar on stderr.
 
@@ -174,9 +174,13 @@ def occlusion(
                             + ", ".join(inc.unsupported),
                             stacklevel=2,
                         )
+                    # Batches whose largest tensor stays near 24 MB: bigger ones are mmap'd afresh
+                    # (page faults on every allocation) and run slower on CPU.
+                    per_patch = inc.bytes_per_patch(cache)
+                    bs = batch_size or int(np.clip((24 << 20) // per_patch, 16, 512))
                     padded: dict[tuple[object, ...], torch.Tensor] = {}  # per image
-                    for group, patches in inc.batches(cache, batch_size=batch_size):
-                        out = inc.run(cache, x, b, patches, padded, group)  # (P, K)
+                    for patches in inc.iter_batches(gh * gw, bs):
+                        out = inc.run(cache, x, b, patches, padded)  # (P, K)
                         flat = torch.as_tensor(
                             patches[:, 0] * gw + patches[:, 1], device=out.device
                         )
