@@ -435,6 +435,7 @@ def test_concatenations_equal_pytorch() -> None:
         summary(Mismatch(), (2, 6, 7))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_modules_are_refused_with_a_message() -> None:
     scripted = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
     with pytest.raises(ConvlensError, match="not a TorchScript one"):
