@@ -128,6 +128,18 @@ def test_cli_simple_and_logit(trained_run: Path, tmp_path: Path) -> None:
     rc = main(["visualize", str(trained_run), "actmax", "--layer", "conv1", "--simple",
                "--out", str(tmp_path)])  # fmt: skip
     assert rc == 0 and (tmp_path / "actmax_conv1_channel_simple.png").is_file()
+    # --precision reaches the optimiser: bf16 under autocast gives other images than fp32
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        rc = main(["visualize", str(trained_run), "actmax", "--layer", "conv2", "--simple",
+                   "--steps", "5", "--channels", "0-3", "--precision", precision,
+                   "--save-data", "--out", str(out)])  # fmt: skip
+        assert rc == 0
+        runs[precision] = np.load(out / "actmax_conv2_channel_simple.npy")
+        meta = json.loads((out / "actmax_conv2_channel_simple.json").read_text())
+        assert meta["precision"] == precision
+    assert not np.array_equal(runs["fp32"], runs["bf16"])
     rc = main(["visualize", str(trained_run), "actmax", "--objective", "logit", "--steps", "4",
                "--out", str(tmp_path)])  # fmt: skip
     assert rc == 0 and (tmp_path / "actmax_output_logit.png").is_file()
@@ -141,6 +153,7 @@ def test_cli_simple_and_logit(trained_run: Path, tmp_path: Path) -> None:
         (["--layer", "conv2", "--channels", "a-b"], "expected e.g. 0-63"),
         (["--objective", "max"], "--objective 'max' is not one of"),
         (["--size", "0"], "--size must be a positive"),
+        (["--precision", "fp16"], "unknown precision 'fp16'"),
     ],
 )
 def test_cli_errors_are_one_line(

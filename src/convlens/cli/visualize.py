@@ -47,6 +47,7 @@ class VisualizeRequest:
     count: int | None = None
     metric: str | None = None
     simple: bool = False
+    precision: str = "auto"
     objective: str | None = None
     save_data: bool = False
     device: str = "cpu"
@@ -167,6 +168,9 @@ def register(app: typer.Typer) -> None:
             None, help="actmax objective: channel, neuron, logit, negative."
         ),
         simple: bool = typer.Option(False, help="actmax: plain Keras-style gradient ascent."),
+        precision: str = typer.Option(
+            "auto", help="actmax: auto (bf16 on an AMX CPU for wide convolutions), bf16 or fp32."
+        ),
         save_data: bool = typer.Option(False, help="Also write the raw numbers (.npy / .json)."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         seed: int = typer.Option(0, help="Random seed."),
@@ -176,7 +180,7 @@ def register(app: typer.Typer) -> None:
         req = VisualizeRequest(
             run_dir=run_dir, method=method_name, out=out, layer=layer, images=list(image),
             target=target, window=window, stride=stride, channels=channels, steps=steps, size=size,
-            k=k, count=count, metric=metric, simple=simple, objective=objective,
+            k=k, count=count, metric=metric, simple=simple, precision=precision, objective=objective,
             save_data=save_data, device=device, seed=seed, data_dir=data_dir,
         )  # fmt: skip
         for p in run_method(req):

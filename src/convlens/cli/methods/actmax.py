@@ -2,7 +2,7 @@
 
 Options: `--layer` (default: the last convolution; the model's output for `--objective logit`),
 `--channels 0-63` (default: the first 64), `--steps`, `--size` (default: the run's image size),
-`--objective channel|neuron|logit|negative`, `--simple` (the Keras example: plain pixels, 20 steps of
+`--objective channel|neuron|logit|negative`, `--precision auto|bf16|fp32`, `--simple` (the Keras example: plain pixels, 20 steps of
 normalised gradient ascent), `--seed`, `--device`. Writes `actmax_<layer>_<objective>[_simple].png`
 and, with `--save-data`, the images as `.npy` (float32 `(K, C, S, S)` in [0, 1]) and a `.json` with
 the channels and the objective each image reached.
@@ -78,7 +78,7 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
     res = activation_maximization(
         model, layer, channels, size=size, steps=req.steps, objective=objective,
         mean=run.data.mean, std=run.data.std, in_channels=c, seed=req.seed, color_matrix=cm,
-        simple=req.simple, device=req.device, progress=True,
+        simple=req.simple, device=req.device, progress=True, precision=req.precision,
     )  # fmt: skip
     steps = res.history.shape[0]
     names = run.data.classes if layer is None else None
@@ -105,7 +105,7 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
             meta,
             {
                 "layer": layer, "objective": objective, "simple": req.simple, "steps": steps,
-                "size": size, "seed": req.seed, "channels": channels,
+                "size": size, "seed": req.seed, "channels": channels, "precision": req.precision,
                 "values": [float(v) for v in res.values],
             },
         )  # fmt: skip
