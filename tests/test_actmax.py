@@ -404,9 +404,74 @@ def test_cpu_chunks_follow_the_largest_activation() -> None:
     calls: list[int] = []
     handle = net[3].register_forward_pre_hook(lambda _m, a: calls.append(a[0].shape[0]))
     try:
-        activation_maximization(net, "3", list(range(12)), size=256, steps=1, simple=True)
+        # fold_bn=False: folding runs its own passes (and copies the hook along with the model)
+        activation_maximization(
+            net, "3", list(range(12)), size=256, steps=1, simple=True, fold_bn=False
+        )
     finally:
         handle.remove()
     # Layer "3" gives 12 x 256 x 256 = 786,432 elements per image: 2**21 // 786,432 = 2 images per
     # pass. One probe image, then 6 chunks for the step and 6 for the final values.
     assert calls == [1] + [2] * 12
+
+
+def _resnet20_with_statistics() -> nn.Module:
+    """ResNet-20 in eval mode with non-trivial BatchNorm statistics and affine parameters."""
+    from convlens import models
+
+    torch.manual_seed(0)
+    net = models.create("resnet20", num_classes=10, in_channels=3)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return net.eval()
+
+
+def test_fold_batchnorm_matches_the_model_and_leaves_it_alone() -> None:
+    from convlens.inspect.actmax import fold_batchnorm
+
+    net = _resnet20_with_statistics()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batchnorm(net, None, (3, 32, 32), torch.device("cpu"), torch.float32)
+    assert folded is not net
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+    assert (
+        sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 19
+    )  # the model keeps its BNs
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # The target layer's own BatchNorm is never folded: its output is the objective.
+    kept = fold_batchnorm(net, "layer1.0.bn1", (3, 32, 32), torch.device("cpu"), torch.float32)
+    assert isinstance(kept.get_submodule("layer1.0.bn1"), nn.BatchNorm2d)
+
+
+def test_fold_batchnorm_refuses_a_conv_output_used_twice() -> None:
+    from convlens.inspect.actmax import fold_batchnorm
+
+    class Skip(nn.Module):  # the conv's output feeds the BN and, unnormalised, the sum
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    net = Skip().eval()
+    net.bn.running_var.fill_(4.0)  # so that folding would visibly change `y`
+    assert fold_batchnorm(net, None, (3, 8, 8), torch.device("cpu"), torch.float32) is net
+
+
+def test_folding_changes_speed_not_values() -> None:
+    net = _resnet20_with_statistics()
+    kw = dict(steps=6, size=32, simple=True, precision="fp32", seed=1)
+    a = activation_maximization(net, "layer2", [0, 5, 9], fold_bn=False, **kw)
+    b = activation_maximization(net, "layer2", [0, 5, 9], fold_bn=True, **kw)
+    torch.testing.assert_close(b.values, a.values, rtol=1e-3, atol=1e-3)

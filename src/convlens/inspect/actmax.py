@@ -28,6 +28,7 @@ applies, so that a unit that is off for the grey start image can still be switch
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ def activation_maximization(
     progress: bool = False,
     precision: Precision | str = "auto",
     batch_size: int | None = None,
+    fold_bn: bool = True,
 ) -> ActMaxResult:
     """Synthesise, for each channel, an input image that maximises it; all channels in one batch.
 
@@ -172,6 +174,11 @@ def activation_maximization(
             chunks sized so that the largest activation stays near the cache
             (:data:`CPU_CHUNK_ELEMENTS`). Chunks change speed, not results: each image is optimised
             independently.
+        fold_bn: run a copy of the model in which each BatchNorm that directly follows a
+            convolution is folded into it (:func:`fold_batchnorm`): eval-mode BatchNorm is an affine
+            map per channel, so the outputs are the same up to float rounding, with one pass over the
+            activations less per BatchNorm in the forward and in the backward. The model itself is
+            not changed.
 
     Returns:
         An :class:`ActMaxResult`.
@@ -212,17 +219,21 @@ def activation_maximization(
     bf16 = False  # decided after the probe below
     nhwc = False
 
+    net = model  # what runs: the model, or a copy with BatchNorm folded into convolutions
+
     def forward(pixels: torch.Tensor, low: bool) -> torch.Tensor:
         x = (pixels - mean_t) / std_t  # the model sees normalised input
         if nhwc and low:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
-            out = model(x) if layer is None else truncated_forward(model, layer, x)
+            out = net(x) if layer is None else truncated_forward(net, layer, x)
         return out.to(dtype)
 
     with _frozen(model):
         with _probe(model) as stats:  # one grey image, float32
             n_out = _output_channels(partial(forward, low=False), c_in, size, dev, dtype, layer)
+        if fold_bn:
+            net = fold_batchnorm(model, layer, (c_in, size, size), dev, dtype)
         bf16 = use_bf16(precision, dev, dtype, stats)
         # oneDNN's AMX convolutions run on NHWC; with NCHW input each convolution reorders its tensors.
         nhwc = bf16 and dev.type == "cpu"
@@ -260,7 +271,7 @@ def activation_maximization(
                     cm = normalize_color_matrix(
                         IMAGENET_COLOR_SQRT if color_matrix is None else color_matrix.float()
                     ).to(dev, dtype)
-                with _redirected_relus(model) as redirect:
+                with _redirected_relus(net) as redirect:
                     images, history = _readable_ascent(
                         score, sign, gens, shape, steps, lr if lr is not None else DEFAULT_LR,
                         dev, dtype, bar, redirect, chunks, bf16, param=str(param), color_matrix=cm,
@@ -530,6 +541,82 @@ def output_channels(
         return _output_channels(
             forward, input_shape[0], input_shape[1], dev, _model_dtype(model), layer
         )
+
+
+def fold_batchnorm(
+    model: nn.Module,
+    layer: str | None,
+    input_shape: tuple[int, int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """A copy of `model` (eval mode) with each BatchNorm2d fed directly by a Conv2d folded into it.
+
+    Pairs are found by running one random batch: a BatchNorm whose input is the very tensor a Conv2d
+    returned, each module called once. Pairs that involve `layer` are left alone (their outputs are
+    the objective). The copy is checked against the model on another random batch (relative error
+    1e-4 of the output's range); if anything differs, or there is nothing to fold, the model itself
+    is returned. The copy shares no tensor with the model.
+    """
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model  # nothing to fold: no extra forward pass
+    convs: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> conv name (output kept alive)
+    calls: dict[str, int] = {}
+    pairs: list[tuple[str, str]] = []
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
+        def record(m: nn.Module, inputs: tuple[object, ...], out: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(m, nn.Conv2d) and isinstance(out, torch.Tensor):
+                convs[id(out)] = (name, out)
+            elif isinstance(m, nn.BatchNorm2d) and inputs and id(inputs[0]) in convs:
+                pairs.append((convs[id(inputs[0])][0], name))
+
+        return record
+
+    def run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net(x) if layer is None else truncated_forward(net, layer, x)
+
+    g = torch.Generator().manual_seed(0)
+    probe, check = (torch.randn(2, *input_shape, generator=g).to(device, dtype) for _ in range(2))
+    handles = [
+        m.register_forward_hook(hook(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.BatchNorm2d)
+    ]
+    try:
+        with torch.no_grad():
+            run(model, probe)
+    finally:
+        for h in handles:
+            h.remove()
+    pairs = [
+        (c, b)
+        for c, b in pairs
+        if calls[c] == calls[b] == 1
+        and layer not in (c, b)
+        and model.get_submodule(b).track_running_stats  # eval BN uses running statistics
+    ]
+    if not pairs:
+        return model
+    folded = copy.deepcopy(model)
+    for conv_name, bn_name in pairs:
+        conv = folded.get_submodule(conv_name)
+        bn = folded.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+        for p in fused.parameters():
+            p.requires_grad_(False)
+        for name, new in ((conv_name, fused), (bn_name, nn.Identity())):
+            parent, _, attr = name.rpartition(".")
+            setattr(folded.get_submodule(parent), attr, new)
+    with torch.no_grad():
+        want, got = run(model, check), run(folded, check)
+    if want.shape != got.shape or not bool(
+        ((got - want).abs().max() <= 1e-4 * want.abs().max().clamp(min=1e-12)).item()
+    ):
+        return model
+    return folded
 
 
 @dataclass
