@@ -226,7 +226,7 @@ def activation_maximization(
         if nhwc and low:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
-            out = net(x) if layer is None else truncated_forward(net, layer, x)
+            out = _forward_to(net, layer, x)
         return out.to(dtype)
 
     with _frozen(model):
@@ -534,13 +534,20 @@ def output_channels(
         get_layer(model, layer)
     dev = torch.device(device) if device is not None else _model_device(model)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x) if layer is None else truncated_forward(model, layer, x)
-
     with _frozen(model):
         return _output_channels(
-            forward, input_shape[0], input_shape[1], dev, _model_dtype(model), layer
+            partial(_forward_to, model, layer),
+            input_shape[0],
+            input_shape[1],
+            dev,
+            _model_dtype(model),
+            layer,
         )
+
+
+def _forward_to(model: nn.Module, layer: str | None, x: torch.Tensor) -> torch.Tensor:
+    """The output of `layer` for `x` (the model stops there), or the model's output for None."""
+    return model(x) if layer is None else truncated_forward(model, layer, x)
 
 
 def fold_batchnorm(
@@ -574,9 +581,6 @@ def fold_batchnorm(
 
         return record
 
-    def run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return net(x) if layer is None else truncated_forward(net, layer, x)
-
     g = torch.Generator().manual_seed(0)
     probe, check = (torch.randn(2, *input_shape, generator=g).to(device, dtype) for _ in range(2))
     handles = [
@@ -586,7 +590,7 @@ def fold_batchnorm(
     ]
     try:
         with torch.no_grad():
-            run(model, probe)
+            _forward_to(model, layer, probe)
     finally:
         for h in handles:
             h.remove()
@@ -611,7 +615,7 @@ def fold_batchnorm(
             parent, _, attr = name.rpartition(".")
             setattr(folded.get_submodule(parent), attr, new)
     with torch.no_grad():
-        want, got = run(model, check), run(folded, check)
+        want, got = _forward_to(model, layer, check), _forward_to(folded, layer, check)
     if want.shape != got.shape or not bool(
         ((got - want).abs().max() <= 1e-4 * want.abs().max().clamp(min=1e-12)).item()
     ):
