@@ -533,12 +533,8 @@ def _conv_rule(conv: nn.Conv2d) -> LeafRule | None:
     ):
         return None
     same = conv.padding == "same"  # stride 1, output size = input size
-    if conv.padding in ("same", "valid"):
-        total = [dilation[a] * (kernel[a] - 1) for a in (0, 1)]
-        padding = (total[0] // 2, total[1] // 2) if same else (0, 0)  # the left/top share
-    elif (pad := _ints(conv.padding)) is not None:
-        padding = pad
-    else:
+    padding = _conv_padding(conv.padding, kernel, dilation)
+    if padding is None:
         return None
     dtype = weight.dtype
     per_output = weight.numel() // cout  # weights per output element: Cin / groups x kh x kw
@@ -635,6 +631,18 @@ def _linear_rule(linear: nn.Linear) -> LeafRule | None:
         return out, f, out.numel() * n_in
 
     return rule
+
+
+def _conv_padding(
+    padding: Any, kernel: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int] | None:
+    """A convolution's padding as (top, left): "valid" none, "same" (stride 1) the top/left share of
+    the total, ints as given; None for anything else."""
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        return dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2
+    return None if isinstance(padding, str) else _ints(padding)
 
 
 def _ints(v: Any) -> tuple[int, int] | None:
@@ -839,11 +847,7 @@ class _GeometryMode(TorchFunctionMode):
         stride = _pair(_arg(args, kwargs, 3, "stride", 1))
         dilation = _pair(_arg(args, kwargs, 5, "dilation", 1))
         padding_arg = _arg(args, kwargs, 4, "padding", 0)
-        if isinstance(padding_arg, str):  # "valid" or "same" (stride 1): the left/top share
-            total = [dilation[a] * (kernel[a] - 1) for a in (0, 1)]
-            padding = (0, 0) if padding_arg == "valid" else (total[0] // 2, total[1] // 2)
-        else:
-            padding = _pair(padding_arg)
+        padding = _conv_padding(padding_arg, kernel, dilation) or _pair(padding_arg)
         return f.window(kernel, stride, padding, dilation)
 
     def _pool(
