@@ -154,6 +154,33 @@ class _SameLayout(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.layout)
 
 
+class _Sliced(torch.autograd.Function):
+    """`x[index]` (basic indexing) whose gradient has `x`'s layout.
+
+    PyTorch's own backward of a slice writes into a new NCHW tensor of zeros; ResNet's option-A
+    shortcut (`x[:, :, ::2, ::2]`) would hand a channels-last network an NCHW gradient to convert.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, index: Any) -> torch.Tensor:
+        ctx.index, ctx.shape = index, x.shape
+        ctx.layout, ctx.dtype = _format_of(x), x.dtype
+        return x[index]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        gx = torch.empty(
+            ctx.shape, dtype=ctx.dtype, device=grad.device, memory_format=ctx.layout
+        ).zero_()
+        gx[ctx.index] = grad
+        return gx, None
+
+
+def sliced(x: torch.Tensor, index: Any) -> torch.Tensor:
+    """`x[index]` with the gradient in `x`'s layout (see :class:`_Sliced`)."""
+    return _Sliced.apply(x, index)
+
+
 def same_layout(x: torch.Tensor) -> torch.Tensor:
     """`x`, with its gradient brought to `x`'s memory layout (see :class:`_SameLayout`)."""
     return _SameLayout.apply(x)
@@ -355,12 +382,27 @@ def _guard_layouts(gm: fx.GraphModule) -> None:
             u for u in node.users
             if not (u.op == "call_module" and isinstance(modules.get(str(u.target)), fused))
         ]  # fmt: skip
+        for u in list(others):
+            if u.target is operator.getitem and u.args[0] is node and _basic_index(u.args[1]):
+                u.target = sliced  # its own backward keeps the layout: no guard needed
+                others.remove(u)
         if not others:
             continue
         with gm.graph.inserting_after(node):
             guarded = gm.graph.call_function(same_layout, (node,))
         for u in others:
             u.replace_input_with(node, guarded)
+
+
+def _basic_index(index: Any) -> bool:
+    """Whether `index` is basic indexing by slices, ints and Ellipsis (no tensors, no None)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(p, slice | int) or p is Ellipsis for p in parts) and all(
+        not isinstance(getattr(p, a), fx.Node)
+        for p in parts
+        if isinstance(p, slice)
+        for a in ("start", "stop", "step")
+    )
 
 
 def _conv_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Conv2d | None:
