@@ -55,6 +55,7 @@ class Functional(nn.Module):
         self.d = nn.Conv2d(8, 16, 3, stride=2, padding=1)  # strided
         self.e = nn.Conv2d(16, 16, 3)  # no padding: the transposed convolution pads by 2
         self.f = nn.Conv2d(16, 16, 1, padding=1)  # padding > kernel - 1: not transposable
+        self.scale = nn.Parameter(torch.full((1, 16, 1, 1), 0.5))  # read by the graph (get_attr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.a(x))
@@ -62,7 +63,7 @@ class Functional(nn.Module):
         x = (self.c(x) + x).relu()
         x = F.relu(self.d(x), inplace=True)
         x = torch.relu(self.e(x))
-        return F.relu(self.f(x))
+        return F.relu(self.f(x)) * self.scale
 
 
 def check_against_network(
@@ -126,11 +127,16 @@ def test_torchvision_resnet18_fused_equals_the_network() -> None:
     assert kinds(fused)[1] == 3  # layer1.0, layer1.1, layer2.1 (layer2.0 downsamples)
 
 
-def test_functional_network_fused_equals_the_network() -> None:
+def test_functional_network_fused_equals_the_network_and_leaves_it_alone() -> None:
     torch.manual_seed(0)
     net = frozen(Functional())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     fused = check_against_network(net, None, (3, 3, 20, 20))
     assert kinds(fused) == (5, 0)
+    fused.to(torch.bfloat16)  # the copy shares no module or tensor with the network
+    assert all(v.dtype == torch.float32 for v in net.state_dict().values())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_fused_add_leaves_its_operand_alone_and_weights_follow_dtype_changes() -> None:

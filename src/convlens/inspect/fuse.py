@@ -21,6 +21,7 @@ which is all that the input-gradient methods need.
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 from typing import Any
 
@@ -290,14 +291,16 @@ def fuse_conv_relu(
     """
     if not torch.backends.mkldnn.is_available() or example.device.type != "cpu":
         return None
-    gm = copy.deepcopy(traced)
-    modules = dict(gm.named_modules())
-    for node in list(gm.graph.nodes):  # a folded BatchNorm is an Identity between conv and ReLU
+    # The rewrite works on a copy of the graph, reading `traced`'s modules; only the modules the
+    # fused graph still calls are copied at the end (copying the whole network cost ~30 ms).
+    graph = copy.deepcopy(traced.graph)
+    modules = dict(traced.named_modules())
+    for node in list(graph.nodes):  # a folded BatchNorm is an Identity between conv and ReLU
         if node.op == "call_module" and type(modules.get(str(node.target))) is nn.Identity:
             node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
+            graph.erase_node(node)
     fused = 0
-    for node in list(gm.graph.nodes):
+    for node in list(graph.nodes):
         conv = _conv_of(node, modules)
         if conv is None or len(node.users) != 1:
             continue
@@ -314,21 +317,28 @@ def fuse_conv_relu(
         if not _is_relu(act, modules):
             continue
         name = f"_fused_{fused}"
-        gm.add_submodule(name, FusedConvReLU(conv))
-        with gm.graph.inserting_before(act):
+        modules[name] = FusedConvReLU(conv)
+        with graph.inserting_before(act):
             args = (node.args[0],) if other is None else (node.args[0], other)
-            new = gm.graph.call_module(name, args)
+            new = graph.call_module(name, args)
         act.replace_all_uses_with(new)
         for dead in (act, user, node) if other is not None else (act, node):
-            gm.graph.erase_node(dead)
+            graph.erase_node(dead)
         fused += 1
     if not fused:
         return None
-    _fuse_blocks(gm)
-    _guard_layouts(gm)
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
+    _fuse_blocks(graph, modules)
+    _guard_layouts(graph, modules)
+    graph.lint()
+    root: dict[str, Any] = {}
+    for node in graph.nodes:
+        target = str(node.target)
+        if node.op == "call_module":
+            m = modules[target]
+            root[target] = m if isinstance(m, FusedConvReLU | FusedBlock) else copy.deepcopy(m)
+        elif node.op == "get_attr":  # a parameter or buffer used directly by a function
+            root[target] = copy.deepcopy(functools.reduce(getattr, target.split("."), traced))
+    gm = fx.GraphModule(root, graph)
     with torch.no_grad():
         try:
             want = traced(example) if want is None else want
@@ -343,10 +353,9 @@ def fuse_conv_relu(
     return gm
 
 
-def _fuse_blocks(gm: fx.GraphModule) -> None:
+def _fuse_blocks(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
     """Replace `b = fused2(fused1(a), a)` (an identity-shortcut residual block) by one FusedBlock."""
-    modules = dict(gm.named_modules())
-    for n2 in list(gm.graph.nodes):
+    for n2 in list(graph.nodes):
         if n2.op != "call_module" or len(n2.args) != 2:
             continue
         conv2 = modules.get(str(n2.target))
@@ -363,19 +372,18 @@ def _fuse_blocks(gm: fx.GraphModule) -> None:
         ):
             continue
         name = f"_block_{str(n2.target).removeprefix('_fused_')}"
-        gm.add_submodule(name, FusedBlock(conv1, conv2))
-        with gm.graph.inserting_before(n2):
-            block = gm.graph.call_module(name, (a,))
+        modules[name] = FusedBlock(conv1, conv2)
+        with graph.inserting_before(n2):
+            block = graph.call_module(name, (a,))
         n2.replace_all_uses_with(block)
-        gm.graph.erase_node(n2)
-        gm.graph.erase_node(h)
+        graph.erase_node(n2)
+        graph.erase_node(h)
 
 
-def _guard_layouts(gm: fx.GraphModule) -> None:
+def _guard_layouts(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
     """Route each fused output through :func:`same_layout` before its unfused users."""
-    modules = dict(gm.named_modules())
     fused = (FusedConvReLU, FusedBlock)
-    for node in list(gm.graph.nodes):
+    for node in list(graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(str(node.target)), fused):
             continue
         others = [
@@ -388,8 +396,8 @@ def _guard_layouts(gm: fx.GraphModule) -> None:
                 others.remove(u)
         if not others:
             continue
-        with gm.graph.inserting_after(node):
-            guarded = gm.graph.call_function(same_layout, (node,))
+        with graph.inserting_after(node):
+            guarded = graph.call_function(same_layout, (node,))
         for u in others:
             u.replace_input_with(node, guarded)
 
