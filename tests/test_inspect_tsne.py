@@ -1,21 +1,30 @@
 """t-SNE maps and their image-grid form.
 
-Oracles: sklearn's `trustworthiness` (how well the map keeps each point's neighbours) and a
-per-cell brute-force search for the grid.
+Oracles: sklearn's `trustworthiness` (how well the map keeps each point's neighbours), sklearn's
+brute-force neighbours, a brute-force repulsion (Z and forces over all pairs), NumPy polynomials
+for the interpolation weights, openTSNE's own FFT objective and attraction, and a per-cell
+brute-force search for the grid.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
+import numpy.polynomial.polynomial as npoly
 import pytest
 import torch
 from sklearn.manifold import trustworthiness
 
 from convlens.errors import ConvlensError
 from convlens.inspect import tsne, tsne_grid
-from convlens.inspect.tsne import FFTGradient, default_perplexity, exact_neighbors
+from convlens.inspect.tsne import (
+    FFTGradient,
+    _lagrange_weights,
+    default_perplexity,
+    exact_neighbors,
+)
 from convlens.render.layers import tsne_image_grid, tsne_scatter
 
 
@@ -75,32 +84,85 @@ def exact_repulsion(y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(z), -((k**2)[:, :, None] * diff).sum(1) / z
 
 
-@pytest.mark.parametrize("extent", [20.0, 90.0])  # below and above the 50 unit boxes of the grid
-def test_fft_repulsion_matches_brute_force(extent: float) -> None:
+def spread_clusters(extent: float) -> np.ndarray:
+    """1,500 points in five 2-D clusters scaled to a map `extent` units wide."""
     x, _ = clusters(n_per=300, k=5, d=2, seed=2)
-    y = np.ascontiguousarray((x - x.mean(0)) * extent / np.ptp(x, 0).max())
+    return np.ascontiguousarray((x - x.mean(0)) * extent / np.ptp(x, 0).max())
+
+
+def test_fft_repulsion_on_a_small_map_matches_brute_force() -> None:
+    """Below `_MIN_NODES` units the grid is finer than asked, so the repulsion is near exact."""
+    y = spread_clusters(20.0)
+    z_ref, g_ref = exact_repulsion(y)
+    z, g = FFTGradient(2.0).repulsion(y)
+    assert abs(z - z_ref) / z_ref < 1e-5
+    assert np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref) < 1e-4
+
+
+@pytest.mark.parametrize("extent", [90.0, 300.0])  # the 128-node minimum grid is coarser here
+def test_fft_repulsion_matches_brute_force(extent: float) -> None:
+    y = spread_clusters(extent)
     z_ref, g_ref = exact_repulsion(y)
     errors = []
-    for nodes in (3, 5):
-        z, g = FFTGradient(nodes).repulsion(y)
-        assert abs(z - z_ref) / z_ref < 5e-3
+    for nodes_per_unit in (2.0, 3.0):
+        z, g = FFTGradient(nodes_per_unit).repulsion(y)
+        assert abs(z - z_ref) / z_ref < 3e-3
         errors.append(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref))
     assert errors[0] < 0.05 and errors[1] < 0.01 and errors[1] < errors[0] / 2, errors
 
 
+@pytest.mark.parametrize("w", [2, 4, 6, 8])
+def test_lagrange_weights_reproduce_polynomials(w: int) -> None:
+    """Interpolation on a stencil of w nodes is exact for polynomials of degree w - 1 (NumPy)."""
+    rng = np.random.default_rng(w)
+    coeffs = rng.normal(size=w)  # degree w - 1
+    t = rng.uniform(0, 1, 50)
+    nodes = np.arange(w) - (w // 2 - 1)  # centred: t lies between the two middle nodes
+    weights = _lagrange_weights(torch.from_numpy(t), w).numpy()  # (50, w)
+    np.testing.assert_allclose(weights @ npoly.polyval(nodes, coeffs), npoly.polyval(t, coeffs))
+    np.testing.assert_allclose(weights.sum(1), 1.0)
+
+
+def affinities(n_per: int = 250, k: int = 4, seed: int = 3) -> tuple[np.ndarray, Any]:
+    from openTSNE.affinity import PerplexityBasedNN
+
+    x, _ = clusters(n_per=n_per, k=k, d=10, seed=seed)
+    return x, PerplexityBasedNN(x, perplexity=30, method="exact", random_state=0).P
+
+
 def test_fft_gradient_matches_opentsne() -> None:
     """Our objective against openTSNE's own FFT gradient and KL on the same P and map."""
-    from openTSNE.affinity import PerplexityBasedNN
     from openTSNE.tsne import kl_divergence_fft
 
-    x, _ = clusters(n_per=250, k=4, d=10, seed=3)
-    p = PerplexityBasedNN(x, perplexity=30, method="exact", random_state=0).P
+    x, p = affinities()
     y = np.random.default_rng(0).normal(0, 4, (len(x), 2))
     fft = {"n_interpolation_points": 3, "min_num_intervals": 50, "ints_in_interval": 1}
     kl_ref, g_ref = kl_divergence_fft(y.copy(), p, 1, fft, should_eval_error=True)
-    kl, g = FFTGradient(3)(y.copy(), p, 1, should_eval_error=True)
+    kl, g = FFTGradient(3.0)(y.copy(), p, 1, should_eval_error=True)
     assert abs(kl - kl_ref) < 1e-3 * kl_ref
     assert np.linalg.norm(g - g_ref) < 1e-2 * np.linalg.norm(g_ref)
+
+
+def test_fft_gradient_attraction_in_blocks_on_two_threads_equals_opentsne() -> None:
+    """The attraction, shared out in row blocks between two threads, equals openTSNE's one call."""
+    from openTSNE import _tsne
+
+    x, p = affinities()
+    y = np.random.default_rng(1).normal(0, 30, (len(x), 2))
+    one, two = FFTGradient(3.0, n_threads=1), FFTGradient(3.0, n_threads=2)
+    try:
+        kl1, g1 = one(y, p, 1, should_eval_error=True)
+        kl2, g2 = two(y, p, 1, should_eval_error=True)
+    finally:
+        two.close()
+    np.testing.assert_array_equal(g1, g2)
+    assert kl1 == kl2
+    z, g_ref = one.repulsion(y)
+    sum_p, kl_ref = _tsne.estimate_positive_gradient_nn(
+        p.indices, p.indptr, p.data, y, y, g_ref, 1, num_threads=1, should_eval_error=True
+    )
+    np.testing.assert_allclose(g1, g_ref, rtol=1e-12, atol=1e-15)
+    assert kl1 == pytest.approx(kl_ref + sum_p * np.log(z + 1e-12), rel=1e-12)
 
 
 def test_tsne_grid_equals_per_cell_brute_force() -> None:

@@ -7,34 +7,58 @@ Fashion-MNIST features (`benchmarks/inspect_bench.py`) on the 2-core box:
 1. **Exact neighbours by brute force** (:func:`exact_neighbors`): a blocked matrix product and top-k
    finds the `3 * perplexity` nearest neighbours of every point exactly in about 5 CPU-seconds, where
    openTSNE's default Annoy forest took about 10 s for approximate ones.
-2. **The repulsive forces by FFT interpolation in torch** (:class:`FFTGradient`): the same method as
-   openTSNE's own (FIt-SNE, Linderman et al. 2019: spread each point over a `p x p` block of grid nodes
-   by Lagrange interpolation, convolve the grid with the kernel by FFT, interpolate back), but the
-   convolution runs in float32 with a zero-padding-aware (pruned) FFT, the kernel's transform is kept
-   while the grid size stays the same, and Z comes from its own Cauchy-kernel channel (no cancellation,
-   so float32 is safe). At a map extent of 190 this is ~3x cheaper per iteration than openTSNE's.
+2. **The repulsive forces by FFT interpolation in torch** (:class:`FFTGradient`), FIt-SNE's method
+   (Linderman et al. 2019: spread each point's charge onto nearby nodes of a uniform grid by
+   Lagrange interpolation, convolve the grid with the kernel by FFT, interpolate back) with four
+   changes, each measured:
+
+   - *Centred stencils.* FIt-SNE cuts the map into fixed boxes of `p` nodes; a point near a box's
+     edge lies outside its nodes' span, so the polynomial extrapolates. Here every point uses the
+     `w x w` nodes around it (w = 6, quintic), so it always lies between the two middle ones. On a
+     converged 20,000-point map (extent 224) against the brute-force sum over all pairs, the force
+     error is 3.4 % for FIt-SNE's 3 nodes per unit, 0.75 % for centred stencils at the same 3 nodes
+     per unit, 0.37 % at 3.5 and 3.9 % at 2 (FIt-SNE's boxes need 5 nodes per unit for 0.31 %).
+     More stencil nodes at a coarse spacing do not help (2 nodes per unit: 5.8 %, 3.9 %, 3.1 % for
+     w = 4, 6, 8): the Cauchy kernel's poles sit 1 unit off the real axis (Runge's phenomenon).
+   - *Three transforms, not seven.* The grid is convolved with the vector kernels `K^2 dx` and
+     `K^2 dy` (K = 1 / (1 + d^2)) instead of `K^2` against the charges `1, y0, y1`: one forward
+     FFT of the charges and two inverse ones, and the forces need no difference of large terms.
+     Z = sum_ab q_a K_ab q_b comes from the forward transform alone (Parseval).
+   - *Transforms one channel at a time, pruned.* A batched `irfft2` measured 4x slower per channel
+     than single ones; the inverse computes only the rows and columns that hold nodes.
+   - *Attraction beside repulsion.* openTSNE's attractive term (about 13 ms a call, one thread)
+     runs in row blocks on a helper thread while torch computes the repulsion on this one, which
+     then joins in on the blocks left: two cores busy without an OpenMP barrier between them.
+
+   Per call at extent 238 on one thread (locked, load ~2): 27 ms at 2 nodes per unit, 40 ms at 3,
+   against ~330 ms for the previous 5-node boxes.
 
 Why the schedule below. A t-SNE map's repulsive forces nearly cancel its attractive ones near
 convergence, so a few per cent of interpolation error in the repulsion is most of the remaining
-gradient: measured on a converged 20,000-point map, the default grid (3 nodes per unit box) has a
-3.3 % error in the repulsion and the total gradient it yields points 25 degrees away from the exact one
-(cosine 0.89). That error, not the number of iterations, is what held openTSNE's default run at KL 1.78
-against scikit-learn's 1.75: the same 250 + 500 iterations with a grid twice as fine reached 1.761. A
-fine grid costs ~4x per iteration at large extents, so the map is first grown on the default grid and
-then refined on a finer one (5 nodes per unit box: 0.3 % error), where the KL falls quickly
-(1.83 -> 1.75 in 150 iterations). Momentum 0.9 after early exaggeration (0.8 in openTSNE) speeds the
-slow expansion of the map (KL 1.791 against 1.825 after the same 500 iterations on the default grid).
-Early exaggeration stays openTSNE's: 250 iterations at 12 with learning rate `N / 12`, then `N`.
+gradient (measured: 3.3 % error turned the total gradient 25 degrees away from the exact one);
+that, not the iteration count, held openTSNE's default run at KL 1.78 against scikit-learn's 1.75.
+The map therefore grows for 300 iterations on a coarser grid (2.5 nodes per unit, 1.6 %), cheap
+while it is small, and is refined for 150 on a finer one (3 nodes per unit, 0.75 %). Early exaggeration stays
+openTSNE's (250 iterations at 12, learning rate `N / 12`, momentum 0.8); its map is under 20 units
+wide, so the grid's 128-node minimum makes its repulsion near exact for free. Momentum 0.9 after
+it (0.8 in openTSNE) speeds the slow expansion of the map (KL 1.791 against 1.825 after the same
+500 iterations on the default grid). KL under one common P at 20,000 points (one run each, load
+~2, scikit-learn: 1.7515): previous 250 + 250 on 5-node boxes 1.739 in 110 s; here 2 + 3 nodes per
+unit, 350 + 150: 1.733 in 25 s; 2.5 + 3, 350 + 150: 1.711 in 33 s; 2.5 + 3, 300 + 150 (the default):
+1.727 in 23 s; 2.5 + 3, 250 + 150: 1.744 in 18 s; 2 + 3, 150 + 150: 1.789. The grid's accuracy while
+the map grows matters as much as the iteration count.
 
-Where the time goes (20,000 points, one thread, 250 + 250 + 200 iterations): neighbours and
-affinities 5 s, early exaggeration 8 s, growing 13 s, refining 85 s; the fine grid at a map extent of
-~210 (2,100^2 FFTs) is the cost to attack next (a near-field/far-field split, fewer refine nodes).
+Where the time goes (20,000 points, 2 threads, load ~2, `benchmarks/inspect_bench.py`):
+neighbours, affinities and PCA ~3.4 s; early exaggeration ~23 ms an iteration (the attraction
+bounds it); growing ~25 ms; refining ~46 ms (the 3-node grid at extent ~240, m = 1,470 FFTs);
+openTSNE's own update ~2.5 ms an iteration of that.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -44,12 +68,12 @@ import torch
 
 from convlens.errors import ConvlensError
 
-# Normal-phase schedule (after early exaggeration): (iterations, interpolation nodes per box).
-# Boxes are 1 unit wide once the map is wider than `_MIN_BOXES` units (openTSNE's
-# `ints_in_interval=1`); below that the map is cut into `_MIN_BOXES` boxes.
-_GROW = (250, 3)  # grow the map on openTSNE's default grid (3.3 % repulsion error)
-_REFINE = (250, 5)  # then refine on a finer one (0.3 % error)
-_MIN_BOXES = 50
+# Normal-phase schedule (after early exaggeration): (iterations, grid nodes per unit length).
+_GROW = (300, 2.5)
+_REFINE = (150, 3.0)
+_STENCIL = 6  # interpolation nodes per point and axis
+_MIN_NODES, _MAX_NODES = 128, 4096  # grid nodes a side: finer while the map is small, capped
+_ATTRACTION_BLOCKS = 16  # row blocks of the attractive term, shared out between two threads
 _FFT_FROM = 10_000  # points; Barnes-Hut below
 _EARLY_EXAGGERATION = 12.0
 _EARLY_ITER = 250
@@ -110,7 +134,8 @@ def exact_neighbors(x: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarra
 
 
 def _fft_size(n: int) -> int:
-    """The smallest `m >= n` whose prime factors are 2, 3, 5 and 7 (fast FFT lengths)."""
+    """The smallest even `m >= n` whose prime factors are 2, 3, 5 and 7 (fast FFT lengths)."""
+    n += n % 2
     while True:
         m = n
         for f in (2, 3, 5, 7):
@@ -118,93 +143,121 @@ def _fft_size(n: int) -> int:
                 m //= f
         if m == 1:
             return n
-        n += 1
+        n += 2
 
 
-def _lagrange_weights(t: torch.Tensor, p: int) -> torch.Tensor:
-    """`(N, p)` Lagrange basis values at `t` in `[0, 1)` for `p` nodes at `(j + 0.5) / p`."""
-    nodes = [(j + 0.5) / p for j in range(p)]
-    cols = []
-    for j in range(p):
-        v = torch.ones_like(t)
-        for m in range(p):
-            if m != j:
-                v = v * ((t - nodes[m]) / (nodes[j] - nodes[m]))
-        cols.append(v)
+def _lagrange_weights(t: torch.Tensor, w: int) -> torch.Tensor:
+    """`(N, w)` Lagrange basis values at `t` `(N,)` in `[0, 1)` for the nodes `-w/2 + 1 .. w/2`.
+
+    The stencil is centred on the point (it always lies between the two middle nodes), so the
+    polynomial never extrapolates, unlike FIt-SNE's fixed boxes whose edge points lie outside
+    their nodes' span. Basis j is `prod_{k != j} (t - x_k) / (x_j - x_k)`: the products of the
+    factors before and after j, built up as running products over whole `(N,)` vectors.
+    """
+    x = [k - w // 2 + 1 for k in range(w)]
+    d = [t - xk for xk in x]
+    before = [torch.ones_like(t)]
+    for k in range(w - 1):
+        before.append(before[-1] * d[k])
+    after = [torch.ones_like(t)]
+    for k in range(w - 1, 0, -1):
+        after.append(after[-1] * d[k])
+    after.reverse()
+    cols = [
+        before[j] * after[j] * (1.0 / float(np.prod([x[j] - x[k] for k in range(w) if k != j])))
+        for j in range(w)
+    ]
     return torch.stack(cols, 1)
 
 
 class FFTGradient:
     """t-SNE's KL gradient for openTSNE, the repulsion by FFT interpolation in torch (see module doc).
 
-    Called by openTSNE's optimiser as its `negative_gradient_method`; `n_interpolation_points` can be
-    changed between `optimize` calls (the grow and refine stages).
+    Called by openTSNE's optimiser as its `negative_gradient_method`; `nodes_per_unit` can be
+    changed between `optimize` calls (a coarse grid while the map grows, a fine one to refine).
 
     Args:
-        n_interpolation_points: grid nodes per box side (openTSNE's default 3).
-        n_threads: torch threads for the FFTs.
+        nodes_per_unit: grid nodes per unit of map length (the Cauchy kernel's scale is 1).
+        stencil: interpolation nodes per point and axis (even; 6 = quintic).
+        n_threads: 1: repulsion (torch) then attraction (openTSNE) on this thread; from 2: the
+            attraction starts on a helper thread while this one computes the repulsion with one
+            torch thread (call :meth:`close` when done to stop the helper).
     """
 
-    def __init__(self, n_interpolation_points: int = 3, n_threads: int = 1) -> None:
-        self.n_interpolation_points = n_interpolation_points
+    def __init__(self, nodes_per_unit: float = 3.0, stencil: int = 6, n_threads: int = 1) -> None:
+        if stencil < 2 or stencil % 2:
+            raise ValueError(f"stencil must be even and >= 2, got {stencil}")
+        self.nodes_per_unit = nodes_per_unit
+        self.stencil = stencil
         self.n_threads = n_threads
-        self._kernel_key: tuple[int, int, float] | None = None
+        self._kernel_key: tuple[int, float] | None = None
         self._kernel_fft = torch.empty(0)
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _kernels(self, n_boxes: int, box_width: float) -> torch.Tensor:
-        """rfft2 of the squared and plain Cauchy kernels on the zero-padded node grid, `(2, m, m/2+1)`."""
-        p = self.n_interpolation_points
-        key = (n_boxes, p, box_width)
-        if key != self._kernel_key:
-            n1 = n_boxes * p  # nodes per side
-            # Offsets between nodes, -n1 .. n1-1 node spacings: a circulant embedding of the Toeplitz
-            # kernel matrix (offset -n1 never pairs two real nodes, so it is zeroed).
-            d = (torch.arange(2 * n1, dtype=torch.float64) - n1) * (box_width / p)
-            k1 = 1.0 / (1.0 + d[:, None] ** 2 + d[None, :] ** 2)  # (2 n1, 2 n1)
-            k1[0, :] = 0.0
-            k1[:, 0] = 0.0
-            self._kernel_fft = torch.fft.rfft2(torch.stack([k1 * k1, k1]).float())
-            self._kernel_key = key
+    def close(self) -> None:
+        """Stop the thread that computes the attraction (a later call starts a new one)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _kernels(self, m: int, h: float) -> torch.Tensor:
+        """rfft2 of the kernels K, K^2 dx and K^2 dy on the `(m, m)` circulant node grid, `(3, m, m/2+1)`."""
+        if (m, h) != self._kernel_key:
+            # Node offsets 0 .. m/2 then negative ones: the circulant embedding of the Toeplitz
+            # kernel matrix; m >= 2 n1 - 1, so no two real nodes meet an offset twice.
+            i = torch.arange(m, dtype=torch.float64)
+            d = torch.where(i <= m // 2, i, i - m) * h
+            dx, dy = d[:, None], d[None, :]  # target minus source
+            k = 1.0 / (1.0 + dx**2 + dy**2)  # (m, m)
+            self._kernel_fft = torch.stack(
+                [torch.fft.rfft2(g.float()) for g in (k, k * k * dx, k * k * dy)]
+            )
+            self._kernel_key = (m, h)
         return self._kernel_fft
 
     def repulsion(self, y_np: np.ndarray) -> tuple[float, np.ndarray]:
         """Z = sum over i != j of `1 / (1 + |y_i - y_j|^2)` and the repulsive gradient `(N, 2)`."""
-        p = self.n_interpolation_points
+        w = self.stencil
         y = torch.from_numpy(y_np)  # (N, 2) float64
         n = len(y)
         lo = y.min(0).values
-        extent = float((y.max(0).values - lo).max())
-        if extent >= _MIN_BOXES:
-            box_width, n_boxes = 1.0, _fft_size(int(np.ceil(extent)) + 1)
-        else:
-            box_width, n_boxes = max(extent, 1e-12) * (1 + 1e-9) / _MIN_BOXES, _MIN_BOXES
-        n1, m = n_boxes * p, 2 * n_boxes * p
-        rel = (y - lo) / box_width  # (N, 2) in box units
-        box = rel.floor().clamp_(max=n_boxes - 1)
-        wx = _lagrange_weights((rel[:, 0] - box[:, 0]).float(), p)  # (N, p)
-        wy = _lagrange_weights((rel[:, 1] - box[:, 1]).float(), p)
-        weights = (wx[:, :, None] * wy[:, None, :]).reshape(n, p * p)  # (N, p*p)
-        first = box.long() * p  # first node of each point's box, (N, 2)
-        ar = torch.arange(p)
-        node = ((first[:, :1] + ar)[:, :, None] * n1 + (first[:, 1:] + ar)[:, None, :]).reshape(-1)
-        yc = (y - lo).float()  # relative to the grid corner, to keep float32 terms small
-        charges = torch.cat([torch.ones(n, 1), yc], 1)  # (N, 3): 1, y0, y1
-        vals = (weights[:, :, None] * charges[:, None, :]).reshape(-1, 3)  # (N*p*p, 3)
-        # bincount, not index_add_: many points share a node and index_add_ serialises on them.
-        grid = torch.stack(
-            [torch.bincount(node, weights=vals[:, c], minlength=n1 * n1) for c in range(3)]
-        ).float()  # (3, n1*n1)
-        # Pruned 2-D FFT: the input lives in the top-left (n1, n1) quadrant of the (m, m) padded grid
-        # and only the bottom-right quadrant of the output is needed.
-        f = torch.fft.fft(torch.fft.rfft(grid.reshape(3, n1, n1), n=m, dim=2), n=m, dim=1)
-        kf = self._kernels(n_boxes, box_width)  # (2, m, m/2+1)
-        prod = torch.cat([f * kf[0], f[:1] * kf[1]])  # (4, m, m/2+1): k^2 * (1, y0, y1), k * 1
-        out = torch.fft.irfft(torch.fft.ifft(prod, dim=1)[:, n1:], n=m, dim=2)[:, :, n1:]
-        at_nodes = out.reshape(4, -1).T[node].reshape(n, p * p, 4)
-        phi = (at_nodes * weights[:, :, None]).sum(1).double()  # (N, 4)
-        z = float(phi[:, 3].sum()) - n  # minus the diagonal's ones
-        grad = -(yc.double() * phi[:, :1] - phi[:, 1:3]) / z  # (N, 2)
-        return z, grad.numpy()
+        extent = max(float((y.max(0).values - lo).max()), 1e-12)
+        # Node spacing h: finer while the map is small (free), coarser if a point flew far away
+        # (the grid stays at most _MAX_NODES a side).
+        h = min(1.0 / self.nodes_per_unit, extent / _MIN_NODES)
+        h = max(h, extent / (_MAX_NODES - w - 1))
+        n1 = int(extent / h) + w + 1  # nodes a side, stencils included
+        m = _fft_size(2 * n1 - 1)  # zero padding: a linear, not circular, convolution
+        u = (y - lo) / h + (w // 2 - 1)  # (N, 2) in node units, first stencil node >= 0
+        base = u.floor()
+        t = (u - base).float()
+        wx, wy = _lagrange_weights(t[:, 0], w), _lagrange_weights(t[:, 1], w)  # (N, w) each
+        weights = (wx[:, :, None] * wy[:, None, :]).reshape(n, w * w)  # (N, w*w)
+        first = base.long() - (w // 2 - 1)  # (N, 2) first stencil node
+        corner = first[:, 0] * n1 + first[:, 1]  # (N,) flat index of the stencil's first node
+        ar = torch.arange(w)
+        node = (corner[:, None] + (ar[:, None] * n1 + ar).reshape(-1)).reshape(-1)  # (N*w*w,)
+        # Charges on the nodes (scatter_add_ measured 2x faster than bincount here).
+        q = torch.zeros(n1 * n1).scatter_add_(0, node, weights.reshape(-1))
+        qf = torch.fft.rfft2(q.reshape(n1, n1), s=(m, m))  # (m, m/2+1)
+        kf = self._kernels(m, h)
+        # Z by Parseval, sum_ab q_a K_ab q_b = sum_k |qf_k|^2 Kf_k / m^2, no inverse transform;
+        # the half spectrum counts its inner columns twice. Minus the diagonal's ones.
+        power = (qf.real.square() + qf.imag.square()) * kf[0].real
+        z = (2 * float(power.sum(dtype=torch.float64)) - float(power[:, 0].sum(dtype=torch.float64))
+             - float(power[:, -1].sum(dtype=torch.float64))) / (m * m) - n  # fmt: skip
+        # The stencil rows of each point: w runs of w consecutive nodes, (N*w,) run starts.
+        runs = (corner[:, None] + ar * n1).reshape(-1)
+        f = torch.empty(n, 2, dtype=torch.float64)
+        for c in range(2):
+            # Pruned inverse: only the first n1 rows and columns are nodes. One channel at a time:
+            # a batched irfft2 measured 4x slower per channel.
+            rows = torch.fft.ifft(qf * kf[1 + c], dim=0)[:n1]  # (n1, m/2+1)
+            force = torch.fft.irfft(rows, n=m, dim=1)[:, :n1].contiguous()  # (n1, n1)
+            # Every window of w nodes is a row of an unfolded view: one gather per run.
+            at_nodes = force.view(-1).unfold(0, w, 1).index_select(0, runs).view(n, w * w)
+            f[:, c] = (at_nodes * weights).sum(1)  # sum_j K_ij^2 (y_i - y_j)
+        return z, (-f / z).numpy()
 
     def __call__(
         self,
@@ -220,16 +273,40 @@ class FFTGradient:
         if dof != 1:
             raise ValueError("FFTGradient supports the Cauchy kernel (dof=1) only")
         y = np.ascontiguousarray(embedding, dtype=np.float64)
-        with _torch_threads(self.n_threads):
+
+        # openTSNE's attractive term over the sparse P, in row blocks that either thread takes
+        # as it comes free: the helper thread starts on them while this one computes the
+        # repulsion with torch, then this one joins in, so neither core idles. Each block writes
+        # its own rows; the block sums are added in block order, so the result does not depend
+        # on which thread took which block.
+        n = len(y)
+        attractive = np.zeros_like(y)
+        bounds = np.linspace(0, n, _ATTRACTION_BLOCKS + 1).astype(int)
+        sums: list[tuple[float, float]] = [(0.0, 0.0)] * _ATTRACTION_BLOCKS
+        blocks = iter(range(_ATTRACTION_BLOCKS))  # next() on it is atomic under the GIL
+
+        def attract() -> None:
+            for b in blocks:
+                s, e = bounds[b], bounds[b + 1]
+                # One OpenMP thread: its pool and torch's spin against each other on a 2-core
+                # machine (200 ms a call instead of 13 ms, measured). It releases the GIL.
+                sums[b] = _tsne.estimate_positive_gradient_nn(
+                    P.indices, P.indptr[s : e + 1], P.data, y[s:e], y, attractive[s:e], dof,
+                    num_threads=1, should_eval_error=should_eval_error,
+                )  # fmt: skip
+
+        helper = None
+        if self.n_threads >= 2:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tsne-attraction")
+            helper = self._pool.submit(attract)
+        with _torch_threads(1 if helper is not None else self.n_threads):
             z, gradient = self.repulsion(y)
-        gradient = np.ascontiguousarray(gradient)
-        # openTSNE's attractive term over the sparse P, adding into `gradient`. One thread: its
-        # OpenMP pool and torch's spin against each other on a 2-core machine (200 ms a call
-        # instead of 13 ms, measured).
-        sum_p, kl = _tsne.estimate_positive_gradient_nn(
-            P.indices, P.indptr, P.data, y, y, gradient, dof,
-            num_threads=1, should_eval_error=should_eval_error,
-        )  # fmt: skip
+        attract()
+        if helper is not None:
+            helper.result()
+        gradient += attractive
+        sum_p, kl = (float(v) for v in np.sum(sums, axis=0))
         if should_eval_error:
             kl += sum_p * np.log(z + 1e-12)
         return float(kl), gradient
@@ -259,15 +336,17 @@ def tsne(
     Settings (reasons and measurements in the module docstring): exact `3 * perplexity` nearest
     neighbours, openTSNE's perplexity affinities and PCA initialisation, 250 early-exaggeration
     iterations (12, learning rate `N / 12`, momentum 0.8), then `n_iter` iterations at learning rate
-    `N`, momentum 0.9: from 10,000 points the first on openTSNE's default FFT grid, the last 250 (or
-    half of `n_iter`, if smaller) on a finer one; below, openTSNE's Barnes-Hut repulsion throughout.
+    `N`, momentum 0.9: from 10,000 points the repulsion by :class:`FFTGradient`, first on a grid of
+    2.5 nodes per unit, the last 150 (or half of `n_iter`, if smaller) on 3 nodes per unit; below,
+    openTSNE's Barnes-Hut repulsion throughout.
 
     Args:
         features: `(N, D)` vectors, e.g. penultimate features from :func:`extract_features`.
         perplexity: effective number of neighbours; default :func:`default_perplexity`.
         n_iter: optimisation iterations after early exaggeration.
         seed: random seed (the map is reproducible for a given seed).
-        n_jobs: threads for the neighbour search, the affinities and the FFTs; default 1 below
+        n_jobs: threads for the neighbour search, the affinities and the gradient (from 2, the
+            attraction and the repulsion run side by side); default 1 below
             10,000 points (where thread start-up and contention cost more than they save: 150
             points took 40 s with 2 threads on a busy 2-core machine, 4 s with one), else all cores.
         verbose: let openTSNE print its progress.
@@ -306,7 +385,7 @@ def tsne(
         perplexity=p, n_jobs=jobs, knn_index=ExactKNN(x, k), verbose=verbose
     )
     # Below 10,000 points openTSNE's Barnes-Hut is cheaper than any FFT grid (openTSNE's own rule).
-    fft = FFTGradient(_GROW[1], n_threads=jobs) if n >= _FFT_FROM else None
+    fft = FFTGradient(_GROW[1], _STENCIL, n_threads=jobs) if n >= _FFT_FROM else None
     embedding = TSNEEmbedding(
         pca(x, 2, random_state=seed),
         affinities,
@@ -315,18 +394,22 @@ def tsne(
         random_state=seed,
         verbose=verbose,
     )
-    embedding.optimize(
-        n_iter=_EARLY_ITER,
-        exaggeration=_EARLY_EXAGGERATION,
-        learning_rate=n / _EARLY_EXAGGERATION,
-        momentum=_MOMENTUM_EARLY,
-        inplace=True,
-    )
-    refine = min(_REFINE[0], n_iter // 2)
-    for iters, nodes in ((n_iter - refine, _GROW[1]), (refine, _REFINE[1])):
+    try:
+        embedding.optimize(
+            n_iter=_EARLY_ITER,
+            exaggeration=_EARLY_EXAGGERATION,
+            learning_rate=n / _EARLY_EXAGGERATION,
+            momentum=_MOMENTUM_EARLY,
+            inplace=True,
+        )
+        refine = min(_REFINE[0], n_iter // 2)
+        for iters, nodes in ((n_iter - refine, _GROW[1]), (refine, _REFINE[1])):
+            if fft is not None:
+                fft.nodes_per_unit = nodes
+            embedding.optimize(n_iter=iters, learning_rate=n, momentum=_MOMENTUM, inplace=True)
+    finally:
         if fft is not None:
-            fft.n_interpolation_points = nodes
-        embedding.optimize(n_iter=iters, learning_rate=n, momentum=_MOMENTUM, inplace=True)
+            fft.close()
     return TSNEMap(
         coords=np.asarray(embedding, dtype=np.float64),
         kl_divergence=float(embedding.kl_divergence),
