@@ -111,12 +111,20 @@ def test_resnet20_fused_equals_the_network(layer: str) -> None:
         assert kinds(fused) == (1 + 7 * 2 + 4, 7)
 
 
-def test_unfolded_batchnorm_is_left_to_pytorch() -> None:
-    """Conv -> BN -> ReLU has nothing to fuse: the copy is refused, the network runs as it is."""
+def test_batchnorm_is_folded_in_eval_mode_only() -> None:
     net = resnet20()
+    fused = check_against_network(net, "layer3", (3, 3, 32, 32))  # BatchNorms folded by the fusion
+    assert kinds(fused) == (1 + 7 * 2 + 4, 7)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    net.layer1.train()  # batch statistics: not an affine map, left to PyTorch
+    for m in net.layer1.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.0  # the check's train-mode pass must not move the running statistics
     traced = trace_to(net, "layer1")
     assert traced is not None
-    assert fuse_conv_relu(traced, torch.randn(2, 3, 32, 32)) is None
+    fused = fuse_conv_relu(traced, torch.randn(4, 3, 32, 32))
+    assert fused is not None and kinds(fused) == (1, 0)  # only the stem, whose BN is in eval mode
+    assert sum(isinstance(m, nn.BatchNorm2d) and m.training for m in fused.modules()) == 6
 
 
 def test_torchvision_resnet18_fused_equals_the_network() -> None:

@@ -245,13 +245,14 @@ def activation_maximization(
     with _frozen(model):
         with _probe(model) as stats:  # one grey image, float32
             n_out = _output_channels(partial(forward, low=False), c_in, size, dev, dtype, layer)
-        if fold_bn:
-            net = fold_batchnorm(model, layer, (c_in, size, size), dev, dtype)
         bf16 = use_bf16(precision, dev, dtype, stats)
         # oneDNN's AMX convolutions run on NHWC; with NCHW input each convolution reorders its tensors.
         nhwc = bf16 and dev.type == "cpu"
         if fuse and simple and bf16 and dev.type == "cpu" and dtype == torch.float32:
-            fast = _fused_copy(net, layer, (c_in, size, size))
+            # folds BatchNorm itself; the model (not a folded copy) gives the final values
+            fast = _fused_copy(model, layer, (c_in, size, size))
+        if fold_bn and fast is None:
+            net = fold_batchnorm(model, layer, (c_in, size, size), dev, dtype)
         bad = [c for c in chans if not 0 <= c < n_out]
         if bad:
             what = "classes" if layer is None else f"channels in layer {layer!r}"

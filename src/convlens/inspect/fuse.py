@@ -12,6 +12,9 @@ from the forward.
 * `relu(conv(x))` by one call with a ReLU post-op, and
 * `relu(conv(x) + other)` by one call with an add and a ReLU post-op,
 
+where `conv` may be followed by an eval-mode BatchNorm, folded into its weights (an affine map per
+channel); an identity-shortcut residual block made of two such calls becomes one operation,
+
 and checks the traced copy against the network. The backward of a fused call is the ordinary one:
 the ReLU's mask from the saved output, then the convolution's input gradient (`other` receives the
 masked gradient as it is). The weights are treated as constants: no weight gradient is computed,
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 _RELUS = (F.relu, torch.relu, torch.relu_)
 _ADDS = (operator.add, operator.iadd, torch.add)
@@ -45,10 +49,16 @@ class FusedConvReLU(nn.Module):
     weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> None:
         super().__init__()
-        self.register_buffer("weight", conv.weight.detach().clone())
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+        if bn is not None:  # eval-mode BatchNorm after the conv: an affine map per channel
+            assert bn.running_mean is not None and bn.running_var is not None
+            w, b = fuse_conv_bn_weights(
+                w, b, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+            )
+        self.register_buffer("weight", w.detach().clone())
+        self.register_buffer("bias", None if b is None else b.detach().clone())
         self.stride = list(conv.stride)
         self.padding = [int(p) for p in conv.padding]  # ints: strings are refused by _conv_of
         self.dilation = list(conv.dilation)
@@ -282,7 +292,7 @@ def fuse_conv_relu(
     want: torch.Tensor | None = None,
     tolerance: float = 1e-4,
 ) -> fx.GraphModule | None:
-    """A copy of `traced` with conv -> ReLU and conv -> add -> ReLU chains fused; None if nothing fuses.
+    """A copy of `traced` with conv [-> BN] [-> add] -> ReLU chains fused; None if nothing fuses.
 
     `traced` is a torch.fx graph of a network in eval mode whose convolution weights are frozen.
     The copy's output for `example` is checked against `want` (default: `traced`'s own output):
@@ -304,25 +314,33 @@ def fuse_conv_relu(
         conv = _conv_of(node, modules)
         if conv is None or len(node.users) != 1:
             continue
+        chain = [node]  # conv [-> BatchNorm] [-> add], then the ReLU `act`
         (user,) = node.users
+        bn = _eval_batchnorm(user, modules)
+        if bn is not None:
+            if len(user.users) != 1:
+                continue
+            chain.append(user)
+            (user,) = user.users
         other = None
         if _is_add(user) and len(user.users) == 1:
             a, b = user.args[0], user.args[1]
-            other = b if a is node else a
-            if not isinstance(other, fx.Node) or other is node or conv.groups != 1:
+            other = b if a is chain[-1] else a
+            if not isinstance(other, fx.Node) or other is chain[-1] or conv.groups != 1:
                 continue  # grouped + add: oneDNN's bf16 path has no such post-op
+            chain.append(user)
             act = next(iter(user.users))
         else:
             act = user
         if not _is_relu(act, modules):
             continue
         name = f"_fused_{fused}"
-        modules[name] = FusedConvReLU(conv)
+        modules[name] = FusedConvReLU(conv, bn)
         with graph.inserting_before(act):
             args = (node.args[0],) if other is None else (node.args[0], other)
             new = graph.call_module(name, args)
         act.replace_all_uses_with(new)
-        for dead in (act, user, node) if other is not None else (act, node):
+        for dead in [act, *reversed(chain)]:
             graph.erase_node(dead)
         fused += 1
     if not fused:
@@ -411,6 +429,16 @@ def _basic_index(index: Any) -> bool:
         if isinstance(p, slice)
         for a in ("start", "stop", "step")
     )
+
+
+def _eval_batchnorm(node: fx.Node, modules: dict[str, nn.Module]) -> nn.BatchNorm2d | None:
+    """The BatchNorm2d `node` calls if it normalises with running statistics (eval mode)."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    m = modules.get(str(node.target))
+    if type(m) is not nn.BatchNorm2d or m.training or m.running_mean is None:
+        return None
+    return m
 
 
 def _conv_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Conv2d | None:
