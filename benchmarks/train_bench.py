@@ -138,6 +138,11 @@ def time_to(target: float, epochs: int, threads: int) -> tuple[float | None, flo
     return reached, best
 
 
+def _load() -> str:
+    """The 1-minute load average: figures taken while others load a small machine are noisy."""
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -176,7 +181,7 @@ def main() -> None:
                 f"{name:9s} {epochs} epoch(s) x {limit or 60000:,} images | textbook "
                 f"{a['images_per_s']:8,.0f} img/s, test {a['test_acc']:.2%} | fit "
                 f"{b['images_per_s']:8,.0f} img/s (batch {b['batch']}), test {b['test_acc']:.2%} "
-                f"| ratio {b['images_per_s'] / a['images_per_s']:.1f}x",
+                f"| ratio {b['images_per_s'] / a['images_per_s']:.1f}x | {_load()}",
                 flush=True,
             )
     if not args.skip_time:
@@ -184,7 +189,7 @@ def main() -> None:
         when = f"{reached:.1f} s" if reached is not None else "not reached"
         print(
             f"lenet5 to 90 % Fashion-MNIST test accuracy ({args.time_epochs} epochs): {when} "
-            f"from the command's start (best {best:.2%})"
+            f"from the command's start (best {best:.2%}) | {_load()}"
         )
 
 
