@@ -7,18 +7,21 @@ it has just left it in cache. oneDNN can apply them as post-ops of the convoluti
 `torch.compile` uses for CPU inference: `mkldnn._convolution_pointwise`), which removes those passes
 from the forward.
 
-:func:`fuse_conv_relu` traces the network up to a layer with torch.fx, replaces each
+:func:`fuse_conv_relu` takes the network traced up to a layer with torch.fx (:func:`trace_to`) and
+replaces each
 
 * `relu(conv(x))` by one call with a ReLU post-op, and
 * `relu(conv(x) + other)` by one call with an add and a ReLU post-op,
 
 where `conv` may be followed by an eval-mode BatchNorm, folded into its weights (an affine map per
-channel); an identity-shortcut residual block made of two such calls becomes one operation,
+channel). An identity-shortcut residual block made of two such calls becomes one operation. The
+fused copy is checked against the network before it is used.
 
-and checks the traced copy against the network. The backward of a fused call is the ordinary one:
-the ReLU's mask from the saved output, then the convolution's input gradient (`other` receives the
-masked gradient as it is). The weights are treated as constants: no weight gradient is computed,
-which is all that the input-gradient methods need.
+The backward of a fused call is the ordinary one: the ReLU's mask from the saved output, then the
+convolution's input gradient (`other` receives the masked gradient as it is). The weights are
+constants: no weight gradient is computed, which is all that the input-gradient methods need.
+Measured on the 2-core AMX Xeon, ResNet-20 to `layer3`, 64 images, bf16, one thread: 20 steps of
+activation maximisation in 0.87 s fused against 1.20 s plain (VGG-16 to `features.10`: no change).
 """
 
 from __future__ import annotations
