@@ -218,3 +218,29 @@ def test_tsne_fft_path_keeps_neighbourhoods(monkeypatch: pytest.MonkeyPatch) -> 
     d = ((emb.coords[:, None] - emb.coords[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     assert (y[d.argmin(1)] == y).mean() > 0.99
+
+
+def test_vectorised_gradient_descent_equals_opentsne() -> None:
+    """Our vectorised update against openTSNE's own gradient descent, same objective and steps."""
+    from openTSNE.tsne import gradient_descent
+
+    from convlens.inspect.tsne import _vectorised_gradient_descent
+
+    x, p = affinities(n_per=100)
+    y0 = np.random.default_rng(2).normal(0, 1e-2, (len(x), 2))
+    fft = FFTGradient(3.0)
+    maps, kls = [], []
+    for optimizer in (gradient_descent(), _vectorised_gradient_descent()):
+        y = y0.copy()
+        for exaggeration, lr, momentum, n_iter in ((12.0, 30.0, 0.8, 40), (None, 400.0, 0.9, 40)):
+            # A fresh P each phase: openTSNE exaggerates its P in place and divides it back,
+            # which need not restore every bit.
+            kl, y = optimizer(
+                embedding=y, P=p.copy(), n_iter=n_iter, objective_function=fft,
+                learning_rate=lr, momentum=momentum, exaggeration=exaggeration,
+            )  # fmt: skip
+        maps.append(y)
+        kls.append(kl)
+    assert np.abs(maps[0]).max() > 1  # the map grew: steps were taken
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-9, atol=1e-9)
+    assert kls[1] == pytest.approx(kls[0], rel=1e-9)

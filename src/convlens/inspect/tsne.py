@@ -1,8 +1,8 @@
 """t-SNE maps of feature vectors, with openTSNE, and the image-grid form of a map.
 
-openTSNE (Poličar et al. 2024) drives the optimisation (PCA initialisation, gains, momentum, the
-attractive forces over the sparse affinities); two pieces are ours, both measured on 20,000 x 84
-Fashion-MNIST features (`benchmarks/inspect_bench.py`) on the 2-core box:
+openTSNE (Poličar et al. 2024) drives the optimisation (PCA initialisation, affinities, gains,
+momentum, the attractive forces over the sparse affinities); three pieces are ours, measured on
+20,000 x 84 Fashion-MNIST features (`benchmarks/inspect_bench.py`) on the 2-core box:
 
 1. **Exact neighbours by brute force** (:func:`exact_neighbors`): a blocked matrix product and top-k
    finds the `3 * perplexity` nearest neighbours of every point exactly in about 5 CPU-seconds, where
@@ -26,12 +26,17 @@ Fashion-MNIST features (`benchmarks/inspect_bench.py`) on the 2-core box:
      Z = sum_ab q_a K_ab q_b comes from the forward transform alone (Parseval).
    - *Transforms one channel at a time, pruned.* A batched `irfft2` measured 4x slower per channel
      than single ones; the inverse computes only the rows and columns that hold nodes.
-   - *Attraction beside repulsion.* openTSNE's attractive term (about 13 ms a call, one thread)
-     runs in row blocks on a helper thread while torch computes the repulsion on this one, which
-     then joins in on the blocks left: two cores busy without an OpenMP barrier between them.
+   - *Two threads sharing the work, not two OpenMP threads per operation.* openTSNE's attractive
+     term (about 14 ms a call on one thread) runs in row blocks on a helper thread while torch
+     spreads and transforms the grid on this one; then both take the two force components and the
+     blocks left. Both release the GIL, and no OpenMP barrier waits on a core another process
+     holds (torch with 2 threads took ~300 ms a call instead of ~30 ms on the shared box).
 
-   Per call at extent 238 on one thread (locked, load ~2): 27 ms at 2 nodes per unit, 40 ms at 3,
-   against ~330 ms for the previous 5-node boxes.
+   Repulsion per call at extent 238 on one thread (locked, load ~2): 27 ms at 2 nodes per unit,
+   40 ms at 3, against ~330 ms for the previous 5-node boxes.
+3. **openTSNE's update rule as whole-array NumPy** (:func:`_vectorised_gradient_descent`): the same
+   gains, momentum, step clipping and centring, without the boolean-mask updates that cost
+   ~2.4 ms an iteration at 20,000 points (serial time, beside ~20 ms for the gradient).
 
 Why the schedule below. A t-SNE map's repulsive forces nearly cancel its attractive ones near
 convergence, so a few per cent of interpolation error in the repulsion is most of the remaining
@@ -48,15 +53,15 @@ unit, 350 + 150: 1.733 in 25 s; 2.5 + 3, 350 + 150: 1.711 in 33 s; 2.5 + 3, 300 
 1.727 in 23 s; 2.5 + 3, 250 + 150: 1.744 in 18 s; 2 + 3, 150 + 150: 1.789. The grid's accuracy while
 the map grows matters as much as the iteration count.
 
-Where the time goes (20,000 points, 2 threads, load ~2, `benchmarks/inspect_bench.py`):
-neighbours, affinities and PCA ~3.4 s; early exaggeration ~23 ms an iteration (the attraction
-bounds it); growing ~25 ms; refining ~46 ms (the 3-node grid at extent ~240, m = 1,470 FFTs);
-openTSNE's own update ~2.5 ms an iteration of that.
+Where the time goes (20,000 points, 2 threads, load ~2 from other jobs, one run): 21.5 s in all;
+neighbours, affinities and PCA 3.5 s; early exaggeration 5.1 s (20 ms an iteration); growing 6.7 s
+(22 ms); refining 6.1 s (40 ms: the 3-node grid at extent ~240, m = 1,458 FFTs).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -170,6 +175,19 @@ def _lagrange_weights(t: torch.Tensor, w: int) -> torch.Tensor:
     return torch.stack(cols, 1)
 
 
+@dataclass
+class _Grid:
+    """The transformed charge grid of one gradient evaluation (see :meth:`FFTGradient._charges`)."""
+
+    n1: int  # nodes a side
+    m: int  # padded FFT size
+    weights: torch.Tensor  # (N, w*w) interpolation weights of each point's stencil
+    runs: torch.Tensor  # (N*w,) flat index of the first node of each stencil row
+    qf: torch.Tensor  # (m, m/2+1) rfft2 of the charges
+    kf: torch.Tensor  # (3, m, m/2+1) rfft2 of K, K^2 dx, K^2 dy
+    z: float  # sum over i != j of K_ij
+
+
 class FFTGradient:
     """t-SNE's KL gradient for openTSNE, the repulsion by FFT interpolation in torch (see module doc).
 
@@ -215,8 +233,8 @@ class FFTGradient:
             self._kernel_key = (m, h)
         return self._kernel_fft
 
-    def repulsion(self, y_np: np.ndarray) -> tuple[float, np.ndarray]:
-        """Z = sum over i != j of `1 / (1 + |y_i - y_j|^2)` and the repulsive gradient `(N, 2)`."""
+    def _charges(self, y_np: np.ndarray) -> _Grid:
+        """Spread the points onto the grid and transform it; Z from the transform (Parseval)."""
         w = self.stencil
         y = torch.from_numpy(y_np)  # (N, 2) float64
         n = len(y)
@@ -248,16 +266,26 @@ class FFTGradient:
              - float(power[:, -1].sum(dtype=torch.float64))) / (m * m) - n  # fmt: skip
         # The stencil rows of each point: w runs of w consecutive nodes, (N*w,) run starts.
         runs = (corner[:, None] + ar * n1).reshape(-1)
-        f = torch.empty(n, 2, dtype=torch.float64)
+        return _Grid(n1=n1, m=m, weights=weights, runs=runs, qf=qf, kf=kf, z=z)
+
+    def _forces(self, grid: _Grid, c: int, out: torch.Tensor) -> None:
+        """Component `c` of sum_j K_ij^2 (y_i - y_j) at every point, into `out[:, c]` `(N, 2)`."""
+        n1, m, w = grid.n1, grid.m, self.stencil
+        # Pruned inverse: only the first n1 rows and columns are nodes. One channel at a time: a
+        # batched irfft2 measured 4x slower per channel.
+        rows = torch.fft.ifft(grid.qf * grid.kf[1 + c], dim=0)[:n1]  # (n1, m/2+1)
+        force = torch.fft.irfft(rows, n=m, dim=1)[:, :n1].contiguous()  # (n1, n1)
+        # Every window of w nodes is a row of an unfolded view: one gather per run.
+        at_nodes = force.view(-1).unfold(0, w, 1).index_select(0, grid.runs)  # (N*w, w)
+        out[:, c] = (at_nodes.view(len(out), w * w) * grid.weights).sum(1)
+
+    def repulsion(self, y_np: np.ndarray) -> tuple[float, np.ndarray]:
+        """Z = sum over i != j of `1 / (1 + |y_i - y_j|^2)` and the repulsive gradient `(N, 2)`."""
+        grid = self._charges(y_np)
+        f = torch.empty(len(y_np), 2, dtype=torch.float64)
         for c in range(2):
-            # Pruned inverse: only the first n1 rows and columns are nodes. One channel at a time:
-            # a batched irfft2 measured 4x slower per channel.
-            rows = torch.fft.ifft(qf * kf[1 + c], dim=0)[:n1]  # (n1, m/2+1)
-            force = torch.fft.irfft(rows, n=m, dim=1)[:, :n1].contiguous()  # (n1, n1)
-            # Every window of w nodes is a row of an unfolded view: one gather per run.
-            at_nodes = force.view(-1).unfold(0, w, 1).index_select(0, runs).view(n, w * w)
-            f[:, c] = (at_nodes * weights).sum(1)  # sum_j K_ij^2 (y_i - y_j)
-        return z, (-f / z).numpy()
+            self._forces(grid, c, f)
+        return grid.z, (-f / grid.z).numpy()
 
     def __call__(
         self,
@@ -273,43 +301,120 @@ class FFTGradient:
         if dof != 1:
             raise ValueError("FFTGradient supports the Cauchy kernel (dof=1) only")
         y = np.ascontiguousarray(embedding, dtype=np.float64)
-
-        # openTSNE's attractive term over the sparse P, in row blocks that either thread takes
-        # as it comes free: the helper thread starts on them while this one computes the
-        # repulsion with torch, then this one joins in, so neither core idles. Each block writes
-        # its own rows; the block sums are added in block order, so the result does not depend
-        # on which thread took which block.
         n = len(y)
+        # Work shared between this thread and a helper (both release the GIL: openTSNE's
+        # attraction and torch's operators): openTSNE's attractive term in row blocks, and the two
+        # force components of the repulsion once the grid is transformed. Each thread takes the
+        # next piece left as it comes free: the helper starts on the attraction while this one
+        # spreads and transforms the grid, then both take force components and blocks. Every
+        # piece writes its own rows or column and the block sums are added in block order, so
+        # the result does not depend on which thread took what.
         attractive = np.zeros_like(y)
+        forces = torch.empty(n, 2, dtype=torch.float64)
         bounds = np.linspace(0, n, _ATTRACTION_BLOCKS + 1).astype(int)
         sums: list[tuple[float, float]] = [(0.0, 0.0)] * _ATTRACTION_BLOCKS
-        blocks = iter(range(_ATTRACTION_BLOCKS))  # next() on it is atomic under the GIL
+        blocks = iter(range(_ATTRACTION_BLOCKS))  # next() on these is atomic under the GIL
+        components = iter(range(2))
+        grids: list[_Grid] = []
+        transformed = threading.Event()
 
         def attract() -> None:
             for b in blocks:
                 s, e = bounds[b], bounds[b + 1]
                 # One OpenMP thread: its pool and torch's spin against each other on a 2-core
-                # machine (200 ms a call instead of 13 ms, measured). It releases the GIL.
+                # machine (200 ms a call instead of 13 ms, measured).
                 sums[b] = _tsne.estimate_positive_gradient_nn(
                     P.indices, P.indptr[s : e + 1], P.data, y[s:e], y, attractive[s:e], dof,
                     num_threads=1, should_eval_error=should_eval_error,
                 )  # fmt: skip
 
-        helper = None
+        def repel() -> None:
+            for c in components:
+                self._forces(grids[0], c, forces)
+
+        def helper() -> None:
+            attract()
+            transformed.wait()
+            if grids:  # else this thread failed, and raises
+                repel()
+
+        pending = None
         if self.n_threads >= 2:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tsne-attraction")
-            helper = self._pool.submit(attract)
-        with _torch_threads(1 if helper is not None else self.n_threads):
-            z, gradient = self.repulsion(y)
-        attract()
-        if helper is not None:
-            helper.result()
-        gradient += attractive
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tsne-gradient")
+            pending = self._pool.submit(helper)
+        try:
+            with _torch_threads(1 if pending is not None else self.n_threads):
+                grids.append(self._charges(y))
+                transformed.set()
+                repel()
+            attract()
+        finally:
+            transformed.set()
+            if pending is not None:
+                pending.result()
+        z = grids[0].z
+        gradient = attractive - (forces / z).numpy()
         sum_p, kl = (float(v) for v in np.sum(sums, axis=0))
         if should_eval_error:
             kl += sum_p * np.log(z + 1e-12)
         return float(kl), gradient
+
+
+def _vectorised_gradient_descent() -> Any:
+    """openTSNE's `gradient_descent`, its update written as whole-array NumPy operations.
+
+    The same rule (Jacobs' gains +0.2 / x0.8 + `min_gain`, momentum, each point's step clipped to
+    `max_step_norm`, the map re-centred) for the FFT path, where openTSNE's boolean-mask updates
+    cost ~2.4 ms an iteration at 20,000 points, as much as a tenth of the gradient itself; the
+    rest (exaggeration, the final KL) as openTSNE does it. Built in a function so that openTSNE
+    is imported only when a map is made.
+    """
+    from openTSNE.tsne import gradient_descent
+
+    class VectorisedGradientDescent(gradient_descent):
+        gains: np.ndarray | None  # (N, 2), kept between optimize calls as openTSNE keeps it
+        update: np.ndarray | None  # (N, 2)
+
+        def __call__(
+            self,
+            embedding: np.ndarray,
+            P: Any,
+            n_iter: int,
+            objective_function: Any,
+            learning_rate: float,
+            momentum: float = 0.8,
+            exaggeration: float | None = None,
+            dof: float = 1,
+            min_gain: float = 0.01,
+            max_grad_norm: float | None = None,
+            max_step_norm: float | None = 5,
+            reference_embedding: Any = None,
+            use_callbacks: bool = False,
+            **unused: Any,
+        ) -> tuple[float, np.ndarray]:
+            if max_grad_norm is not None or reference_embedding is not None or use_callbacks:
+                raise ValueError("gradient clipping, transforms and callbacks are not supported")
+            y = embedding.view(np.ndarray)  # (N, 2), updated in place as openTSNE does
+            update: np.ndarray = np.zeros_like(y) if self.update is None else self.update
+            gains: np.ndarray = np.ones_like(y) if self.gains is None else self.gains
+            # openTSNE exaggerates P in place; a scaled copy leaves the caller's P alone.
+            p_opt = P * exaggeration if exaggeration not in (None, 1) else P
+            for _iteration in range(n_iter):
+                _error, grad = objective_function(y, p_opt, dof=dof, should_eval_error=False)
+                flipped = np.sign(update) != np.sign(grad)  # (N, 2)
+                gains = np.where(flipped, gains + 0.2, gains * 0.8 + min_gain)
+                update = momentum * update - learning_rate * gains * grad
+                if max_step_norm is not None:
+                    norm = np.sqrt(np.square(update).sum(1))  # (N,)
+                    update *= np.minimum(1.0, max_step_norm / np.maximum(norm, 1e-300))[:, None]
+                y += update
+                y -= y.mean(0)
+            self.update, self.gains = update, gains
+            error, _grad = objective_function(y, P, dof=dof, should_eval_error=True)
+            return error, embedding
+
+    return VectorisedGradientDescent()
 
 
 @contextmanager
@@ -393,6 +498,7 @@ def tsne(
         n_jobs=jobs,
         random_state=seed,
         verbose=verbose,
+        optimizer=_vectorised_gradient_descent() if fft is not None else None,
     )
     try:
         embedding.optimize(
