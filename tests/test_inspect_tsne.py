@@ -90,13 +90,14 @@ def spread_clusters(extent: float) -> np.ndarray:
     return np.ascontiguousarray((x - x.mean(0)) * extent / np.ptp(x, 0).max())
 
 
-def test_fft_repulsion_on_a_small_map_matches_brute_force() -> None:
+@pytest.mark.parametrize("extent", [10.0, 20.0])  # 4- and 6-node stencils
+def test_fft_repulsion_on_a_small_map_matches_brute_force(extent: float) -> None:
     """Below `_MIN_NODES` units the grid is finer than asked, so the repulsion is near exact."""
-    y = spread_clusters(20.0)
+    y = spread_clusters(extent)
     z_ref, g_ref = exact_repulsion(y)
     z, g = FFTGradient(2.0).repulsion(y)
-    assert abs(z - z_ref) / z_ref < 1e-5
-    assert np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref) < 1e-4
+    assert abs(z - z_ref) / z_ref < 5e-5
+    assert np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref) < 3e-4
 
 
 @pytest.mark.parametrize("extent", [90.0, 300.0])  # the 128-node minimum grid is coarser here
