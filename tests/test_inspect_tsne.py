@@ -245,3 +245,21 @@ def test_vectorised_gradient_descent_equals_opentsne() -> None:
     assert np.abs(maps[0]).max() > 1  # the map grew: steps were taken
     np.testing.assert_allclose(maps[1], maps[0], rtol=1e-9, atol=1e-9)
     assert kls[1] == pytest.approx(kls[0], rel=1e-9)
+
+
+def test_fft_repulsion_of_a_map_with_a_far_outlier_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A point flung far away coarsens the grid to `_MAX_NODES` a side instead of growing it."""
+    module = importlib.import_module("convlens.inspect.tsne")
+    monkeypatch.setattr(module, "_MAX_NODES", 256)
+    y = spread_clusters(20.0)
+    y[0] = [5000.0, 0.0]  # at 3 nodes per unit: a 15,000-node grid without the cap
+    _, g_ref = exact_repulsion(y)
+    fft = FFTGradient(3.0)
+    z, g = fft.repulsion(y)
+    assert fft._kernel_fft.shape[1] <= 2 * 256  # (3, m, m/2+1), m padded from 2 * 256 - 1
+    # A coarse grid (20 units a node) cannot resolve the clusters, but the sums stay finite and
+    # the outlier, alone out there, still feels the rest of the map at its distance.
+    assert np.isfinite(g).all() and np.isfinite(z)
+    assert np.sign(g[0, 0]) == np.sign(g_ref[0, 0])

@@ -78,7 +78,9 @@ from convlens.errors import ConvlensError
 _GROW = (300, 2.5)
 _REFINE = (150, 3.0)
 _STENCIL = 6  # interpolation nodes per point and axis
-_MIN_NODES, _MAX_NODES = 128, 4096  # grid nodes a side: finer while the map is small, capped
+# Grid nodes a side: finer than asked while the map is small (free); at most _MAX_NODES, coarser
+# than asked beyond ~680 units (the kernels' transforms then take ~200 MB, FFTs of 4,096^2).
+_MIN_NODES, _MAX_NODES = 128, 2048
 _FINE_SPACING = 0.12  # units between nodes, below which a 4-node stencil suffices
 _ATTRACTION_BLOCKS = 16  # row blocks of the attractive term, shared out between two threads
 _FFT_FROM = 10_000  # points; Barnes-Hut below
