@@ -30,7 +30,7 @@ momentum, the attractive forces over the sparse affinities); three pieces are ou
      term (about 14 ms a call on one thread) runs in row blocks on a helper thread while torch
      spreads and transforms the grid on this one; then both take the two force components and the
      blocks left. Both release the GIL, and no OpenMP barrier waits on a core another process
-     holds (torch with 2 threads took ~300 ms a call instead of ~30 ms on the shared box).
+     holds (torch with 2 threads took ~300 ms a call instead of 10-30 ms on the shared box).
 
    Repulsion per call at extent 238 on one thread (locked, load ~2): 27 ms at 2 nodes per unit,
    40 ms at 3, against ~330 ms for the previous 5-node boxes.
@@ -43,20 +43,25 @@ convergence, so a few per cent of interpolation error in the repulsion is most o
 gradient (measured: 3.3 % error turned the total gradient 25 degrees away from the exact one);
 that, not the iteration count, held openTSNE's default run at KL 1.78 against scikit-learn's 1.75.
 The map therefore grows for 300 iterations on a coarser grid (2.5 nodes per unit, 1.6 %), cheap
-while it is small, and is refined for 150 on a finer one (3 nodes per unit, 0.75 %). Early exaggeration stays
-openTSNE's (250 iterations at 12, learning rate `N / 12`, momentum 0.8); its map is under 16 units
-wide, so the grid's 128-node minimum makes its repulsion near exact for free (force error ~1e-4,
-with 4-node stencils at that spacing, 16 nodes a point instead of 36). Momentum 0.9 after
-it (0.8 in openTSNE) speeds the slow expansion of the map (KL 1.791 against 1.825 after the same
-500 iterations on the default grid). KL under one common P at 20,000 points (one run each, load
-~2, scikit-learn: 1.7515): previous 250 + 250 on 5-node boxes 1.739 in 110 s; here 2 + 3 nodes per
-unit, 350 + 150: 1.733 in 25 s; 2.5 + 3, 350 + 150: 1.711 in 33 s; 2.5 + 3, 300 + 150 (the default):
-1.727 in 23 s; 2.5 + 3, 250 + 150: 1.744 in 18 s; 2 + 3, 150 + 150: 1.789. The grid's accuracy while
-the map grows matters as much as the iteration count.
+while it is small, and is refined for 150 on a finer one (3 nodes per unit, 0.75 %). Early
+exaggeration stays openTSNE's (250 iterations at 12, learning rate `N / 12`, momentum 0.8); its map
+is under 16 units wide, so the grid's 128-node minimum makes its repulsion near exact for free
+(force error ~1e-4, with 4-node stencils at that spacing, 16 nodes a point instead of 36).
+Momentum 0.9 after it (0.8 in openTSNE) speeds the slow expansion of the map (KL 1.791 against
+1.825 after the same 500 iterations on the default grid). KL under one common P at 20,000 points
+(one run each, load ~2, scikit-learn: 1.7515), growing + refining nodes per unit and iterations:
+previous 250 + 250 on 5-node boxes 1.739 in 110 s; 2 + 3, 350 + 150: 1.733 in 25 s; 2.5 + 3,
+350 + 150: 1.711 in 33 s; 2.5 + 3, 300 + 150 (the default): 1.717-1.727 in 21-24 s; 2.5 + 3,
+250 + 150: 1.744 in 18 s; 2 + 3, 150 + 150: 1.789. The grid's accuracy while the map grows matters
+as much as the iteration count. Rounding alone (the same run with its sums in another order)
+moved the KL by up to 0.01.
 
-Where the time goes (20,000 points, 2 threads, load ~2 from other jobs, one run): 21.5 s in all;
-neighbours, affinities and PCA 3.5 s; early exaggeration 5.1 s (20 ms an iteration); growing 6.7 s
-(22 ms); refining 6.1 s (40 ms: the 3-node grid at extent ~240, m = 1,458 FFTs).
+Where the time goes (`benchmarks/inspect_bench.py --skip-top`, 20,000 points, 2 threads, load
+0.8-1.9): 23.5 s (44.1 CPU-s) in all against scikit-learn's 124.6 s, 5.3x; neighbours, affinities
+and PCA 4.0 s; early exaggeration 5.2 s (21 ms an iteration); growing 7.7 s (26 ms); refining 6.6 s
+(44 ms: the 3-node grid at extent ~240, m = 1,458 FFTs). The two threads keep ~1.9 cores busy, so
+less work, not more overlap, is what is left: the attraction is ~14 ms of CPU an iteration and
+the point-side spreading and gathering ~10 ms.
 """
 
 from __future__ import annotations
