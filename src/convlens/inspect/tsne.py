@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -403,6 +404,7 @@ def _vectorised_gradient_descent() -> Any:
             max_step_norm: float | None = 5,
             reference_embedding: Any = None,
             use_callbacks: bool = False,
+            verbose: bool = False,
             **unused: Any,
         ) -> tuple[float, np.ndarray]:
             if max_grad_norm is not None or reference_embedding is not None or use_callbacks:
@@ -412,6 +414,7 @@ def _vectorised_gradient_descent() -> Any:
             gains: np.ndarray = np.ones_like(y) if self.gains is None else self.gains
             # openTSNE exaggerates P in place; a scaled copy leaves the caller's P alone.
             p_opt = P * exaggeration if exaggeration not in (None, 1) else P
+            start = time.perf_counter()
             for _iteration in range(n_iter):
                 _error, grad = objective_function(y, p_opt, dof=dof, should_eval_error=False)
                 flipped = np.sign(update) != np.sign(grad)  # (N, 2)
@@ -424,6 +427,11 @@ def _vectorised_gradient_descent() -> Any:
                 y -= y.mean(0)
             self.update, self.gains = update, gains
             error, _grad = objective_function(y, P, dof=dof, should_eval_error=True)
+            if verbose:
+                print(
+                    f"{n_iter} iterations (exaggeration {exaggeration or 1:g}, learning rate "
+                    f"{learning_rate:g}) in {time.perf_counter() - start:.1f} s, KL {error:.4f}"
+                )
             return error, embedding
 
     return VectorisedGradientDescent()
