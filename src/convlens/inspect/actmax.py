@@ -229,7 +229,7 @@ def activation_maximization(
     nhwc = False
 
     net = model  # what runs: the model, or a copy with BatchNorm folded into convolutions
-    fast: nn.Module | None = None  # simple mode, bf16 on a CPU: `net` traced with conv + ReLU fused
+    fast: nn.Module | None = None  # simple mode, bf16 on a CPU: the model traced, conv + ReLU fused
 
     def forward(pixels: torch.Tensor, low: bool) -> torch.Tensor:
         x = (pixels - mean_t) / std_t  # the model sees normalised input
@@ -572,7 +572,10 @@ def _fused_copy(
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = _forward_to(net, layer, example)
-    fused = fuse_conv_relu(traced, example, want)
+    try:
+        fused = fuse_conv_relu(traced, example, want)
+    except Exception:  # an optional speed-up: whatever a model's modules do, the plain path works
+        return None
     if fused is None:
         return None
     return fused.to(torch.bfloat16).to(memory_format=torch.channels_last)
