@@ -47,3 +47,20 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture
+def resnet20_bn() -> torch.nn.Module:
+    """ResNet-20 (random weights, seed 0) in eval mode with non-trivial BatchNorm statistics and
+    affine parameters, so that folding BatchNorm into the convolutions visibly matters."""
+    from convlens import models
+
+    torch.manual_seed(0)
+    net = models.create("resnet20", num_classes=10, in_channels=3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return net.eval()

@@ -416,25 +416,10 @@ def test_cpu_chunks_follow_the_largest_activation() -> None:
     assert calls == [1] + [2] * 12
 
 
-def _resnet20_with_statistics() -> nn.Module:
-    """ResNet-20 in eval mode with non-trivial BatchNorm statistics and affine parameters."""
-    from convlens import models
-
-    torch.manual_seed(0)
-    net = models.create("resnet20", num_classes=10, in_channels=3)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return net.eval()
-
-
-def test_fold_batchnorm_matches_the_model_and_leaves_it_alone() -> None:
+def test_fold_batchnorm_matches_the_model_and_leaves_it_alone(resnet20_bn: nn.Module) -> None:
     from convlens.inspect.actmax import fold_batchnorm
 
-    net = _resnet20_with_statistics()
+    net = resnet20_bn
     before = {k: v.clone() for k, v in net.state_dict().items()}
     folded = fold_batchnorm(net, None, (3, 32, 32), torch.device("cpu"), torch.float32)
     assert folded is not net
@@ -470,8 +455,8 @@ def test_fold_batchnorm_refuses_a_conv_output_used_twice() -> None:
     assert fold_batchnorm(net, None, (3, 8, 8), torch.device("cpu"), torch.float32) is net
 
 
-def test_folding_changes_speed_not_values() -> None:
-    net = _resnet20_with_statistics()
+def test_folding_changes_speed_not_values(resnet20_bn: nn.Module) -> None:
+    net = resnet20_bn
     kw = dict(steps=6, size=32, simple=True, precision="fp32", seed=1)
     a = activation_maximization(net, "layer2", [0, 5, 9], fold_bn=False, **kw)
     b = activation_maximization(net, "layer2", [0, 5, 9], fold_bn=True, **kw)

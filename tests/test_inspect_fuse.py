@@ -14,7 +14,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from convlens import models
 from convlens.inspect import activation_maximization
 from convlens.inspect.actmax import fold_batchnorm
 from convlens.inspect.fuse import FusedBlock, FusedConvReLU, fuse_conv_relu, same_layout, trace_to
@@ -29,19 +28,6 @@ def frozen(net: nn.Module) -> nn.Module:
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
-
-
-def resnet20() -> nn.Module:
-    """ResNet-20 with non-trivial BatchNorm statistics, so that folding them matters."""
-    torch.manual_seed(0)
-    net = models.create("resnet20", num_classes=10, in_channels=3)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return frozen(net)
 
 
 class Functional(nn.Module):
@@ -101,8 +87,8 @@ def kinds(net: nn.Module) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("layer", ["layer3", "layer2.1", "layer1.0.conv2", "layer3.2.relu"])
-def test_resnet20_fused_equals_the_network(layer: str) -> None:
-    net = resnet20()
+def test_resnet20_fused_equals_the_network(layer: str, resnet20_bn: nn.Module) -> None:
+    net = frozen(resnet20_bn)
     folded = fold_batchnorm(net, layer, (3, 32, 32), torch.device("cpu"), torch.float32)
     fused = check_against_network(folded, layer, (3, 3, 32, 32), reference=net)
     if layer == "layer3":
@@ -111,8 +97,8 @@ def test_resnet20_fused_equals_the_network(layer: str) -> None:
         assert kinds(fused) == (1 + 7 * 2 + 4, 7)
 
 
-def test_batchnorm_is_folded_in_eval_mode_only() -> None:
-    net = resnet20()
+def test_batchnorm_is_folded_in_eval_mode_only(resnet20_bn: nn.Module) -> None:
+    net = frozen(resnet20_bn)
     fused = check_against_network(net, "layer3", (3, 3, 32, 32))  # BatchNorms folded by the fusion
     assert kinds(fused) == (1 + 7 * 2 + 4, 7)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
@@ -206,11 +192,11 @@ def test_untraceable_network_runs_unfused() -> None:
     assert torch.isfinite(res.images).all()
 
 
-def test_bf16_actmax_fused_climbs_like_unfused() -> None:
+def test_bf16_actmax_fused_climbs_like_unfused(resnet20_bn: nn.Module) -> None:
     """Under bf16 the fused and the plain runs round differently, so the images are not compared
     bit for bit; both must raise every channel by the same amount within bf16 noise, and the
     reported values (float32, on the plain network) must be the final images' true objectives."""
-    net = resnet20()
+    net = frozen(resnet20_bn)
     common = dict(
         size=32, steps=10, simple=True, precision="bf16", mean=(0.5,) * 3, std=(0.25,) * 3
     )
