@@ -1,0 +1,102 @@
+"""Winograd F(m, 3): the transform matrices against NumPy's correlation, the convolution against
+PyTorch's direct one in float64, and its use inside the occlusion engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convlens import models
+from convlens.inspect import winograd
+from convlens.inspect.incremental import IncrementalOcclusion
+from convlens.inspect.occlusion import occlusion_positions
+from convlens.inspect.winograd import Winograd3x3, output_tile, winograd_matrices
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_matrices_correlate_exactly(m: int) -> None:
+    AT, G, BT = winograd_matrices(m)
+    rng = np.random.default_rng(m)
+    for _ in range(5):
+        d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+        y = AT @ ((G @ g) * (BT @ d))
+        np.testing.assert_allclose(y, np.correlate(d, g, mode="valid"), rtol=0, atol=1e-12)
+    # Exact rationals, no solver residues: those would become denormal floats in float32.
+    assert np.all((BT == 0) | (np.abs(BT) > 1e-3))
+
+
+def test_output_tile_picks_fewest_multiplies() -> None:
+    assert output_tile(7, 7) == 4  # 2x2 tiles of 6x6 points: 144, against 225 (m=3), 256 (m=2)
+    assert output_tile(9, 9) == 3  # 3x3 tiles of 5x5: 225, against 324 (m=4)
+    assert output_tile(2, 2) == 2
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int) -> torch.Tensor:
+    return F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=pad)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize(
+    ("shape", "pad", "bias"),
+    [((3, 8, 14, 14), 1, True), ((2, 5, 9, 11), 1, False), ((4, 6, 13, 10), 0, True)],
+)
+def test_convolution_matches_direct(
+    m: int, shape: tuple[int, int, int, int], pad: int, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tile size, output sizes that are and are not multiples of it, with and without padding."""
+    monkeypatch.setattr(winograd, "output_tile", lambda h, w: m)
+    torch.manual_seed(0)
+    _, C, H, W = shape
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(7, C, 3, 3) / math.sqrt(9 * C)
+    b = torch.randn(7) if bias else None
+    ref = _reference(x, w, b, pad)
+    out = Winograd3x3(w, b)(x, pad, pad, H + 2 * pad - 2, W + 2 * pad - 2)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    err = float((out.double() - ref).abs().max() / ref.abs().max())
+    assert err < 2e-5, err
+
+
+def test_difference_form_matches_direct_with_shared_workspace() -> None:
+    """`y_ref + conv(x - x_ref)` equals `conv(x)`; two layers share one workspace."""
+    torch.manual_seed(1)
+    work: dict[str, torch.Tensor] = {}
+    x_ref = torch.randn(1, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    x = x_ref + 0.01 * torch.randn(5, 16, 7, 7)
+    x = x.contiguous(memory_format=torch.channels_last)
+    for k in (16, 24):
+        w, b = torch.randn(k, 16, 3, 3) / 12, torch.randn(k)
+        y_ref = F.conv2d(x_ref, w, b, padding=1).contiguous(memory_format=torch.channels_last)
+        out = Winograd3x3(w, b, work)(x, 1, 1, 7, 7, x_ref, y_ref)
+        ref = _reference(x, w, b, 1)
+        assert float((out.double() - ref).abs().max() / ref.abs().max()) < 2e-6
+
+
+def test_engine_uses_winograd_and_agrees_with_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-18's 256/512-channel layers go through Winograd; the logits match the direct engine."""
+    calls = []
+    original = Winograd3x3.__call__
+
+    def spy(self: Winograd3x3, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(self.K)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Winograd3x3, "__call__", spy)
+    torch.manual_seed(2)
+    model = models.create("resnet18", num_classes=10).eval()
+    x = torch.randn(1, 3, 96, 96)
+    rows = occlusion_positions(96, 16, 16)
+    patches = np.stack(np.meshgrid(np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 2)
+    outs = []
+    for fast in (False, True):
+        eng = IncrementalOcclusion(model, (3, 96, 96), rows, rows, winograd=fast)
+        with torch.inference_mode():
+            cache, _ = eng.clean_pass(x)
+            outs.append(eng.run(cache, x, torch.zeros_like(x), patches))
+    assert calls and set(calls) == {256, 512}
+    scale = float((outs[0] - model(x).detach()).abs().max())  # how much occlusion moves the logits
+    assert float((outs[1] - outs[0]).abs().max()) < 1e-4 * scale
