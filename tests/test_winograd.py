@@ -3,6 +3,7 @@ PyTorch's direct one in float64, and its use inside the occlusion engine."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from convlens import models
 from convlens.inspect import winograd
 from convlens.inspect.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion import occlusion_positions
-from convlens.inspect.winograd import Winograd3x3, output_tile, winograd_matrices
+from convlens.inspect.winograd import Winograd3x3, tiling, winograd_matrices
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
@@ -29,26 +30,38 @@ def test_matrices_correlate_exactly(m: int) -> None:
     assert np.all((BT == 0) | (np.abs(BT) > 1e-3))
 
 
-def test_output_tile_picks_fewest_multiplies() -> None:
-    assert output_tile(7, 7) == 4  # 2x2 tiles of 6x6 points: 144, against 225 (m=3), 256 (m=2)
-    assert output_tile(9, 9) == 3  # 3x3 tiles of 5x5: 225, against 324 (m=4)
-    assert output_tile(2, 2) == 2
+def test_tiling_covers_exactly_with_fewest_tiles() -> None:
+    assert tiling(14) == ((0, 2, 4), (8, 2, 3))  # 4+4+3+3: 22 transform points, not 4x(4+2) = 24
+    assert tiling(7) == ((0, 1, 4), (4, 1, 3))
+    assert tiling(9) == ((0, 3, 3),)
+    assert tiling(56) == ((0, 14, 4),)
+    for n in range(1, 40):
+        runs = tiling(n)
+        assert runs[0][0] == 0 and all(
+            a[0] + a[1] * a[2] == b[0] for a, b in itertools.pairwise(runs)
+        )
+        end = runs[-1][0] + runs[-1][1] * runs[-1][2]
+        assert end == n or (n in (1, 5) and end == n + 1)  # overhang only where unavoidable
+        assert sum(r[1] for r in runs) == -(-n // 4) or n == 5
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int) -> torch.Tensor:
     return F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=pad)
 
 
-@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("m", [0, 2, 3, 4])
 @pytest.mark.parametrize(
     ("shape", "pad", "bias"),
-    [((3, 8, 14, 14), 1, True), ((2, 5, 9, 11), 1, False), ((4, 6, 13, 10), 0, True)],
-)
+    [((3, 8, 14, 14), 1, True), ((2, 5, 9, 11), 1, False), ((4, 6, 13, 10), 0, True),
+     ((2, 3, 5, 7), 0, True)],
+)  # fmt: skip
 def test_convolution_matches_direct(
     m: int, shape: tuple[int, int, int, int], pad: int, bias: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every tile size, output sizes that are and are not multiples of it, with and without padding."""
-    monkeypatch.setattr(winograd, "output_tile", lambda h, w: m)
+    """Mixed tiles (m=0) and each tile size alone, with overhanging last tiles, with and without
+    padding, output sizes 3 to 14."""
+    if m:
+        monkeypatch.setattr(winograd, "tiling", lambda n: ((0, -(-n // m), m),))
     torch.manual_seed(0)
     _, C, H, W = shape
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
@@ -62,16 +75,17 @@ def test_convolution_matches_direct(
 
 
 def test_difference_form_matches_direct_with_shared_workspace() -> None:
-    """`y_ref + conv(x - x_ref)` equals `conv(x)`; two layers share one workspace."""
+    """`y_ref + conv(x - x_ref)` equals `conv(x)`; layers share one workspace; 5x5 overhangs."""
     torch.manual_seed(1)
     work: dict[str, torch.Tensor] = {}
-    x_ref = torch.randn(1, 16, 7, 7).contiguous(memory_format=torch.channels_last)
-    x = x_ref + 0.01 * torch.randn(5, 16, 7, 7)
-    x = x.contiguous(memory_format=torch.channels_last)
-    for k in (16, 24):
+    for k, size in ((16, 7), (24, 5), (8, 7)):
+        x_ref = torch.randn(1, 16, size, size).contiguous(memory_format=torch.channels_last)
+        x = (x_ref + 0.01 * torch.randn(5, 16, size, size)).contiguous(
+            memory_format=torch.channels_last
+        )
         w, b = torch.randn(k, 16, 3, 3) / 12, torch.randn(k)
         y_ref = F.conv2d(x_ref, w, b, padding=1).contiguous(memory_format=torch.channels_last)
-        out = Winograd3x3(w, b, work)(x, 1, 1, 7, 7, x_ref, y_ref)
+        out = Winograd3x3(w, b, work)(x, 1, 1, size, size, x_ref, y_ref)
         ref = _reference(x, w, b, 1)
         assert float((out.double() - ref).abs().max() / ref.abs().max()) < 2e-6
 

@@ -68,13 +68,23 @@ def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
     return AT, G, BT
 
 
-def output_tile(h: int, w: int) -> int:
-    """The tile size with the fewest multiplies for an `h x w` output (ties: the smaller tile)."""
+def tiling(n: int) -> tuple[tuple[int, int, int], ...]:
+    """How to cover `n` outputs along one axis: runs `(start, count, m)` of tiles of size m.
 
-    def cost(m: int) -> int:
-        return (m + 2) ** 2 * (-(-h // m)) * (-(-w // m))
-
-    return min(_POINTS, key=cost)
+    Each tile of size m needs m + 2 transform points, so the fewest tiles is best: ceil(n / 4) of
+    them, sizes 4 then 3 so that they cover n exactly (14 = 4+4+3+3: 22 points per axis instead of
+    the 24 of four 4-tiles overhanging by 2). Short axes that cannot be split so (n = 1, 2, 5) use
+    one size, the last tile overhanging.
+    """
+    s = -(-n // 4)
+    k3 = 4 * s - n
+    runs: tuple[tuple[int, int, int], ...]
+    if k3 <= s:
+        runs = ((0, s - k3, 4), (4 * (s - k3), k3, 3))
+    else:
+        m = min(_POINTS, key=lambda m: (m + 2) * -(-n // m))
+        runs = ((0, -(-n // m), m),)
+    return tuple(r for r in runs if r[1] > 0)
 
 
 class Winograd3x3:
@@ -99,20 +109,23 @@ class Winograd3x3:
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach().float()
         self.K, self.C = weight.shape[:2]
-        self._u: dict[int, torch.Tensor] = {}
+        self._u: dict[tuple[int, int], torch.Tensor] = {}
         self._work = {} if workspace is None else workspace
 
-    def _transforms(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`U (a^2, C, K)`, `B (a^2, a^2)` and `A (m^2, a^2)` (Kronecker forms), float32."""
-        AT, G, BT = winograd_matrices(m)
-        if m not in self._u:
-            g = torch.as_tensor(G)
-            w = self.weight.to(torch.float64)
-            u = torch.einsum("ak,bl,ockl->abco", g, g, w)  # (a, a, C, K), in float64 first
-            self._u[m] = u.reshape(-1, self.C, self.K).to(torch.float32).contiguous()
-        bk = torch.as_tensor(np.kron(BT, BT), dtype=torch.float32)
-        ak = torch.as_tensor(np.kron(AT, AT), dtype=torch.float32)
-        return self._u[m], bk, ak
+    def _transforms(self, mr: int, mc: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For `mr x mc` tiles: `U (ar*ac, C, K)`, `B (ar*ac, ar*ac)`, `A (mr*mc, ar*ac)`, float32.
+
+        `B` and `A` are Kronecker products of the 1-D transforms of the two axes.
+        """
+        ATr, Gr, BTr = winograd_matrices(mr)
+        ATc, Gc, BTc = winograd_matrices(mc)
+        if (mr, mc) not in self._u:
+            w = self.weight.to(torch.float64)  # (K, C, 3, 3); U in float64 first
+            u = torch.einsum("ak,bl,ockl->abco", torch.as_tensor(Gr), torch.as_tensor(Gc), w)
+            self._u[mr, mc] = u.reshape(-1, self.C, self.K).to(torch.float32).contiguous()
+        bk = torch.as_tensor(np.kron(BTr, BTc), dtype=torch.float32)
+        ak = torch.as_tensor(np.kron(ATr, ATc), dtype=torch.float32)
+        return self._u[mr, mc], bk, ak
 
     def _buffer(self, name: str, n: int) -> torch.Tensor:
         """A reusable flat float32 buffer (fresh large tensors cost page faults on every call)."""
@@ -140,11 +153,11 @@ class Winograd3x3:
         difference is zero or small away from the patch.
         """
         P, C, h, w = x.shape
-        K, m = self.K, output_tile(out_h, out_w)
-        a = m + 2
-        th, tw = -(-out_h // m), -(-out_w // m)
-        Hp, Wp = th * m + 2, tw * m + 2  # padded input that whole tiles need
-        u, bk, ak = self._transforms(m)
+        K = self.K
+        runs_r, runs_c = tiling(out_h), tiling(out_w)
+        Hc = runs_r[-1][0] + runs_r[-1][1] * runs_r[-1][2]  # outputs the tiles cover (>= out_h)
+        Wc = runs_c[-1][0] + runs_c[-1][1] * runs_c[-1][2]
+        Hp, Wp = Hc + 2, Wc + 2  # padded input that whole tiles need
         xh = x.permute(0, 2, 3, 1)  # (P, h, w, C), contiguous when x is channels-last
         if x_ref is not None or (pad_top, pad_left, h, w) != (0, 0, Hp, Wp):
             hh, ww = min(h, Hp - pad_top), min(w, Wp - pad_left)
@@ -159,43 +172,69 @@ class Winograd3x3:
             else:
                 torch.sub(xh[:, :hh, :ww], x_ref.permute(0, 2, 3, 1)[:, :hh, :ww], out=inside)
             xh = xp
-        tiles = xh.unfold(1, a, m).unfold(2, a, m)  # (P, th, tw, C, a, a), a view
-        T = th * tw
-        N = P * T
-        # Input transform, a chunk of patches at a time: V[xi*a + nu, n, c] = (B^T d_n,c B)[xi, nu].
-        V = self._buffer("V", a * a * N * C).view(a * a, N * C)
-        step = max(1, _CHUNK_BYTES // (a * a * T * C * 4))
-        for p0 in range(0, P, step):
-            p1 = min(P, p0 + step)
-            n0, n1 = p0 * T * C, p1 * T * C
-            d = self._buffer("d", a * a * (n1 - n0)).view(a, a, p1 - p0, th, tw, C)
-            d.copy_(tiles[p0:p1].permute(4, 5, 0, 1, 2, 3))
-            torch.mm(bk, d.view(a * a, -1), out=V[:, n0:n1])
-        # One (N, C) @ (C, K) product per transform point.
-        M = self._buffer("M", a * a * N * K).view(a * a, N, K)
-        torch.bmm(V.view(a * a, N, C), u, out=M)
-        # Output transform and crop, again by chunks: Y = A^T M A, plus the bias or y_ref.
-        out = torch.empty(P, out_h, out_w, K, dtype=x.dtype)
-        exact = (out_h, out_w) == (th * m, tw * m)
+        exact = (Hc, Wc) == (out_h, out_w)
         add: torch.Tensor | None = self.bias if y_ref is None else y_ref.permute(0, 2, 3, 1)
-        Mf = M.view(a * a, N * K)
-        step = max(1, _CHUNK_BYTES // (a * a * T * K * 4))
+        out = torch.empty(P, Hc, Wc, K, dtype=x.dtype)
+        for r0, qr, mr in runs_r:
+            for c0, qc, mc in runs_c:
+                # Tiles of one size: a regular grid over a sub-rectangle of the padded input.
+                sub = xh[:, r0 : r0 + qr * mr + 2, c0 : c0 + qc * mc + 2]
+                dst = out[:, r0 : r0 + qr * mr, c0 : c0 + qc * mc]
+                extra = add
+                if exact and add is not None and add.dim() == 4:
+                    extra = add[:, r0 : r0 + qr * mr, c0 : c0 + qc * mc]
+                self._tiles(sub, dst, mr, mc, extra if exact else None)
+        if exact:
+            return out.permute(0, 3, 1, 2)  # (P, K, out_h, out_w), channels-last
+        # The last tiles overhang the output (tiny maps only): crop, then add the bias or y_ref.
+        cropped = out[:, :out_h, :out_w]
+        res = cropped.clone() if add is None else cropped + add
+        return res.permute(0, 3, 1, 2)
+
+    def _tiles(
+        self,
+        xs: torch.Tensor,
+        dst: torch.Tensor,
+        mr: int,
+        mc: int,
+        add: torch.Tensor | None,
+    ) -> None:
+        """Convolve `xs` `(P, qr*mr + 2, qc*mc + 2, C)` into `dst` `(P, qr*mr, qc*mc, K)` (+ `add`)."""
+        P, C, K = xs.shape[0], self.C, self.K
+        ar, ac = mr + 2, mc + 2
+        A = ar * ac
+        qr, qc = dst.shape[1] // mr, dst.shape[2] // mc
+        u, bk, ak = self._transforms(mr, mc)
+        tiles = xs.unfold(1, ar, mr).unfold(2, ac, mc)  # (P, qr, qc, C, ar, ac), a view
+        T = qr * qc
+        N = P * T
+        # Input transform, a chunk of patches at a time: V[xi*ac + nu, n, c] = (B^T d_n,c B)[xi, nu].
+        V = self._buffer("V", A * N * C).view(A, N * C)
+        step = max(1, _CHUNK_BYTES // (A * T * C * 4))
         for p0 in range(0, P, step):
             p1 = min(P, p0 + step)
-            y = self._buffer("y", m * m * (p1 - p0) * T * K)
-            torch.mm(ak, Mf[:, p0 * T * K : p1 * T * K], out=y.view(m * m, -1))
-            y6 = y.view(m, m, p1 - p0, th, tw, K).permute(2, 3, 0, 4, 1, 5)  # (p, th, m, tw, m, K)
-            dst, extra = out[p0:p1], add
-            if extra is not None and extra.dim() == 4 and extra.shape[0] > 1:
-                extra = extra[p0:p1]
-            if exact:  # write tiles straight into place
-                dst = dst.view(p1 - p0, th, m, tw, m, K)
-                if extra is not None and extra.dim() == 4:
-                    extra = extra.reshape(extra.shape[0], th, m, tw, m, K)
-            else:  # the last tiles overhang the output: crop (a copy, in cache)
-                y6 = y6.reshape(p1 - p0, th * m, tw * m, K)[:, :out_h, :out_w]
-            if extra is None:
-                dst.copy_(y6)
+            d = self._buffer("d", A * (p1 - p0) * T * C).view(ar, ac, p1 - p0, qr, qc, C)
+            d.copy_(tiles[p0:p1].permute(4, 5, 0, 1, 2, 3))
+            torch.mm(bk, d.view(A, -1), out=V[:, p0 * T * C : p1 * T * C])
+        # One (N, C) @ (C, K) product per transform point.
+        M = self._buffer("M", A * N * K).view(A, N, K)
+        torch.bmm(V.view(A, N, C), u, out=M)
+        # Output transform, again by chunks, written straight into place: Y = A^T M A (+ add).
+        Mf = M.view(A, N * K)
+        step = max(1, _CHUNK_BYTES // (A * T * K * 4))
+        for p0 in range(0, P, step):
+            p1 = min(P, p0 + step)
+            y = self._buffer("y", mr * mc * (p1 - p0) * T * K)
+            torch.mm(ak, Mf[:, p0 * T * K : p1 * T * K], out=y.view(mr * mc, -1))
+            y6 = y.view(mr, mc, p1 - p0, qr, qc, K).permute(
+                2, 3, 0, 4, 1, 5
+            )  # (p, qr, mr, qc, mc, K)
+            place = dst[p0:p1].unflatten(1, (qr, mr)).unflatten(3, (qc, mc))
+            if add is None:
+                place.copy_(y6)
             else:
-                torch.add(y6, extra, out=dst)
-        return out.permute(0, 3, 1, 2)  # (P, K, out_h, out_w), channels-last
+                if add.dim() == 4:
+                    add_p = add if add.shape[0] == 1 else add[p0:p1]
+                    torch.add(y6, add_p.unflatten(1, (qr, mr)).unflatten(3, (qc, mc)), out=place)
+                else:
+                    torch.add(y6, add, out=place)
