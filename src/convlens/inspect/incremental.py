@@ -841,7 +841,7 @@ class IncrementalOcclusion:
         if key not in padded:
             padded[key] = _pad(clean, (pl, pr, pt, pb), fill)
         out = _crop(padded[key], r0, c0, ih, iw)  # (P, C, ih, iw), channels-last
-        if out.stride(0) == 0:  # the window is the whole tensor: an expanded view, copy it
+        if not out.is_contiguous(memory_format=torch.channels_last):  # e.g. an expanded view
             out = out.contiguous(memory_format=torch.channels_last)
         # Paste each patch's rectangle at its place in its window; parts outside the window are
         # not read by the op, so they go to a dummy slot at the end of a flat buffer.
@@ -851,16 +851,17 @@ class IncrementalOcclusion:
         ok = ((ys >= 0) & (ys < ih))[:, :, None] & ((xs >= 0) & (xs < iw))[:, None, :]  # (P, h, w)
         pos = ys[:, :, None] * iw + xs[:, None, :]  # (P, h, w)
         L, hw = ih * iw, g.h * g.w
-        rows_out = out.permute(0, 2, 3, 1).reshape(P, L, C)  # a view: `out` is channels-last
-        vals = state.vals.permute(0, 2, 3, 1).reshape(P, hw, C)
+        rows_out = out.permute(0, 2, 3, 1).reshape(P * L, C)  # a view: `out` is channels-last
+        vals = state.vals.permute(0, 2, 3, 1).reshape(P * hw, C)
+        gidx = (torch.arange(P, device=dev) * L)[:, None] + pos.reshape(P, hw)  # (P, h*w)
+        # index_copy_ of whole C-vectors: ~3x faster than scatter_ with an expanded index.
         if bool(ok.all()):
-            rows_out.scatter_(1, pos.reshape(P, hw, 1).expand(P, hw, C), vals)
+            rows_out.index_copy_(0, gidx.reshape(-1), vals)
             return out
         buf = torch.empty(P * L + 1, C, dtype=out.dtype, device=dev)
-        buf[:-1] = rows_out.reshape(P * L, C)
-        gidx = (torch.arange(P, device=dev) * L)[:, None] + pos.reshape(P, hw)  # (P, h*w)
+        buf[:-1] = rows_out
         gidx = torch.where(ok.reshape(P, hw), gidx, torch.full_like(gidx, P * L))
-        buf[gidx.reshape(-1)] = vals.reshape(P * hw, C)
+        buf.index_copy_(0, gidx.reshape(-1), vals)
         return buf[:-1].view(P, ih, iw, C).permute(0, 3, 1, 2)
 
     def iter_batches(self, n_patches: int, batch_size: int) -> Iterator[np.ndarray]:
@@ -949,9 +950,15 @@ def _crop(x: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor, h: int, w: int) -
         return x.expand(P, -1, -1, -1) if x.shape[0] == 1 else x
     if x.shape[0] != 1 and not bool(r0.any() or c0.any()):
         return x[:, :, :h, :w]
-    # Index an (nH, nW, h, w, C) view of all windows: the result is (P, h, w, C) contiguous,
-    # which is (P, C, h, w) channels-last.
+    # Gather whole C-vectors by flat row index from the (B*H*W, C) channels-last storage
+    # (index_select: ~2x faster than advanced indexing of an unfolded view).
+    B, C, H, W = x.shape
     hwc = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-    u = hwc.unfold(1, h, 1).unfold(2, w, 1).permute(0, 1, 2, 4, 5, 3)  # (B, nH, nW, h, w, C)
-    win = u[0][r0, c0] if x.shape[0] == 1 else u[torch.arange(P, device=x.device), r0, c0]
-    return win.permute(0, 3, 1, 2)
+    flat = (hwc if hwc.is_contiguous() else hwc.contiguous()).view(B * H * W, C)
+    base = r0 * W + c0  # (P,)
+    if B != 1:
+        base = base + torch.arange(P, device=x.device) * (H * W)
+    ar_h = torch.arange(h, device=x.device) * W
+    ar_w = torch.arange(w, device=x.device)
+    idx = base[:, None, None] + ar_h[None, :, None] + ar_w[None, None, :]  # (P, h, w)
+    return flat.index_select(0, idx.reshape(-1)).view(P, h, w, C).permute(0, 3, 1, 2)
