@@ -688,16 +688,13 @@ class IncrementalOcclusion:
         g = self.geom[node]
         rows, cols = self._starts(node, pi, pj)
         state = states[src]
-        wino = win.wino
-        if wino is not None and (cache[src].device.type, cache[src].dtype) != (
-            "cpu",
-            torch.float32,
-        ):
-            wino = None
+        clean_in = cache[src]
+        cpu_fp32 = clean_in.device.type == "cpu" and clean_in.dtype == torch.float32
+        wino = win.wino if cpu_fp32 else None  # Winograd: CPU float32 only
         out_clean = cache[self.clean_out.get(node, node)]  # (1, K, H, W)
         if g.full and isinstance(state, _Region) and self.geom[src].full:
             if wino is not None:  # Winograd on the difference from the clean tensor
-                y = wino(state.vals, ay.pad, ax.pad, g.H, g.W, cache[src], out_clean)
+                y = wino(state.vals, ay.pad, ax.pad, g.H, g.W, clean_in, out_clean)
                 return _Region(y, rows, cols)
             return _Region(win.full(state.vals), rows, cols)  # plain full computation
         ih = (g.h - 1) * ay.stride + ay.reach + 1
@@ -707,11 +704,16 @@ class IncrementalOcclusion:
         need_w = (g.W - 1) * ax.stride + ax.reach + 1
         where = (src, cache, rows * ay.stride, cols * ax.stride, ih, iw)
         pad = (ay.pad, ax.pad, need_h, need_w)
-        x = self._gather(states[src], *where, pad, win.fill, padded)
         if wino is not None:
-            x_ref = self._gather(_SAME, *where, pad, win.fill, padded)
             y_ref = _crop(out_clean, rows, cols, g.h, g.w)
+            if isinstance(state, _Region) and not self.geom[src].full:
+                # The windows of the difference, built directly: zero outside each rectangle.
+                delta = self._gather(state, *where, pad, win.fill, padded, delta=True)
+                return _Region(wino(delta, 0, 0, g.h, g.w, None, y_ref), rows, cols)
+            x = self._gather(state, *where, pad, win.fill, padded)
+            x_ref = self._gather(_SAME, *where, pad, win.fill, padded)
             return _Region(wino(x, 0, 0, g.h, g.w, x_ref, y_ref), rows, cols)
+        x = self._gather(state, *where, pad, win.fill, padded)
         return _Region(win.fn(x), rows, cols)
 
     def _pointwise(
@@ -803,12 +805,15 @@ class IncrementalOcclusion:
         pad: tuple[int, int, int, int] | None,
         fill: float,
         padded: dict[tuple[Any, ...], torch.Tensor],
+        delta: bool = False,
     ) -> torch.Tensor:
         """The patched tensor of `node` inside windows `[r0, r0+ih) x [c0, c0+iw)`, batched.
 
         Window coordinates are in the padded tensor when `pad = (top, left, need_h, need_w)` is
         given: `top`/`left` fill values before the input, and enough after it to make the padded
-        size at least `need_h x need_w`.
+        size at least `need_h x need_w`. With `delta` (zero fill only, a `_Region` whose
+        rectangle is not the whole tensor), the windows hold the patched minus the clean values:
+        zero outside each patch's rectangle.
         """
         clean = cache[node]  # (1, C, H, W)
         H, W = clean.shape[2:]
@@ -830,19 +835,25 @@ class IncrementalOcclusion:
             if src.shape[2] == ih and src.shape[3] == iw:
                 return src
             return _crop(src, r0, c0, ih, iw)
-        if (
+        vals = state.vals
+        if delta:
+            vals = vals - _crop(clean, state.rows, state.cols, g.h, g.w)
+            out = torch.zeros(P, ih, iw, C, dtype=vals.dtype, device=vals.device)
+            out = out.permute(0, 3, 1, 2)  # (P, C, ih, iw), channels-last
+        elif (
             pt == 0
             and pl == 0
             and (ih, iw) == (g.h, g.w)
             and bool((state.rows == r0).all() and (state.cols == c0).all())
         ):
-            return state.vals
-        key = (node, pt, pb, pl, pr, fill)
-        if key not in padded:
-            padded[key] = _pad(clean, (pl, pr, pt, pb), fill)
-        out = _crop(padded[key], r0, c0, ih, iw)  # (P, C, ih, iw), channels-last
-        if not out.is_contiguous(memory_format=torch.channels_last):  # e.g. an expanded view
-            out = out.contiguous(memory_format=torch.channels_last)
+            return vals
+        else:
+            key = (node, pt, pb, pl, pr, fill)
+            if key not in padded:
+                padded[key] = _pad(clean, (pl, pr, pt, pb), fill)
+            out = _crop(padded[key], r0, c0, ih, iw)  # (P, C, ih, iw), channels-last
+            if not out.is_contiguous(memory_format=torch.channels_last):  # e.g. expanded
+                out = out.contiguous(memory_format=torch.channels_last)
         # Paste each patch's rectangle at its place in its window; parts outside the window are
         # not read by the op, so they go to a dummy slot at the end of a flat buffer.
         dev = out.device
@@ -852,7 +863,7 @@ class IncrementalOcclusion:
         pos = ys[:, :, None] * iw + xs[:, None, :]  # (P, h, w)
         L, hw = ih * iw, g.h * g.w
         rows_out = out.permute(0, 2, 3, 1).reshape(P * L, C)  # a view: `out` is channels-last
-        vals = state.vals.permute(0, 2, 3, 1).reshape(P * hw, C)
+        vals = vals.permute(0, 2, 3, 1).reshape(P * hw, C)
         gidx = (torch.arange(P, device=dev) * L)[:, None] + pos.reshape(P, hw)  # (P, h*w)
         # index_copy_ of whole C-vectors: ~3x faster than scatter_ with an expanded index.
         if bool(ok.all()):
