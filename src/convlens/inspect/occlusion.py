@@ -13,8 +13,11 @@ target class's score drops. Two forms come out of the same model evaluations:
   does not divide `size - window` (so there are `ceil((size - window) / stride) + 1` positions).
 
 Speed: the occluded copies are evaluated by :class:`~convlens.inspect.incremental.IncrementalOcclusion`,
-which recomputes in each layer only the region a window can change (the KRYPTON idea);
-``engine="full"`` evaluates whole copies instead, as every other library does.
+which recomputes in each layer only the region a window can change (the KRYPTON idea), and on CPU
+runs the wide 3x3 layers that every window changes in full by Winograd's algorithm on the
+difference from the clean image; ``engine="full"`` evaluates whole copies instead, as every other
+library does. ResNet-18 at 224, window 16, stride 8: 4.2-4.8x faster than Captum on a 2-core CPU,
+VGG-16 15x (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
