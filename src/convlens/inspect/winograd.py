@@ -134,7 +134,7 @@ class Winograd3x3:
         """A reusable flat float32 buffer (fresh large tensors cost page faults on every call)."""
         buf = self._work.get(name)
         if buf is None or buf.numel() < n:
-            buf = self._work[name] = torch.empty(n)
+            buf = self._work[name] = torch.empty(n, dtype=torch.float32)
         return buf[:n]
 
     def __call__(
@@ -229,9 +229,8 @@ class Winograd3x3:
             p1 = min(P, p0 + step)
             y = self._buffer("y", mr * mc * (p1 - p0) * T * K)
             torch.mm(ak, Mf[:, p0 * T * K : p1 * T * K], out=y.view(mr * mc, -1))
-            y6 = y.view(mr, mc, p1 - p0, qr, qc, K).permute(
-                2, 3, 0, 4, 1, 5
-            )  # (p, qr, mr, qc, mc, K)
+            # (mr, mc, p, qr, qc, K) -> (p, qr, mr, qc, mc, K): tiles back in image order
+            y6 = y.view(mr, mc, p1 - p0, qr, qc, K).permute(2, 3, 0, 4, 1, 5)
             place = dst[p0:p1].unflatten(1, (qr, mr)).unflatten(3, (qc, mc))
             if add is None:
                 place.copy_(y6)
