@@ -15,7 +15,7 @@ from convlens import models
 from convlens.inspect import winograd
 from convlens.inspect.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion import occlusion_positions
-from convlens.inspect.winograd import Winograd3x3, tiling, winograd_matrices
+from convlens.inspect.winograd import Winograd3x3, plan, tiling, winograd_matrices
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
@@ -28,6 +28,13 @@ def test_matrices_correlate_exactly(m: int) -> None:
         np.testing.assert_allclose(y, np.correlate(d, g, mode="valid"), rtol=0, atol=1e-12)
     # Exact rationals, no solver residues: those would become denormal floats in float32.
     assert np.all((BT == 0) | (np.abs(BT) > 1e-3))
+
+
+def test_plan_weighs_multiplies_against_weight_traffic() -> None:
+    """Mixed tiles for 14x14 maps at ~100 copies; one size where the extra weights cost more."""
+    assert plan(14, 14, 104) == (tiling(14), tiling(14))
+    assert plan(7, 7, 104) == (((0, 2, 4),), ((0, 2, 4),))  # 36 points' weights, not 121
+    assert plan(7, 7, 1024) == (tiling(7), tiling(7))
 
 
 def test_tiling_covers_exactly_with_fewest_tiles() -> None:
@@ -61,7 +68,11 @@ def test_convolution_matches_direct(
     """Mixed tiles (m=0) and each tile size alone, with overhanging last tiles, with and without
     padding, output sizes 3 to 14."""
     if m:
-        monkeypatch.setattr(winograd, "tiling", lambda n: ((0, -(-n // m), m),))
+        monkeypatch.setattr(
+            winograd, "plan", lambda h, w, batch: (((0, -(-h // m), m),), ((0, -(-w // m), m),))
+        )
+    else:
+        monkeypatch.setattr(winograd, "plan", lambda h, w, batch: (tiling(h), tiling(w)))
     torch.manual_seed(0)
     _, C, H, W = shape
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)

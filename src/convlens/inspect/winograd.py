@@ -71,23 +71,52 @@ def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
     return AT, G, BT
 
 
-def tiling(n: int) -> tuple[tuple[int, int, int], ...]:
+Runs = tuple[tuple[int, int, int], ...]  # (start, count, m) per run of equal tiles along an axis
+
+
+def tiling(n: int, mixed: bool = True) -> Runs:
     """How to cover `n` outputs along one axis: runs `(start, count, m)` of tiles of size m.
 
-    Each tile of size m needs m + 2 transform points, so the fewest tiles is best: ceil(n / 4) of
-    them, sizes 4 then 3 so that they cover n exactly (14 = 4+4+3+3: 22 points per axis instead of
-    the 24 of four 4-tiles overhanging by 2). Short axes that cannot be split so (n = 1, 2, 5) use
-    one size, the last tile overhanging.
+    Each tile of size m needs m + 2 transform points, so the fewest tiles is best. Mixed: ceil(n/4)
+    tiles, sizes 4 then 3 so that they cover n exactly (14 = 4+4+3+3: 22 points per axis instead
+    of the 24 of four 4-tiles overhanging by 2). Otherwise (and for n = 1, 2, 5, which cannot be
+    split so) one size, the last tile overhanging.
     """
     s = -(-n // 4)
     k3 = 4 * s - n
-    runs: tuple[tuple[int, int, int], ...]
-    if k3 <= s:
+    runs: Runs
+    if mixed and k3 <= s:
         runs = ((0, s - k3, 4), (4 * (s - k3), k3, 3))
     else:
         m = min(_POINTS, key=lambda m: (m + 2) * -(-n // m))
         runs = ((0, -(-n // m), m),)
     return tuple(r for r in runs if r[1] > 0)
+
+
+# One transform point's weights (C x K floats) are read from memory once per call; relative to its
+# (N x C) @ (C x K) product that costs about as much as this many more rows N (a ~130 GMAC/s
+# product against ~10 GB/s of memory on the 2-core machine this was measured on).
+_WEIGHT_ROWS = 52
+
+
+def plan(out_h: int, out_w: int, batch: int) -> tuple[Runs, Runs]:
+    """Row and column tilings for `batch` outputs of `out_h x out_w`, mixed tiles or one size.
+
+    Mixed tiles need fewer multiplies but one weight matrix per tile shape: 121 points' weights
+    instead of 36 for a 7x7 map, which end to end cost more than they save at ~100 copies (all
+    512-channel layers' weights no longer fit in cache). Cost: per tile shape, points x (rows +
+    `_WEIGHT_ROWS`).
+    """
+
+    def cost(rr: Runs, cc: Runs) -> int:
+        return sum(
+            (mr + 2) * (mc + 2) * (batch * qr * qc + _WEIGHT_ROWS)
+            for _, qr, mr in rr
+            for _, qc, mc in cc
+        )
+
+    options = [(tiling(out_h, mixed), tiling(out_w, mixed)) for mixed in (True, False)]
+    return min(options, key=lambda o: cost(*o))
 
 
 class Winograd3x3:
@@ -157,7 +186,7 @@ class Winograd3x3:
         """
         P, C, h, w = x.shape
         K = self.K
-        runs_r, runs_c = tiling(out_h), tiling(out_w)
+        runs_r, runs_c = plan(out_h, out_w, P)
         Hc = runs_r[-1][0] + runs_r[-1][1] * runs_r[-1][2]  # outputs the tiles cover (>= out_h)
         Wc = runs_c[-1][0] + runs_c[-1][1] * runs_c[-1][2]
         Hp, Wp = Hc + 2, Wc + 2  # padded input that whole tiles need
