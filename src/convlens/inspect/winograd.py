@@ -153,11 +153,15 @@ class Winograd3x3:
         ATc, Gc, BTc = winograd_matrices(mc)
         if (mr, mc) not in self._u:
             # U[xi*ac + nu, c, o] = sum_kl Gr[xi, k] Gc[nu, l] w[o, c, k, l]: one GEMM of the
-            # Kronecker product with the taps-first weights (float32: 1.4e-7 of U's largest entry
-            # against float64, and 2x faster than an einsum in float64 for 512 channels).
-            w = self.weight.float().permute(2, 3, 1, 0).reshape(9, self.C * self.K)  # (kl, c*o)
-            gk = torch.as_tensor(np.kron(Gr, Gc), dtype=torch.float32)  # (ar*ac, 9)
-            self._u[mr, mc] = (gk @ w).view(-1, self.C, self.K)
+            # Kronecker product with the taps-first weights, in float64 (computed in float32, U
+            # moved ResNet-18's attributions from 3.5e-5 to 5.0e-5 of Captum's scale).
+            # By column chunks, so the float64 intermediate stays in cache (2-5x faster).
+            w = self.weight.permute(2, 3, 1, 0).reshape(9, self.C * self.K)  # (kl, c*o)
+            gk = torch.as_tensor(np.kron(Gr, Gc))  # (ar*ac, 9), float64
+            u = torch.empty(gk.shape[0], self.C * self.K, dtype=torch.float32)
+            for s in range(0, u.shape[1], 1 << 15):
+                u[:, s : s + (1 << 15)] = gk @ w[:, s : s + (1 << 15)].double()
+            self._u[mr, mc] = u.view(-1, self.C, self.K)
         bk = torch.as_tensor(np.kron(BTr, BTc), dtype=torch.float32)
         ak = torch.as_tensor(np.kron(ATr, ATc), dtype=torch.float32)
         return self._u[mr, mc], bk, ak
