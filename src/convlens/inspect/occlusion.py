@@ -16,8 +16,8 @@ Speed: the occluded copies are evaluated by :class:`~convlens.inspect.incrementa
 which recomputes in each layer only the region a window can change (the KRYPTON idea), and on CPU
 runs the wide 3x3 layers that every window changes in full by Winograd's algorithm on the
 difference from the clean image; ``engine="full"`` evaluates whole copies instead, as every other
-library does. ResNet-18 at 224, window 16, stride 8: 4.2-4.8x faster than Captum on a 2-core CPU,
-VGG-16 15x (``benchmarks/RESULTS.md``).
+library does. ResNet-18 at 224, window 16, stride 8: 4.0-4.6x faster than Captum on a 2-core CPU,
+VGG-16 13-15x (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

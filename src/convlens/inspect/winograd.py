@@ -11,8 +11,10 @@ from an ``(m+2) x (m+2)`` input tile with ``(m+2)^2`` multiplies instead of ``9 
 
 Summed over input channels, the elementwise products become one matrix product per transform point:
 ``(m+2)^2`` GEMMs of ``(tiles, C) @ (C, K)``, which MKL runs near the CPU's peak. Tiles of 4 and 3
-cover each axis exactly (14 = 4+4+3+3, 7 = 4+3; see :func:`tiling`): 441 multiplies per input and
-output channel for a 7x7 map become 121, 1764 for 14x14 become 484.
+can cover each axis exactly (14 = 4+4+3+3: 1764 multiplies per input and output channel become
+484; see :func:`tiling`), but each tile shape needs its own transformed weights, so :func:`plan`
+weighs multiplies against weight reads (7x7 maps at ~100 copies: 2x2 tiles of 4, 144 multiplies
+against 441, one 36-point weight set).
 
 The matrices come from the Toom-Cook construction on the points ``0, 1, -1, 1/2, -2`` (plus
 infinity); 1/2 instead of 2 keeps the entries small, which matters in float32: on random layers the
@@ -20,8 +22,10 @@ error is ~4e-6 of the output's largest value (direct convolution: ~1e-6); tiles 
 reach 1e-5-5e-4 and are not offered. Transforms are small Kronecker-product GEMMs on chunks of
 tiles that stay in cache; buffers are reused across calls (fresh large tensors page-fault).
 Measured on this project's 2-core CPU (best of 8, interleaved, one process; 104 occluded copies,
-difference form): 7x7x512 maps 76.6 ms direct -> 35.2 ms (2.2x), 11x11x256 (valid) 47.5 -> 29.7 ms
-(1.6x), 14x14x256 82.1 -> 49.8 ms (1.65x). At 128 channels the transforms cost as much as they save.
+difference form, mixed tiles): 7x7x512 maps 76.6 ms direct -> 35.2 ms (2.2x), 11x11x256 (valid)
+47.5 -> 29.7 ms (1.6x), 14x14x256 82.1 -> 49.8 ms (1.65x); repeating one layer keeps its weights in
+cache, which flatters mixed tiles (see :func:`plan`). At 128 channels the transforms cost as much
+as they save.
 """
 
 from __future__ import annotations
