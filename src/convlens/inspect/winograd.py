@@ -42,17 +42,17 @@ _POINTS: dict[int, tuple[float, ...]] = {
     3: (0.0, 1.0, -1.0, 0.5),
     4: (0.0, 1.0, -1.0, 0.5, -2.0),
 }
-_CHUNK_BYTES = (
-    1 << 22
-)  # per-chunk transform buffers: small enough to stay in cache (measured 2-4 MiB best)
+# Per-chunk transform buffers: small enough to stay in cache (2-4 MiB measured best).
+_CHUNK_BYTES = 1 << 22
 
 
 @cache
-def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(A^T, G, B^T)` of F(m, r), float64, such that `A^T [(G g) * (B^T d)]` correlates d with g.
+def winograd_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(A^T, G, B^T)` of F(m, 3), float64, such that `A^T [(G g) * (B^T d)]` correlates d with g.
 
-    `A^T` is `(m, a)`, `G` is `(a, r)` and `B^T` is `(a, a)` with `a = m + r - 1`.
+    `A^T` is `(m, a)`, `G` is `(a, 3)` and `B^T` is `(a, a)` with `a = m + 2`.
     """
+    r = 3
     a = m + r - 1
     pts = np.asarray(_POINTS[m], dtype=np.float64)
     AT, G = np.zeros((m, a)), np.zeros((a, r))
