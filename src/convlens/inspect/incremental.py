@@ -31,8 +31,9 @@ eval-mode BatchNorm computes both at once with the BN folded into its weights. T
 never modified: folded and re-laid-out weights are private copies.
 
 From the middle of a deep network on, every patch changes the whole feature map, and those layers
-dominate the time. There, 3x3 stride-1 convolutions with at least 256 channels run on CPU as
-Winograd F(4, 3) (:mod:`convlens.inspect.winograd`, 2-3x fewer multiplies) applied to the
+dominate the time. There, 3x3 stride-1 convolutions with at least 256 input and output channels
+run on CPU as Winograd F(m, 3) with tiles of 4 and 3 (:mod:`convlens.inspect.winograd`, ~3x fewer
+multiplies) applied to the
 *difference* from the clean tensor: `conv(x) = conv(clean) + conv(x - clean)`, with `conv(clean)`
 the model's own clean value. Winograd's extra rounding then scales with the difference, which is
 small away from the patch; the attributions stay within the 1e-4 of Captum's that the tests ask.
