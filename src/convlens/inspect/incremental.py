@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.experimental.meta_tracer import MetaTracer
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from convlens.inspect.winograd import Winograd3x3
 
@@ -267,14 +268,10 @@ def _fold_bn(
 ) -> _Window | None:
     """conv followed by eval-mode BN as one conv: `W * g / sqrt(v + eps)`, `(b - m) * that + beta`."""
     assert bn.running_var is not None and bn.running_mean is not None
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return _conv_window(conv, conv.weight * scale[:, None, None, None], bias, workspace)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    return _conv_window(conv, weight, bias, workspace)
 
 
 def _pair(v: Any) -> tuple[int, int]:
