@@ -90,8 +90,10 @@ _EXPECTED_FULL_FUNCTIONS: set[Any] = {
     F.softmax, F.log_softmax,
 }  # fmt: skip
 _EXPECTED_FULL_METHODS = {"view", "reshape", "flatten", "mean", "size", "dim", "amax", "squeeze"}
-# Winograd pays off on CPU from 256 channels (measured: 1.4-1.8x at 256-512, none at 128).
-_WINOGRAD_MIN_CHANNELS = 256
+# Winograd pays off on CPU from this many channels. With torch's tile transforms: 256 (1.4-1.8x
+# at 256-512, none at 128); the compiled transforms (convlens.inspect.ckernels) cost a third as
+# much, and 128-channel layers gain too (28x28x128, 104 copies: 91 ms direct, 65 ms Winograd).
+_WINOGRAD_MIN_CHANNELS = {"torch": 256, "compiled": 128}
 
 
 @dataclass(frozen=True)
@@ -217,9 +219,11 @@ def _conv_window(
         and stride == (1, 1)
         and dilation == (1, 1)
         and groups == 1
-        and min(weight.shape[:2]) >= _WINOGRAD_MIN_CHANNELS
+        and min(weight.shape[:2]) >= _WINOGRAD_MIN_CHANNELS["compiled"]
     ):
         wino = Winograd3x3(weight.detach(), b, workspace)
+        if wino.kernels is None and min(weight.shape[:2]) < _WINOGRAD_MIN_CHANNELS["torch"]:
+            wino = None
 
     def on_window(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, b, stride, 0, dilation, groups)

@@ -36,6 +36,8 @@ from functools import cache
 import numpy as np
 import torch
 
+from convlens.inspect import ckernels
+
 # Finite interpolation points per output tile size m (infinity is the last point).
 _POINTS: dict[int, tuple[float, ...]] = {
     2: (0.0, 1.0, -1.0),
@@ -148,6 +150,9 @@ class Winograd3x3:
         # (mr, mc) -> (U, B, A) of that tile shape, see _transforms
         self._u: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._work = {} if workspace is None else workspace
+        # Compiled tile transforms (:mod:`convlens.inspect.ckernels`) when the channel counts suit
+        # their 16-float vectors; None: torch's transforms. Set it to None to compare the two.
+        self.kernels = ckernels.load() if self.C % 16 == 0 and self.K % 16 == 0 else None
 
     def _transforms(self, mr: int, mc: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For `mr x mc` tiles: `U (ar*ac, C, K)`, `B (ar*ac, ar*ac)`, `A (mr*mc, ar*ac)`, float32.
@@ -198,6 +203,8 @@ class Winograd3x3:
         """
         P, C, h, w = x.shape
         K = self.K
+        if self.kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self._call_compiled(x, (pad_top, pad_left), (out_h, out_w), x_ref, y_ref)
         runs_r, runs_c = plan(out_h, out_w, P)
         Hc = runs_r[-1][0] + runs_r[-1][1] * runs_r[-1][2]  # outputs the tiles cover (>= out_h)
         Wc = runs_c[-1][0] + runs_c[-1][1] * runs_c[-1][2]
@@ -234,6 +241,41 @@ class Winograd3x3:
         cropped = out[:, :out_h, :out_w]
         res = cropped.clone() if add is None else cropped + add
         return res.permute(0, 3, 1, 2)
+
+    def _call_compiled(
+        self,
+        x: torch.Tensor,
+        pad: tuple[int, int],
+        size: tuple[int, int],
+        x_ref: torch.Tensor | None,
+        y_ref: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`__call__` with the compiled transforms: no padded copy, output written in place."""
+        assert self.kernels is not None
+        P, C = x.shape[:2]
+        out_h, out_w = size
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, H, W, C), C contiguous
+            t = t.permute(0, 2, 3, 1)
+            return t if t.stride(3) == 1 else t.contiguous()
+
+        xh = rows(x)
+        ref = None if x_ref is None else rows(x_ref.to(torch.float32))
+        add = None if y_ref is None else rows(y_ref.to(torch.float32))
+        bias = None if y_ref is not None or self.bias is None else self.bias.contiguous()
+        out = torch.empty(P, out_h, out_w, self.K, dtype=x.dtype)
+        runs_r, runs_c = plan(out_h, out_w, P)
+        for r0, qr, mr in runs_r:
+            for c0, qc, mc in runs_c:
+                u = self._transforms(mr, mc)[0]  # (points, C, K)
+                n = P * qr * qc
+                V = self._buffer("V", u.shape[0] * n * C).view(-1, n, C)
+                tiles = (qr, qc, mr, mc)
+                ckernels.input_transform(self.kernels, xh, ref, r0 - pad[0], c0 - pad[1], tiles, V)
+                M = self._buffer("M", u.shape[0] * n * self.K).view(-1, n, self.K)
+                torch.bmm(V, u, out=M)
+                ckernels.output_transform(self.kernels, M, tiles, out, r0, c0, add, bias)
+        return out.permute(0, 3, 1, 2)  # (P, K, out_h, out_w), channels-last
 
     def _tiles(
         self,
