@@ -237,3 +237,25 @@ def test_a_damaged_cached_library_is_compiled_again(
         assert lib.read_bytes() == good  # the same compiler and source give the same library
     finally:
         ckernels.load.cache_clear()
+
+
+def test_placed_rectangles_match_convolving_the_built_windows() -> None:
+    """`placed`: each copy's rectangle (some cut by the window's edge) in a window of zeros."""
+    torch.manual_seed(6)
+    P, C, K, window, (h, w) = 4, 16, 32, (10, 12), (5, 6)
+    d = torch.randn(P, C, h, w).contiguous(memory_format=torch.channels_last)
+    rows, cols = torch.tensor([0, 3, 7, -2]), torch.tensor([0, 6, 9, 4])
+    z = torch.zeros(P, C, window[0] + 8, window[1] + 8)  # margins for rectangles past the edges
+    for p in range(P):
+        r, c = int(rows[p]) + 4, int(cols[p]) + 4
+        z[p, :, r : r + h, c : c + w] = d[p]
+    z = z[:, :, 4 : 4 + window[0], 4 : 4 + window[1]]
+    wt = torch.randn(K, C, 3, 3) / 12
+    y_ref = torch.randn(1, K, window[0] - 2, window[1] - 2).contiguous(
+        memory_format=torch.channels_last
+    )
+    ref = _reference(z, wt, None, 0) + y_ref.double()
+    out = _compiled(wt, None).placed(
+        d, (rows.int(), cols.int()), window, (window[0] - 2, window[1] - 2), y_ref
+    )
+    assert float((out.double() - ref).abs().max() / ref.abs().max()) < 2e-6

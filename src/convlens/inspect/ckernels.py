@@ -59,8 +59,9 @@ def _input_kernel(mr: int, mc: int) -> str:
     BTr, BTc = winograd_matrices(mr)[2], winograd_matrices(mc)[2]
     ar, ac = mr + 2, mc + 2
     lines = [
-        f"static void in_{mr}{mc}(const float *x, long sp, long sh, long sw, const float *xr,",
-        "    long rp, long rh, long rw, int H, int W, int C, int y0, int x0, int qr, int qc,",
+        f"static void in_{mr}{mc}(const float *x, long sp, long sh, long sw, int hs, int ws,",
+        "    const int *oy, const int *ox, const float *xr, long rp, long rh, long rw,",
+        "    int H, int W, int C, int y0, int x0, int qr, int qc,",
         "    float *V, long N, int P, int nt) {",
         "  const v16 Z = {0};",
         "  #pragma omp parallel for num_threads(nt) schedule(static)",
@@ -68,11 +69,15 @@ def _input_kernel(mr: int, mc: int) -> str:
         "    long n = ((long)p * qr + tr) * qc + tc;",
         f"    int yb = y0 + tr * {mr}, xb = x0 + tc * {mc};",
         f"    const float *s[{ar}][{ac}], *r[{ar}][{ac}];",
-        "    /* Pixels outside the input read as zero: the convolution's padding. */",
+        "    /* Window pixel (yy, xx) is x's pixel (sy, sx) when x sits at (oy[p], ox[p]) in the",
+        "       window; pixels outside the window or outside x read as zero (the padding). */",
+        "    int dy = oy ? oy[p] : 0, dx = ox ? ox[p] : 0;",
         f"    for (int i = 0; i < {ar}; i++) for (int j = 0; j < {ac}; j++) {{",
-        "      int yy = yb + i, xx = xb + j, in = yy >= 0 && yy < H && xx >= 0 && xx < W;",
-        "      s[i][j] = in ? x + p * sp + yy * sh + xx * sw : 0;",
-        "      r[i][j] = in && xr ? xr + p * rp + yy * rh + xx * rw : 0;",
+        "      int yy = yb + i, xx = xb + j, sy = yy - dy, sx = xx - dx;",
+        "      int in = yy >= 0 && yy < H && xx >= 0 && xx < W && sy >= 0 && sy < hs",
+        "          && sx >= 0 && sx < ws;",
+        "      s[i][j] = in ? x + p * sp + sy * sh + sx * sw : 0;",
+        "      r[i][j] = in && xr ? xr + p * rp + sy * rh + sx * rw : 0;",
         "    }",
         f"    for (int c = 0; c < C; c += {VECTOR}) {{",
     ]
@@ -152,7 +157,8 @@ def source() -> str:
     for mr, mc in shapes:
         parts += [_input_kernel(mr, mc), _output_kernel(mr, mc)]
     in_cases = "\n".join(
-        f"  case {mr * 10 + mc}: in_{mr}{mc}(x, sp, sh, sw, xr, rp, rh, rw, H, W, C, y0, x0, qr, qc,"
+        f"  case {mr * 10 + mc}: in_{mr}{mc}(x, sp, sh, sw, hs, ws, oy, ox, xr, rp, rh, rw, H, W, C,"
+        " y0, x0, qr, qc,"
         " V, N, P, nt); return 0;"
         for mr, mc in shapes
     )
@@ -162,8 +168,9 @@ def source() -> str:
         for mr, mc in shapes
     )
     parts.append(
-        "int wino_in(int mr, int mc, const float *x, long sp, long sh, long sw, const float *xr,\n"
-        "    long rp, long rh, long rw, int H, int W, int C, int y0, int x0, int qr, int qc,\n"
+        "int wino_in(int mr, int mc, const float *x, long sp, long sh, long sw, int hs, int ws,\n"
+        "    const int *oy, const int *ox, const float *xr, long rp, long rh, long rw,\n"
+        "    int H, int W, int C, int y0, int x0, int qr, int qc,\n"
         "    float *V, long N, int P, int nt) {\n"
         f"  switch (mr * 10 + mc) {{\n{in_cases}\n  }}\n  return -1;\n}}"
     )
@@ -237,7 +244,8 @@ def load() -> ctypes.CDLL | None:
         return None
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     # The C signatures of wino_in and wino_out (see `source`).
-    ins: list[Any] = [i32, i32, ptr, i64, i64, i64, ptr, i64, i64, i64, *[i32] * 7, ptr, i64]
+    ins: list[Any] = [i32, i32, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, i64, i64, i64]
+    ins += [*[i32] * 7, ptr, i64]
     outs: list[Any] = [i32, i32, ptr, i64, i32, i32, i32, ptr, i64, i64, i64, *[i32] * 4, ptr]
     lib.wino_in.argtypes = [*ins, i32, i32]
     lib.wino_out.argtypes = [*outs, i64, i64, i64, ptr, i32, i32]
@@ -262,19 +270,27 @@ def input_transform(
     x0: int,
     tiles: tuple[int, int, int, int],
     V: torch.Tensor,
+    window: tuple[int, int] | None = None,
+    at: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """`V[(a, b), n, :] = (B^T d_n B)[a, b]` for the tiles of `x - x_ref`, `(P, H, W, C)` views.
+    """`V[(a, b), n, :] = (B^T d_n B)[a, b]` for the tiles of `x - x_ref`, `(P, h, w, C)` views.
 
     `tiles = (qr, qc, mr, mc)`: a `qr x qc` grid of `mr x mc` output tiles whose first input
-    tile starts at row `y0`, column `x0` of `x` (negative: inside the zero padding). Tile `n` is
-    `(p, tr, tc)` in row-major order; `V` is `((mr + 2) * (mc + 2), P * qr * qc, C)`, contiguous.
+    tile starts at row `y0`, column `x0` of the input (negative: inside the zero padding). Tile
+    `n` is `(p, tr, tc)` in row-major order; `V` is `((mr + 2) * (mc + 2), P * qr * qc, C)`,
+    contiguous. The input is `x` itself, or with `window = (H, W)` and `at = (rows, cols)`
+    (int32, one per copy) an `H x W` window of zeros holding copy p's `x` at `(rows[p], cols[p])`.
     """
     qr, qc, mr, mc = tiles
-    P, H, W, C = x.shape
+    P, h, w, C = x.shape
+    H, W = window or (h, w)
     assert V.is_contiguous() and C % VECTOR == 0
-    ref = None if x_ref is None else x_ref.data_ptr()
+    oy, ox = (None, None) if at is None else (t.contiguous() for t in at)
+    assert oy is None or (oy.dtype == torch.int32 and oy.shape == (P,))
     err = lib.wino_in(
-        mr, mc, x.data_ptr(), *_rows(x), ref, *_rows(x_ref), H, W, C, y0, x0, qr, qc,
+        mr, mc, x.data_ptr(), *_rows(x), h, w,
+        None if oy is None else oy.data_ptr(), None if ox is None else ox.data_ptr(),
+        None if x_ref is None else x_ref.data_ptr(), *_rows(x_ref), H, W, C, y0, x0, qr, qc,
         V.data_ptr(), V.shape[1], P, torch.get_num_threads(),
     )  # fmt: skip
     assert err == 0, (mr, mc)

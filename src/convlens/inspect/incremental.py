@@ -709,6 +709,12 @@ class IncrementalOcclusion:
         if wino is not None:
             y_ref = _crop(out_clean, rows, cols, g.h, g.w)
             if isinstance(state, _Region) and not self.geom[src].full:
+                gs = self.geom[src]
+                if wino.kernels is not None:  # the change inside each rectangle, placed by C
+                    d = state.vals - _crop(clean_in, state.rows, state.cols, gs.h, gs.w)
+                    at = (state.rows + ay.pad - rows).int(), (state.cols + ax.pad - cols).int()
+                    y = wino.placed(d, at, (ih, iw), (g.h, g.w), y_ref)
+                    return _Region(y, rows, cols)
                 # The windows of the difference, built directly: zero outside each rectangle.
                 delta = self._gather(state, *where, pad, win.fill, padded, delta=True)
                 return _Region(wino(delta, 0, 0, g.h, g.w, None, y_ref), rows, cols)

@@ -242,6 +242,23 @@ class Winograd3x3:
         res = cropped.clone() if add is None else cropped + add
         return res.permute(0, 3, 1, 2)
 
+    def placed(
+        self,
+        d: torch.Tensor,
+        at: tuple[torch.Tensor, torch.Tensor],
+        window: tuple[int, int],
+        size: tuple[int, int],
+        y_ref: torch.Tensor,
+    ) -> torch.Tensor:
+        """`y_ref + conv(z)` for windows `z` of zeros holding a small rectangle each (compiled only).
+
+        `z[p]` is `(C, *window)`, zero but for `d[p]` `(C, h, w)` at row `at[0][p]`, column
+        `at[1][p]` (int32, may reach outside the window); the convolution is unpadded, of output
+        `size`. For occlusion: the change a patch makes, only inside its rectangle, is convolved
+        without building the windows.
+        """
+        return self._call_compiled(d, (0, 0), size, None, y_ref, window, at)
+
     def _call_compiled(
         self,
         x: torch.Tensor,
@@ -249,8 +266,11 @@ class Winograd3x3:
         size: tuple[int, int],
         x_ref: torch.Tensor | None,
         y_ref: torch.Tensor | None,
+        window: tuple[int, int] | None = None,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`__call__` with the compiled transforms: no padded copy, output written in place."""
+        """`__call__` (and `placed`) with the compiled transforms: no padded copy, output written
+        in place."""
         assert self.kernels is not None
         P, C = x.shape[:2]
         out_h, out_w = size
@@ -271,7 +291,9 @@ class Winograd3x3:
                 n = P * qr * qc
                 V = self._buffer("V", u.shape[0] * n * C).view(-1, n, C)
                 tiles = (qr, qc, mr, mc)
-                ckernels.input_transform(self.kernels, xh, ref, r0 - pad[0], c0 - pad[1], tiles, V)
+                ckernels.input_transform(
+                    self.kernels, xh, ref, r0 - pad[0], c0 - pad[1], tiles, V, window, at
+                )
                 M = self._buffer("M", u.shape[0] * n * self.K).view(-1, n, self.K)
                 torch.bmm(V, u, out=M)
                 ckernels.output_transform(self.kernels, M, tiles, out, r0, c0, add, bias)
