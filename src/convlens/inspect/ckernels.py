@@ -11,29 +11,21 @@ tiles, C)`` layout the ``bmm`` reads; the output kernel reads the ``bmm`` result
 The C source is generated for every tile shape ``(mr, mc)`` in {2, 3, 4}^2 with the transform
 coefficients as constants (zeros and ones vanish), on vectors of 16 floats (GCC/Clang vector
 extensions: AVX-512 where the CPU has it, split into narrower instructions otherwise), and
-parallel over images with OpenMP (the process's libgomp, which torch has already loaded). It is
-compiled with the system C compiler (``$CC``, else ``cc``) into ``cache_dir()/kernels`` the first
-time it is needed, about 3 s; without a compiler, or with ``CONVLENS_C_KERNELS=0``, Winograd
+parallel over images with OpenMP. :mod:`convlens.native` compiles it the first time it is needed
+(about 5 s, once per machine); without a C compiler, or with ``CONVLENS_C_KERNELS=0``, Winograd
 uses its torch transforms instead (same results up to float rounding, slower).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from convlens.data.paths import cache_dir
+from convlens.native import compile_library
 
 TILES = (2, 3, 4)  # output tile sizes m with kernels (F(m, 3) needs m + 2 input points)
 VECTOR = 16  # floats per vector: the channel counts the kernels accept are multiples of this
@@ -183,64 +175,11 @@ def source() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _cpu_signature() -> str:
-    """What `-march=native` depends on: the CPU's model and feature flags (Linux), else the arch."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    keep = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
-    return platform.machine() + "\n" + "\n".join(sorted(set(keep)))
-
-
-def _compile(src: str, out: Path) -> bool:
-    """Compile `src` into the shared library `out` (atomically); False if no compiler managed."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        c_file, so_file = Path(tmp) / "wino.c", Path(tmp) / out.name
-        c_file.write_text(src)
-        base = [cc, "-O2", "-march=native", "-shared", "-fPIC", str(c_file), "-o", str(so_file)]
-        # With OpenMP first; a compiler without it still gives (single-threaded) kernels.
-        for flags in (["-fopenmp"], []):
-            try:
-                done = subprocess.run(base + flags, capture_output=True, timeout=300)
-            except (OSError, subprocess.SubprocessError):
-                return False
-            if done.returncode == 0:
-                digest = Path(tmp) / "digest"
-                digest.write_text(hashlib.sha256(so_file.read_bytes()).hexdigest())
-                os.replace(so_file, out)
-                os.replace(digest, out.with_suffix(".sha256"))
-                return True
-    return False
-
-
-def _intact(lib: Path) -> bool:
-    """Whether `lib` exists and matches the digest written when it was compiled."""
-    try:
-        digest = lib.with_suffix(".sha256").read_text().strip()
-        return hashlib.sha256(lib.read_bytes()).hexdigest() == digest
-    except OSError:
-        return False
-
-
 @cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernels (compiling them on first use), or None where they are unavailable."""
-    if os.environ.get("CONVLENS_C_KERNELS", "1") == "0":
-        return None
-    src = source()
-    key = hashlib.sha256((src + _cpu_signature()).encode()).hexdigest()[:16]
-    path = cache_dir() / "kernels" / f"winograd-{key}.so"
-    try:
-        # A damaged library could crash the process in dlopen: check it against its digest.
-        if not _intact(path) and not _compile(src, path):
-            return None
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+    lib = compile_library("winograd", source())
+    if lib is None:
         return None
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     # The C signatures of wino_in and wino_out (see `source`).

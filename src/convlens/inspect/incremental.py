@@ -31,12 +31,14 @@ eval-mode BatchNorm computes both at once with the BN folded into its weights. T
 never modified: folded and re-laid-out weights are private copies.
 
 From the middle of a deep network on, every patch changes the whole feature map, and those layers
-dominate the time. There, 3x3 stride-1 convolutions with at least 256 input and output channels
-run on CPU as Winograd F(m, 3) with tiles of 4 and 3 (:mod:`convlens.inspect.winograd`, ~3x fewer
-multiplies) applied to the
-*difference* from the clean tensor: `conv(x) = conv(clean) + conv(x - clean)`, with `conv(clean)`
-the model's own clean value. Winograd's extra rounding then scales with the difference, which is
-small away from the patch; the attributions stay within the 1e-4 of Captum's that the tests ask.
+dominate the time. There, 3x3 stride-1 convolutions with at least 128 input and output channels
+(256 without a C compiler for the tile transforms, :mod:`convlens.inspect.ckernels`) run on CPU as
+Winograd F(m, 3) with tiles of 4 and 3 (:mod:`convlens.inspect.winograd`, ~3x fewer multiplies)
+applied to the *difference* from the clean tensor: `conv(x) = conv(clean) + conv(x - clean)`, with
+`conv(clean)` the model's own clean value. Winograd's extra rounding then scales with the
+difference, which is small away from the patch; the attributions stay within the 1e-4 of Captum's
+that the tests ask. Where a layer's input changed only inside each patch's rectangle, that change
+goes to the compiled input transform with its offset, without building windows of zeros.
 """
 
 from __future__ import annotations
@@ -300,8 +302,8 @@ class IncrementalOcclusion:
         cols: `(gw, 2)` column ranges, one per grid column.
         full_fraction: a rectangle covering at least this fraction of a tensor's height (or width)
             is widened to the whole height (width).
-        winograd: compute 3x3 stride-1 convolutions with at least 256 input and output channels
-            by Winograd's algorithm on CPU (float32: 2-3x fewer multiplies, errors ~3e-6 of the
+        winograd: compute wide 3x3 stride-1 convolutions (see the module's notes) by Winograd's
+            algorithm on CPU (float32: 2-3x fewer multiplies, errors ~3e-6 of the
             output's scale instead of ~1e-6).
     """
 

@@ -19,13 +19,24 @@ against 441, one 36-point weight set).
 The matrices come from the Toom-Cook construction on the points ``0, 1, -1, 1/2, -2`` (plus
 infinity); 1/2 instead of 2 keeps the entries small, which matters in float32: on random layers the
 error is ~4e-6 of the output's largest value (direct convolution: ~1e-6); tiles of 5 or more
-reach 1e-5-5e-4 and are not offered. Transforms are small Kronecker-product GEMMs on chunks of
-tiles that stay in cache; buffers are reused across calls (fresh large tensors page-fault).
-Measured on this project's 2-core CPU (best of 8, interleaved, one process; 104 occluded copies,
-difference form, mixed tiles): 7x7x512 maps 76.6 ms direct -> 35.2 ms (2.2x), 11x11x256 (valid)
-47.5 -> 29.7 ms (1.6x), 14x14x256 82.1 -> 49.8 ms (1.65x); repeating one layer keeps its weights in
-cache, which flatters mixed tiles (see :func:`plan`). At 128 channels the transforms cost as much
-as they save.
+reach 1e-5-5e-4 and are not offered.
+
+The tile transforms run as generated C kernels (:mod:`convlens.inspect.ckernels`: one pass each,
+no padded copy, output written in place) where a C compiler is available, else as small
+Kronecker-product GEMMs on chunks of tiles that stay in cache. Buffers are reused across calls
+(fresh large tensors page-fault). Measured on this project's 2-core CPU (one process, difference
+form; repeating one layer keeps its weights in cache, which flatters mixed tiles, see
+:func:`plan`), per call on 104-125 occluded copies:
+
+==================  ============  ==================  =================
+map                 direct        torch transforms    C transforms
+==================  ============  ==================  =================
+7x7x512, 125        ~92 ms        64 ms               52 ms
+11x11x256 (valid)   50 ms         35 ms               28 ms
+28x28x128           91 ms         93 ms               65 ms
+==================  ============  ==================  =================
+
+With torch's transforms 128-channel layers gain nothing, with the compiled ones they do.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.models.interface import ConvNet
+from convlens.models.lenet_kernels import conv_pool_relu
 from convlens.models.registry import register_model
 from convlens.models.tables import PAPERS
 
@@ -80,13 +81,16 @@ class LeNet5(ConvNet):
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of :meth:`forward`, computed with fewer and cheaper kernels (for training).
 
-        Same parameters, same function, same gradients (to float rounding); two rewrites, each
-        exact in real arithmetic, that together make a CPU training step ~1.2x faster:
+        Same parameters, same function, same gradients (to float rounding); three rewrites, each
+        exact in real arithmetic, that together make a CPU training step ~2x faster:
 
         - ReLU after max pooling instead of before. ReLU is monotone and the identity on positive
           values, so ``pool(relu(x)) == relu(pool(x))`` exactly, and the gradient still reaches the
           first maximum of each window (or nothing when the window is <= 0, as before). ReLU and its
           gradient then touch a quarter of the C1/C3 values.
+        - C1 -> pooling -> ReLU on a one-channel CPU batch as one C kernel, forward and backward
+          (:mod:`convlens.models.lenet_kernels`), where a C compiler is available: oneDNN's
+          kernels are made for many channels, and this block was half of the step.
         - C5 as the linear layer it is: its 5x5 kernel covers the whole 5x5 S4 map, so the
           convolution is one GEMM of the flattened map with the flattened kernel; oneDNN's
           convolution kernels are several times slower for this shape.
@@ -98,8 +102,12 @@ class LeNet5(ConvNet):
         if not (isinstance(self.act1, nn.ReLU) and isinstance(self.pool1, nn.MaxPool2d)):
             return self.forward(x)
         c1, c3, c5 = self.conv1, self.conv2, self.conv3
-        x = F.conv2d(x, c1.weight, c1.bias, c1.stride, c1.padding)  # N x 6 x 28 x 28
-        x = F.max_pool2d(x, 2, 2).relu_()  # N x 6 x 14 x 14
+        block = conv_pool_relu(x, c1, self.pool1)  # one C pass, where it applies
+        if block is None:
+            x = F.conv2d(x, c1.weight, c1.bias, c1.stride, c1.padding)  # N x 6 x 28 x 28
+            x = F.max_pool2d(x, 2, 2).relu_()  # N x 6 x 14 x 14
+        else:
+            x = block
         x = F.conv2d(x, c3.weight, c3.bias)  # N x 16 x 10 x 10
         x = F.max_pool2d(x, 2, 2).relu_()  # N x 16 x 5 x 5
         if x.shape[-2:] != c5.weight.shape[-2:]:
