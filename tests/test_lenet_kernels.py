@@ -1,7 +1,7 @@
-"""LeNet-5's C1 block in C (``convlens.models.lenet_kernels``) against PyTorch's own layers.
+"""LeNet-5's C1 and C3 blocks in C (``convlens.models.lenet_kernels``) against PyTorch's layers.
 
 Oracle: ``relu(max_pool2d(conv2d(x, w, b, padding)))`` with PyTorch's kernels and autograd, for the
-output and the weight and bias gradients; ties checked bit for bit with small integers in float32
+output and the weight, bias (and for C3 input) gradients; ties checked bit for bit with small integers in float32
 (every sum exact). Where no C compiler exists the kernel must decline, and the model still trains.
 """
 
@@ -75,27 +75,36 @@ def test_gradients_are_deterministic_for_a_thread_count() -> None:
     """The threads' partial sums are added in a fixed order: resumed training repeats itself."""
     _needs_kernels()
     torch.manual_seed(2)
-    conv = nn.Conv2d(1, 6, 5, padding=2)
-    x = torch.randn(64, 1, 28, 28)
-    runs = []
-    for _ in range(3):
-        out = conv_pool_relu(x, conv, nn.MaxPool2d(2))
-        assert out is not None
-        runs.append(torch.autograd.grad(out.square().sum(), (conv.weight, conv.bias)))
-    for other in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(runs[0], other, strict=True))
+    for conv, x in (
+        (nn.Conv2d(1, 6, 5, padding=2), torch.randn(64, 1, 28, 28)),
+        (nn.Conv2d(6, 16, 5), torch.randn(64, 6, 14, 14).requires_grad_()),
+    ):
+        runs = []
+        for _ in range(3):
+            out = conv_pool_relu(x, conv, nn.MaxPool2d(2))
+            assert out is not None
+            wrt = (conv.weight, conv.bias, *([x] if x.requires_grad else []))
+            runs.append(torch.autograd.grad(out.square().sum(), wrt))
+        for other in runs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(runs[0], other, strict=True))
 
 
 @pytest.mark.parametrize(
-    "case", ["input needs grad", "three channels", "float64", "stride 2", "avg pool", "3x3"]
-)
+    "case",
+    ["input needs grad", "float64", "stride 2", "avg pool", "3x3", "7 channels", "padded C3",
+     "8 out channels"],
+)  # fmt: skip
 def test_declines_what_it_does_not_compute(case: str) -> None:
     conv, pool = nn.Conv2d(1, 6, 5, padding=2), nn.MaxPool2d(2)
     x = torch.randn(2, 1, 28, 28)
     if case == "input needs grad":
         x.requires_grad_()
-    elif case == "three channels":
-        conv, x = nn.Conv2d(3, 6, 5, padding=2), torch.randn(2, 3, 28, 28)
+    elif case == "7 channels":
+        conv, x = nn.Conv2d(7, 16, 5), torch.randn(2, 7, 14, 14)
+    elif case == "padded C3":
+        conv, x = nn.Conv2d(6, 16, 5, padding=1), torch.randn(2, 6, 14, 14)
+    elif case == "8 out channels":
+        conv, x = nn.Conv2d(6, 8, 5), torch.randn(2, 6, 14, 14)
     elif case == "float64":
         conv, x = conv.double(), x.double()
     elif case == "stride 2":
@@ -120,3 +129,47 @@ def test_without_a_compiler_lenet_trains_through_torch(monkeypatch: pytest.Monke
         torch.testing.assert_close(model.forward_fused(x), with_c, rtol=1e-5, atol=1e-6)
     finally:
         lenet_kernels.load.cache_clear()
+
+
+@pytest.mark.parametrize(("side", "channels", "out"), [(14, 6, 16), (13, 3, 32), (10, 1, 64)])
+def test_c3_block_matches_pytorch_output_and_all_gradients(
+    side: int, channels: int, out: int
+) -> None:
+    """C3 (several input channels, unpadded): the input's gradient too, which C1 needs."""
+    _needs_kernels()
+    torch.manual_seed(4)
+    conv = nn.Conv2d(channels, out, 5).to(memory_format=torch.channels_last)
+    x = torch.randn(9, channels, side, side).relu().contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    got = conv_pool_relu(x, conv, nn.MaxPool2d(2))
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    ref = _reference(x, conv)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(ref)
+    wrt = (x, conv.weight, conv.bias)
+    for a, b in zip(
+        torch.autograd.grad(got, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_c3_ties_route_every_gradient_to_the_first_maximum_bit_for_bit() -> None:
+    _needs_kernels()
+    torch.manual_seed(5)
+    conv = nn.Conv2d(6, 16, 5)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(-2, 3, conv.weight.shape))
+        conv.bias.copy_(torch.randint(-1, 3, conv.bias.shape))
+    x = torch.randint(0, 2, (8, 6, 14, 14)).float()
+    x[:, :, :7] = 1.0  # a constant region: whole windows tie
+    x.requires_grad_()
+    got = conv_pool_relu(x, conv, nn.MaxPool2d(2))
+    assert got is not None
+    ref = _reference(x, conv)
+    assert torch.equal(got, ref)
+    g = torch.randint(-3, 4, ref.shape).float()
+    wrt = (x, conv.weight, conv.bias)
+    for a, b in zip(
+        torch.autograd.grad(got, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True
+    ):
+        assert torch.equal(a, b)

@@ -88,9 +88,9 @@ class LeNet5(ConvNet):
           values, so ``pool(relu(x)) == relu(pool(x))`` exactly, and the gradient still reaches the
           first maximum of each window (or nothing when the window is <= 0, as before). ReLU and its
           gradient then touch a quarter of the C1/C3 values.
-        - C1 -> pooling -> ReLU on a one-channel CPU batch as one C kernel, forward and backward
-          (:mod:`convlens.models.lenet_kernels`), where a C compiler is available: oneDNN's
-          kernels are made for many channels, and this block was half of the step.
+        - C1 -> pooling -> ReLU and C3 -> pooling -> ReLU on CPU as one C kernel each, forward and
+          backward (:mod:`convlens.models.lenet_kernels`), where a C compiler is available:
+          oneDNN's kernels are made for many channels, and these blocks were most of the step.
         - C5 as the linear layer it is: its 5x5 kernel covers the whole 5x5 S4 map, so the
           convolution is one GEMM of the flattened map with the flattened kernel; oneDNN's
           convolution kernels are several times slower for this shape.
@@ -108,8 +108,12 @@ class LeNet5(ConvNet):
             x = F.max_pool2d(x, 2, 2).relu_()  # N x 6 x 14 x 14
         else:
             x = block
-        x = F.conv2d(x, c3.weight, c3.bias)  # N x 16 x 10 x 10
-        x = F.max_pool2d(x, 2, 2).relu_()  # N x 16 x 5 x 5
+        block = conv_pool_relu(x, c3, self.pool2)
+        if block is None:
+            x = F.conv2d(x, c3.weight, c3.bias)  # N x 16 x 10 x 10
+            x = F.max_pool2d(x, 2, 2).relu_()  # N x 16 x 5 x 5
+        else:
+            x = block
         if x.shape[-2:] != c5.weight.shape[-2:]:
             raise self._input_size_error(
                 (x.shape[-2] - c5.weight.shape[-2] + 1, x.shape[-1] - c5.weight.shape[-1] + 1)
