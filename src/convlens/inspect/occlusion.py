@@ -15,9 +15,9 @@ target class's score drops. Two forms come out of the same model evaluations:
 Speed: the occluded copies are evaluated by :class:`~convlens.inspect.incremental.IncrementalOcclusion`,
 which recomputes in each layer only the region a window can change (the KRYPTON idea), and on CPU
 runs the wide 3x3 layers that every window changes in full by Winograd's algorithm on the
-difference from the clean image; ``engine="full"`` evaluates whole copies instead, as every other
-library does. ResNet-18 at 224, window 16, stride 8: 4.0-4.6x faster than Captum on a 2-core CPU,
-VGG-16 13-15x (``benchmarks/RESULTS.md``).
+difference from the clean image (tile transforms in C where a compiler exists); ``engine="full"``
+evaluates whole copies instead, as every other library does. ResNet-18 at 224, window 16, stride 8:
+5.0-5.4x faster than Captum on a 2-core CPU, VGG-16 19x (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
