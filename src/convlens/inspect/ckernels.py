@@ -12,7 +12,7 @@ The C source is generated for every tile shape ``(mr, mc)`` in {2, 3, 4}^2 with 
 coefficients as constants (zeros and ones vanish), on vectors of 16 floats (GCC/Clang vector
 extensions: AVX-512 where the CPU has it, split into narrower instructions otherwise), and
 parallel over images with OpenMP. :mod:`convlens.native` compiles it the first time it is needed
-(about 5 s, once per machine); without a C compiler, or with ``CONVLENS_C_KERNELS=0``, Winograd
+(about 6 s, once per machine); without a C compiler, or with ``CONVLENS_C_KERNELS=0``, Winograd
 uses its torch transforms instead (same results up to float rounding, slower).
 """
 

@@ -1,22 +1,29 @@
-"""LeNet-5's first block (C1 -> max pool -> ReLU) as one C kernel, forward and backward, for training.
+"""LeNet-5's C1 and C3 blocks (conv -> 2x2 max pool -> ReLU) as C kernels, for training on CPU.
 
-On a CPU the C1 block costs about half of a LeNet-5 training step at batch 64, although it is a
-small fraction of the arithmetic: oneDNN's convolution kernels are built for many channels and
-run a one-channel 5x5 convolution at a few GFLOP/s; the max pooling and its backward (which first
-zero-fills a 64 x 6 x 28 x 28 gradient) are separate passes over the largest tensor of the network.
-Here one pass per image computes, for 16 pooled columns at once, the four convolution values of
-each 2x2 window (the padded image is split into even and odd columns, so every tap is one
-contiguous vector load), keeps the window's maximum and which of the four won, and applies the
-ReLU. The backward pass scatters the output gradient to the winning positions and correlates it
-with the split image for the weight and bias gradients; the image needs no gradient. Measured on
-the 2-core development CPU, batch 64, two threads: 0.20 ms forward and 0.32 ms backward, against
-about 2.1 ms for oneDNN's convolution, torch's pooling and their backward passes.
+At batch 64 these two blocks took most of a LeNet-5 training step, although they are a small part
+of its arithmetic: oneDNN's convolution kernels are built for many channels (a one-channel 5x5
+convolution runs at a few GFLOP/s), and max pooling and its backward (which first zero-fills a
+64 x 6 x 28 x 28 gradient) are separate passes over the largest tensors of the network.
+
+* C1 (one input channel): one pass per image computes, for 16 pooled columns at once, the four
+  convolution values of each 2x2 window (the padded image is split into even and odd columns, so
+  every tap is one contiguous vector load), keeps the window's maximum and which of the four won,
+  and applies the ReLU. Backward: the output gradient scattered to the winners and correlated with
+  the split image for the weight and bias gradients; the image needs no gradient.
+* C3 (up to 6 input channels, unpadded): vectors over 16 output channels. Backward: each window's
+  gradient reaches one convolution output per channel, so the input and weight gradients change
+  by rows of 5 x C floats at the winners only, with the channels listed by winner without
+  branches (their order is random).
+
+Measured on the 2-core development CPU, batch 64, two threads: C1 0.20 ms forward and 0.32 ms
+backward, C3 0.21 ms and 0.27 ms, against about 2.1 ms and 1.6 ms for oneDNN's convolutions,
+torch's pooling and their backward passes (``benchmarks/RESULTS.md``).
 
 Same function and gradients as ``relu(max_pool2d(conv2d(x, w, b, padding=pad), 2))`` to float
 rounding, including the first maximum winning a tie (zero backgrounds make many). Parallel over
 images with OpenMP; the threads' partial weight gradients are summed in thread order, so results
 are deterministic for a given thread count (resumed training repeats an uninterrupted run). Built
-by :mod:`convlens.native`; :func:`conv_pool_relu` returns None wherever it does not apply.
+by :mod:`convlens.native`; :func:`conv_pool_relu` returns None wherever neither applies.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from torch import nn
 from convlens.native import compile_library
 
 _SOURCE = r"""
-/* convlens.models.lenet_kernels: conv (one input channel, 5 x 5, zero padding) -> 2x2 max pool
-   -> ReLU, forward and weight/bias backward, on vectors of 16 pooled columns. Images (N, H, W)
+/* convlens.models.lenet_kernels. C1: conv (one input channel, 5 x 5, zero padding) -> 2x2 max
+   pool -> ReLU, forward and weight/bias backward, on vectors of 16 pooled columns. Images (N, H, W)
    float; outputs channels-last (N, Hp, Wp, K). */
 #include <stdlib.h>
 #include <string.h>
@@ -299,7 +306,7 @@ int c3_backward(const float *x, int N, int H, int W, int C, const float *wr, int
 @cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, or None where there is no C compiler (or `CONVLENS_C_KERNELS=0`)."""
-    lib = compile_library("lenet-c1", _SOURCE)
+    lib = compile_library("lenet", _SOURCE)
     if lib is None:
         return None
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
