@@ -21,9 +21,19 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from convlens.data.paths import cache_dir
+
+# Called with a library's name before it is compiled (the CLI prints a line: it takes seconds).
+_notice: Callable[[str], None] | None = None
+
+
+def set_compile_notice(notice: Callable[[str], None] | None) -> None:
+    """Have `notice(name)` called before a library is compiled (None: compile silently)."""
+    global _notice
+    _notice = notice
 
 
 def enabled() -> bool:
@@ -86,8 +96,11 @@ def compile_library(name: str, source: str) -> ctypes.CDLL | None:
     path = cache_dir() / "kernels" / f"{name}-{key}.so"
     try:
         # A damaged library could crash the process in dlopen: check it against its digest.
-        if not _intact(path) and not _compile(source, path):
-            return None
+        if not _intact(path):
+            if _notice is not None:
+                _notice(name)
+            if not _compile(source, path):
+                return None
         return ctypes.CDLL(str(path))
     except OSError:
         return None
