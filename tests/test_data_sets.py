@@ -302,3 +302,21 @@ def test_download_fetches_into_the_cache(monkeypatch, tmp_path, data_root):
     )
     with pytest.raises(ConvlensError, match=r"could not download mnist .*copy the files"):
         data.load("mnist", download=True)
+
+
+def test_head_covers_the_classes_of_a_class_ordered_split() -> None:
+    """An ImageFolder tree (CIFAR-10's JPEG copy) lists class after class: its first N images would
+    be one class, so `head` takes every class in turn; data in no class order keep their first N."""
+    from convlens.data.dataset import Dataset
+
+    labels = torch.arange(4).repeat_interleave(5)  # 0 0 0 0 0 1 1 ... 3: class-ordered
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    ds = Dataset("folder:x", "train", images, labels, list("abcd"), (0.5,), (0.5,))
+    got_images, got_labels = ds.head(6)
+    assert got_labels.tolist() == [0, 1, 2, 3, 0, 1]
+    assert got_images.flatten().tolist() == [0, 5, 10, 15, 1, 6]  # in order within a class
+    assert ds.head(None)[0] is images and ds.head(50)[1] is labels
+    shuffled = Dataset(
+        "x", "train", images, labels[torch.randperm(20)], list("abcd"), (0.5,), (0.5,)
+    )
+    assert torch.equal(shuffled.head(6)[1], shuffled.labels[:6])  # no class order: the first 6

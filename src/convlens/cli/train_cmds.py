@@ -106,10 +106,12 @@ def train(
         None, "--checkpoint-every", help="Seconds between mid-epoch checkpoints."
     ),
     limit_train: int | None = typer.Option(
-        None, "--limit-train", help="Train on the first N images only."
+        None,
+        "--limit-train",
+        help="Train on N images only (the first N, or for a class-ordered folder the first of every class in turn).",
     ),
     limit_test: int | None = typer.Option(
-        None, "--limit-test", help="Test on the first N images only."
+        None, "--limit-test", help="Test on N images only (chosen as for --limit-train)."
     ),
     option: list[str] = typer.Option(
         [], "--option", "-O", help="Model option KEY=VALUE (repeatable), e.g. -O pool=avg."
@@ -176,7 +178,9 @@ def evaluate(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the data sets."),
     split: str = typer.Option("test", "--split", help="test or train."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N images."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Only N images (as train's --limit-test)."
+    ),
     tta: str = typer.Option(
         "none", "--tta", help="Test-time augmentation: none, or flip (image + mirror, averaged)."
     ),

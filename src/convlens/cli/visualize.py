@@ -79,7 +79,8 @@ class VisualizeRequest:
                 console.print(f"[yellow]note:[/] {n}")
             return imgs, [p.name for p in self.images]
         ds = run.load_data("test", root=str(self.data_dir) if self.data_dir else None)
-        return ds.images[:n_default], [ds.classes[int(y)] for y in ds.labels[:n_default]]
+        images, labels = ds.head(n_default)  # from every class, where the split is class-ordered
+        return images, [ds.classes[int(y)] for y in labels]
 
     def parsed_channels(self, default: list[int]) -> list[int]:
         """`--channels 0-7,12` -> [0, 1, ..., 7, 12]."""

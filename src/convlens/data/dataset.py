@@ -45,6 +45,37 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def head(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` images and their labels that cover the classes (all of them for None).
+
+        The first `n` when the data set is in no class order (MNIST, the CIFAR-10 python batches);
+        an ImageFolder tree lists class after class, and its first `n` would be one or two
+        classes, so there the images are taken from every class in turn (the first of each
+        class, then the second, ...), keeping their order within a class.
+        """
+        if n is None or n >= len(self):
+            return self.images, self.labels
+        if len(self) < 2 or not bool((self.labels[1:] >= self.labels[:-1]).all()):
+            return self.images[:n], self.labels[:n]
+        idx = spread_by_class(self.labels)[:n]
+        return self.images[idx], self.labels[idx]
+
+
+def spread_by_class(labels: torch.Tensor) -> torch.Tensor:
+    """Indices that visit the classes in turn: `labels[result]` cycles 0, 1, ..., 0, 1, ...
+
+    Within a class the original order is kept; classes that run out drop out of the cycle.
+    """
+    labels = labels.to(torch.int64)
+    order = torch.argsort(labels, stable=True)  # class by class, original order within
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts  # (classes,) first position of each class
+    rank = torch.empty_like(labels)
+    rank[order] = torch.arange(len(labels)) - starts[labels[order]]  # position within its class
+    # Sort by rank within the class, then by class: 1st of every class, 2nd of every class, ...
+    key = rank * (int(labels.max()) + 1) + labels
+    return torch.argsort(key, stable=True)
+
 
 def normalize(
     images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]

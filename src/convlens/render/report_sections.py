@@ -360,8 +360,8 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
 
     test, train = ctx.dataset("test"), ctx.dataset("train")
     o = ctx.options
-    pool, pool_labels = train.images[: o.neighbor_pool], train.labels[: o.neighbor_pool]
-    q, qy = test.images[: o.neighbor_queries], test.labels[: o.neighbor_queries]
+    pool, pool_labels = train.head(o.neighbor_pool)  # from every class (Dataset.head)
+    q, qy = test.head(o.neighbor_queries)
     d = ctx.raw["data"]
     nb = neighbors(
         ctx.model,
@@ -424,9 +424,10 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     if n < 10:
         raise Unavailable(f"the test split has only {n} images; t-SNE needs more.")
     d = ctx.raw["data"]
+    images, labels = ds.head(n)  # from every class, where the split is class-ordered
     feats = extract_features(
         ctx.model,
-        ds.images[:n],
+        images,
         mean=tuple(d["mean"]),
         std=tuple(d["std"]),
         batch_size=ctx.options.batch_size,
@@ -435,13 +436,13 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     emb = tsne(feats, seed=ctx.options.seed, n_jobs=1)
     scatter = tsne_scatter(
         emb.coords,
-        ds.labels[:n],
+        labels,
         ctx.classes or [str(i) for i in range(int(ds.labels.max()) + 1)],
         title=f"t-SNE of {fmt_int(n)} test images' features",
         point_size=5.0,
     )
     cells = 24
-    grid = tsne_image_grid(tsne_grid(emb.coords, cells, cells), ds.images[:n])
+    grid = tsne_image_grid(tsne_grid(emb.coords, cells, cells), images)
     return Section(
         '<div class="row">'
         + img(

@@ -56,8 +56,8 @@ class TrainConfig:
         300.0  # seconds between mid-epoch checkpoints (one is always written per epoch)
     )
     eval_batch_size: int = 1000  # images per forward pass when measuring test accuracy
-    limit_train: int | None = None  # use only the first N training images (quick runs and tests)
-    limit_test: int | None = None  # use only the first N test images
+    limit_train: int | None = None  # use only N training images (quick runs, tests): Dataset.head
+    limit_test: int | None = None  # use only N test images (Dataset.head)
 
     def __post_init__(self) -> None:
         self.validate()

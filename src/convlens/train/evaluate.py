@@ -99,7 +99,7 @@ def evaluate(
         root: folder of data sets (default: the run's).
         batch_size: images per forward pass.
         device: where to run the model.
-        limit: evaluate only the first `limit` images.
+        limit: evaluate only `limit` images (`Dataset.head`: from every class).
         tta: test-time augmentation. `none`: one view. `flip`: average the softmax of each image and
             of its left-right mirror (two forward passes), the usual two-view evaluation on CIFAR-10;
             only for runs trained with flip augmentation, which taught the model mirrored images.
@@ -135,7 +135,7 @@ def evaluate(
             f"{run.path} was trained without flip augmentation (augment {augment!r}), so its model "
             "never saw mirrored images; --tta flip would mislead"
         )
-    images, labels = ds.images[:limit], ds.labels[:limit]
+    images, labels = ds.head(limit)  # from every class, where the data set is class-ordered
     model = run.model.eval()
     preds, loss_sum = [], 0.0
     for i in range(0, len(images), batch_size):

@@ -291,10 +291,10 @@ def _train(
     # ---- data: uint8 tensors in memory, on the device --------------------------------------------
     train = datasets.load(data_name, split="train", root=data_root)
     test = datasets.load(data_name, split="test", root=data_root)
-    train_x, train_y = train.images[: cfg.limit_train], train.labels[: cfg.limit_train]
+    # Limits take images from every class (class-ordered folders such as CIFAR-10's JPEG tree).
+    train_x, train_y = train.head(cfg.limit_train)
     # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.
-    test_x = test.images[: cfg.limit_test][rt.rank :: rt.world_size]
-    test_y = test.labels[: cfg.limit_test][rt.rank :: rt.world_size]
+    test_x, test_y = (t[rt.rank :: rt.world_size] for t in test.head(cfg.limit_test))
     if cfg.batch_size % rt.world_size:
         raise ConvlensError(
             f"batch size {cfg.batch_size} does not split evenly over {rt.world_size} processes"

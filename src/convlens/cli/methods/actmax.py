@@ -35,7 +35,7 @@ def _color_matrix(req: VisualizeRequest) -> torch.Tensor | None:
     except ConvlensError as e:
         console.print(f"[yellow]note:[/] colours decorrelated with ImageNet's statistics ({e})")
         return None
-    return color_correlation_sqrt(ds.images[:2000])
+    return color_correlation_sqrt(ds.head(2000)[0])
 
 
 @method(
