@@ -7,21 +7,18 @@ output and the weight, bias (and for C3 input) gradients; ties checked bit for b
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens import models
+from convlens import models, native
 from convlens.models import lenet_kernels
 from convlens.models.lenet_kernels import conv_pool_relu
 
 
 def _needs_kernels() -> None:
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if native.compiler() is None:
         pytest.skip("no C compiler on this machine")
     assert lenet_kernels.load() is not None, "a C compiler exists but the kernels did not build"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ SOURCE = "int probe(int x) { return 6 * x + 1; }\n"
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if native.compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))
     return tmp_path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convlens import models
+from convlens import models, native
 from convlens.inspect import ckernels, winograd
 from convlens.inspect.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion import occlusion_positions
@@ -59,6 +58,16 @@ def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: in
     return F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=pad)
 
 
+def _force_tiles(monkeypatch: pytest.MonkeyPatch, m: int) -> None:
+    """Tiles of size m only (m = 0: mixed tiles everywhere), whatever `plan` would choose."""
+    if m:
+        monkeypatch.setattr(
+            winograd, "plan", lambda h, w, batch: (((0, -(-h // m), m),), ((0, -(-w // m), m),))
+        )
+    else:
+        monkeypatch.setattr(winograd, "plan", lambda h, w, batch: (tiling(h), tiling(w)))
+
+
 @pytest.mark.parametrize("m", [0, 2, 3, 4])
 @pytest.mark.parametrize(
     ("shape", "pad", "bias"),
@@ -70,12 +79,7 @@ def test_convolution_matches_direct(
 ) -> None:
     """Mixed tiles (m=0) and each tile size alone, with overhanging last tiles, with and without
     padding, output sizes 3 to 14."""
-    if m:
-        monkeypatch.setattr(
-            winograd, "plan", lambda h, w, batch: (((0, -(-h // m), m),), ((0, -(-w // m), m),))
-        )
-    else:
-        monkeypatch.setattr(winograd, "plan", lambda h, w, batch: (tiling(h), tiling(w)))
+    _force_tiles(monkeypatch, m)
     torch.manual_seed(0)
     _, C, H, W = shape
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
@@ -136,7 +140,7 @@ def test_engine_uses_winograd_and_agrees_with_direct(monkeypatch: pytest.MonkeyP
 
 def test_compiled_kernels_build_where_a_compiler_exists() -> None:
     """CI has a C compiler, so the tests below run the compiled transforms, not a fallback."""
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if native.compiler() is None:
         pytest.skip("no C compiler on this machine")
     assert ckernels.load() is not None
 
@@ -158,12 +162,7 @@ def test_compiled_transforms_match_direct_and_torch_transforms(
     m: int, shape: tuple[int, int, int, int], pad: int, bias: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every tile shape (mixed tiles: m=0), overhanging tiles, padding read as zeros, bias."""
-    if m:
-        monkeypatch.setattr(
-            winograd, "plan", lambda h, w, batch: (((0, -(-h // m), m),), ((0, -(-w // m), m),))
-        )
-    else:
-        monkeypatch.setattr(winograd, "plan", lambda h, w, batch: (tiling(h), tiling(w)))
+    _force_tiles(monkeypatch, m)
     torch.manual_seed(3)
     _, C, H, W = shape
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
@@ -221,7 +220,7 @@ def test_a_damaged_cached_library_is_compiled_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A truncated `.so` in the cache (loading it could crash the process) is rebuilt, not loaded."""
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if native.compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))
     ckernels.load.cache_clear()

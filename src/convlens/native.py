@@ -51,9 +51,14 @@ def _cpu_signature() -> str:
     return platform.machine() + "\n" + "\n".join(sorted(set(keep)))
 
 
+def compiler() -> str | None:
+    """The C compiler builds use: `$CC`, else `cc` or `gcc` on the PATH; None if there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 def _compile(src: str, out: Path) -> bool:
     """Compile `src` into the shared library `out` (atomically); False if no compiler managed."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = compiler()
     if cc is None:
         return False
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,18 @@ def _combination(coefs: np.ndarray, names: list[str]) -> str:
     return expr[2:] if expr.startswith("+ ") else expr
 
 
+def _tile_loop(mr: int, mc: int) -> list[str]:
+    """Both kernels' loop over tiles `n = (p, tr, tc)`, images shared out over OpenMP threads;
+    `(yb, xb)` is the tile's first row and column (input for `in_`, output for `out_`)."""
+    return [
+        "  const v16 Z = {0};",
+        "  #pragma omp parallel for num_threads(nt) schedule(static)",
+        "  for (int p = 0; p < P; p++) for (int tr = 0; tr < qr; tr++) for (int tc = 0; tc < qc; tc++) {",
+        "    long n = ((long)p * qr + tr) * qc + tc;",
+        f"    int yb = y0 + tr * {mr}, xb = x0 + tc * {mc};",
+    ]
+
+
 def _input_kernel(mr: int, mc: int) -> str:
     from convlens.inspect.winograd import winograd_matrices
 
@@ -55,11 +67,7 @@ def _input_kernel(mr: int, mc: int) -> str:
         "    const int *oy, const int *ox, const float *xr, long rp, long rh, long rw,",
         "    int H, int W, int C, int y0, int x0, int qr, int qc,",
         "    float *V, long N, int P, int nt) {",
-        "  const v16 Z = {0};",
-        "  #pragma omp parallel for num_threads(nt) schedule(static)",
-        "  for (int p = 0; p < P; p++) for (int tr = 0; tr < qr; tr++) for (int tc = 0; tc < qc; tc++) {",
-        "    long n = ((long)p * qr + tr) * qc + tc;",
-        f"    int yb = y0 + tr * {mr}, xb = x0 + tc * {mc};",
+        *_tile_loop(mr, mc),
         f"    const float *s[{ar}][{ac}], *r[{ar}][{ac}];",
         "    /* Window pixel (yy, xx) is x's pixel (sy, sx) when x sits at (oy[p], ox[p]) in the",
         "       window; pixels outside the window or outside x read as zero (the padding). */",
@@ -102,11 +110,7 @@ def _output_kernel(mr: int, mc: int) -> str:
         f"static void out_{mr}{mc}(const float *M, long N, int K, int qr, int qc, float *o,",
         "    long op, long oh, long ow, int oH, int oW, int y0, int x0, const float *a,",
         "    long ap, long ah, long aw, const float *bias, int P, int nt) {",
-        "  const v16 Z = {0};",
-        "  #pragma omp parallel for num_threads(nt) schedule(static)",
-        "  for (int p = 0; p < P; p++) for (int tr = 0; tr < qr; tr++) for (int tc = 0; tc < qc; tc++) {",
-        "    long n = ((long)p * qr + tr) * qc + tc;",
-        f"    int yb = y0 + tr * {mr}, xb = x0 + tc * {mc};",
+        *_tile_loop(mr, mc),
         f"    for (int k = 0; k < K; k += {VECTOR}) {{",
         "      v16 b = bias ? ld(bias + k) : Z;",
     ]
