@@ -5,6 +5,7 @@ The package is layered; imports only point down this list:
     cli      parsing, printing, the files a user asked for
     render   matplotlib figures and the HTML report
     inspect  visualisation and attribution methods (tensors in, tensors out)
+    subjects a model with its preprocessing, class names and images (a run is one way to make one)
     train    fit / evaluate, run directories, checkpoints, distribution
     anatomy  shapes, parameters, MACs, receptive fields
     models   the registry and the architectures
@@ -19,9 +20,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from convlens.anatomy.summary import summary
+    from convlens.subjects import Subject, subject
     from convlens.train.run_dir import load_run
 
-__all__ = ["__version__", "load_run", "summary"]
+__all__ = ["Subject", "__version__", "load_run", "subject", "summary"]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from convlens.train.run_dir import load_run
 
         return load_run
+    if name in ("subject", "Subject"):
+        from convlens import subjects
+
+        return getattr(subjects, name)
     raise AttributeError(f"module 'convlens' has no attribute {name!r}")
