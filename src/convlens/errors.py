@@ -19,3 +19,11 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
     """Return a hint naming the valid choices closest to `name` ("" when none is close)."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class InputError(ConvlensError, ValueError):
+    """A value passed to the Python API that it cannot use (wrong shape, dtype, range)."""
+
+
+class InputTypeError(ConvlensError, TypeError):
+    """An argument of the wrong type passed to the Python API."""
