@@ -113,7 +113,7 @@ def test_sharing_parameters_against_the_summary(tmp_path: Path, data_root: Path)
     assert unshared == [layer[1], layer[1]]
     assert result.verdicts[0].held
     train, test = t.column("train acc. %"), t.column("test acc. %")
-    assert 0 <= min(train + test) and max(train + test) <= 100
+    assert min(train + test) >= 0 and max(train + test) <= 100
 
 
 def test_first_filters_and_degradation_run(tmp_path: Path, data_root: Path) -> None:
