@@ -27,7 +27,7 @@ from convlens.errors import ConvlensError
 from convlens.experiments.common import Context, Experiment, Findings, Plan, check_budget
 from convlens.fileio import atomic_write_json, atomic_write_text
 from convlens.train import Run, fit, load_run
-from convlens.train.run_dir import CHECKPOINT, RUN_JSON, WEIGHTS
+from convlens.train.run_dir import CHECKPOINT, RUN_JSON, WEIGHTS, read_run_json
 
 EXPERIMENT_JSON = "experiment.json"
 RESULTS_JSON = "results.json"
@@ -82,10 +82,9 @@ def _plan(exp: Experiment, budget: str, data: str, settings: dict[str, Any]) -> 
 
 def _run_state(run_dir: Path) -> str:
     """``complete``, ``started`` (a checkpoint to resume from) or ``new``."""
-    if (run_dir / WEIGHTS).is_file() and (run_dir / RUN_JSON).is_file():
-        raw = json.loads((run_dir / RUN_JSON).read_text())
-        if raw.get("status") == "complete":
-            return "complete"
+    weights, described = (run_dir / WEIGHTS).is_file(), (run_dir / RUN_JSON).is_file()
+    if weights and described and read_run_json(run_dir).get("status") == "complete":
+        return "complete"
     if (run_dir / CHECKPOINT).is_file():
         return "started"
     return "new"
