@@ -199,6 +199,19 @@ def image_shape(run: Run) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
+def error_curves(ctx: Context) -> dict[str, dict[str, list[float]]]:
+    """Per run label: epochs, training and test error (%) per epoch, from the runs' metrics."""
+    curves = {}
+    for spec in ctx.plan.runs:
+        hist = ctx.runs[spec.name].history
+        curves[spec.label] = {
+            "epoch": [float(r["epoch"]) for r in hist],
+            "train_err": [error_pct(r["train_acc"]) for r in hist],
+            "test_err": [error_pct(r["test_acc"]) for r in hist],
+        }
+    return curves
+
+
 def seconds_per_epoch(run: Run) -> float:
     """Mean wall seconds per epoch (training and testing) over the run's epochs."""
     rows = run.history

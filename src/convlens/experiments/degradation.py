@@ -24,6 +24,7 @@ from convlens.experiments.common import (
     RunSpec,
     Table,
     Verdict,
+    error_curves,
     error_pct,
     image_shape,
     last,
@@ -97,7 +98,6 @@ def analyse(ctx: Context) -> Findings:
     """Errors per run, the curves, and the three verdicts."""
     shallow, deep = ctx.plan.params["depths"]
     rows = []
-    curves = {}
     train_err: dict[str, float] = {}
     for spec in ctx.plan.runs:
         run = ctx.runs[spec.name]
@@ -114,11 +114,6 @@ def analyse(ctx: Context) -> Findings:
                 seconds_per_epoch(run),
             ]
         )
-        curves[spec.label] = {
-            "epoch": [r["epoch"] for r in hist],
-            "train_err": [error_pct(r["train_acc"]) for r in hist],
-            "test_err": [error_pct(r["test_acc"]) for r in hist],
-        }
     table = Table(
         "Errors after the last epoch",
         [
@@ -159,7 +154,7 @@ def analyse(ctx: Context) -> Findings:
         ),
     ]
     picture = Picture(
-        png(error_curves_figure(curves)),
+        png(error_curves_figure(error_curves(ctx))),
         "Training error (left; running over each epoch, with augmentation) and test error (right) "
         "against epochs. Dashed: plain networks; solid: residual networks (He et al. 2016, Fig. 1 and 6).",
         "training and test error curves",

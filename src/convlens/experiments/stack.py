@@ -19,10 +19,12 @@ from convlens.experiments.common import (
     Context,
     Experiment,
     Findings,
+    Picture,
     Plan,
     RunSpec,
     Table,
     Verdict,
+    error_curves,
     image_shape,
     last,
     seconds_per_epoch,
@@ -30,6 +32,7 @@ from convlens.experiments.common import (
     tiny,
     train_images_per_s,
 )
+from convlens.render.experiment import error_curves_figure, png
 
 
 def plan(budget: str, data: str, *, width: int = 32) -> Plan:
@@ -40,10 +43,10 @@ def plan(budget: str, data: str, *, width: int = 32) -> Plan:
         )
         note = "Paper-like budget: the full training set, 30 epochs, batch 128, SGD 0.05 cosine, crops and flips."
     else:
-        config = small_config(epochs=4, limit_train=5000, limit_test=1000, augment="flip")
+        config = small_config(epochs=6, limit_train=10_000, limit_test=2000, augment="flip")
         note = (
-            "Small budget (a 2-core CPU in minutes): 5,000 training and 1,000 test images, "
-            "4 epochs, batch 64, SGD 0.05 with a cosine schedule, flips."
+            "Small budget (a 2-core CPU in minutes): 10,000 training and 2,000 test images, "
+            "6 epochs, batch 64, SGD 0.05 with a cosine schedule, flips."
         )
         if budget == "tiny":
             config, note = tiny(config), "Tiny budget (tests only): 256 images, one epoch."
@@ -152,7 +155,12 @@ def analyse(ctx: Context) -> Findings:
             "at this budget).",
         ),
     ]
-    return Findings([table], verdicts)
+    picture = Picture(
+        png(error_curves_figure(error_curves(ctx))),
+        "Training error (running over each epoch) and test error against epochs.",
+        "error curves of the two networks",
+    )
+    return Findings([table], verdicts, [picture])
 
 
 EXPERIMENT = Experiment(
