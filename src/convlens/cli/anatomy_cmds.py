@@ -117,8 +117,11 @@ def summary_command(
     """
     from convlens import models
     from convlens.anatomy.summary import summary
+    from convlens.cli import checks
     from convlens.cli.model_cmds import parse_options
 
+    if output is not None:
+        checks.output_file(output, "--output")
     spec = models.info(model)  # unknown names fail here, with close names
     size = parse_chw(input_size) if input_size else spec.input_size
     net = models.create(
@@ -168,7 +171,9 @@ def explain_conv(
     ),
     at: str = typer.Option("0,0", "--at", help="With --show-one: the neuron's ROW,COL."),
     filter_index: int = typer.Option(0, "--filter", help="With --show-one: which filter."),
-    seed: int = typer.Option(0, "--seed", help="With --show-one: seed of the random integers."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=2**63 - 1, help="With --show-one: seed of the random integers."
+    ),
 ) -> None:
     """A convolution layer: output size, neurons, weights per neuron, parameters with and without sharing.
 
