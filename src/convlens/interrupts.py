@@ -28,6 +28,27 @@ from convlens.errors import Interrupted
 _pending: int | None = None  # the signal received inside `deferred`, not yet acted on
 _unwinding = False  # an Interrupted is on its way up: further signals are ignored
 _handling = False  # inside handle_signals
+_last: Interrupted | None = None  # the last Interrupted raised inside handle_signals
+
+
+def last() -> Interrupted | None:
+    """The :class:`Interrupted` raised inside the current (or last) :func:`handle_signals` block.
+
+    The CLI reads it because Typer turns a KeyboardInterrupt into a bare exit status 130.
+    """
+    return _last
+
+
+def _interrupted(signum: int, message: str) -> Interrupted:
+    global _last
+    e = Interrupted(signum, message)
+    if _handling:
+        _last = e
+    return e
+
+
+def _verb(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else "terminated"
 
 
 def _main_thread() -> bool:
@@ -39,18 +60,18 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     if _unwinding:
         return
     _unwinding = True
-    raise Interrupted(signum, _verb(signum))
+    raise _interrupted(signum, _verb(signum))
 
 
 @contextlib.contextmanager
 def handle_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` inside the block (once)."""
-    global _unwinding, _handling
+    global _unwinding, _handling, _last
     if not _main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    _unwinding, _handling = False, True
+    _unwinding, _handling, _last = False, True, None
     for s in previous:
         signal.signal(s, _raise)
     try:
@@ -65,7 +86,7 @@ def _defer(signum: int, frame: FrameType | None) -> None:
     global _pending, _unwinding
     if _pending is not None:  # asked twice: stop now
         _pending, _unwinding = None, _handling
-        raise Interrupted(signum, _verb(signum))
+        raise _interrupted(signum, _verb(signum))
     _pending = signum
 
 
@@ -100,10 +121,6 @@ def requested() -> int | None:
     return _pending
 
 
-def _verb(signum: int) -> str:
-    return "interrupted" if signum == signal.SIGINT else "terminated"
-
-
 def stop(where: str) -> Interrupted:
     """The exception to raise once the loop has saved its state after :func:`requested`.
 
@@ -112,4 +129,4 @@ def stop(where: str) -> Interrupted:
     global _unwinding
     _unwinding = _handling  # the CLI's handler ignores signals from here on
     signum = _pending or signal.SIGINT
-    return Interrupted(signum, f"{_verb(signum)} {where}")
+    return _interrupted(signum, f"{_verb(signum)} {where}")

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import typer
 from rich.console import Console
 
-from convlens import __version__
+from convlens import __version__, interrupts
 from convlens.cli import anatomy_cmds, data_cmds, model_cmds, report_cmds, train_cmds, visualize
 from convlens.cli.checks import EXIT_CODES_HELP, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, UsageError
 from convlens.errors import ConvlensError, Interrupted
@@ -130,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         with handle_signals(), _warnings_as_notes():
-            app(args=argv, prog_name="convlens", standalone_mode=False)
+            status = app(args=argv, prog_name="convlens", standalone_mode=False)
+        # Typer returns 130 for a KeyboardInterrupt, without it: it is kept by the handler.
+        caught = interrupts.last()
+        if caught is not None:
+            return _interrupted(caught)
+        if isinstance(status, int):
+            return status
     except ConvlensError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR

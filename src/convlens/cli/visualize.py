@@ -141,6 +141,7 @@ METHOD_OPTIONS: dict[str, frozenset[str]] = {
     "guided-gradcam": frozenset({"images", "target", "layer"}),
     "actmax": frozenset({"layer", "channels", "steps", "size", "objective", "simple", "precision"}),
 }
+MAX_K = 64  # images drawn per row (neighbours of a query, patches of a channel)
 _DEFAULTS = {"images": [], "simple": False, "precision": "auto"}
 
 
@@ -162,6 +163,10 @@ def check_request(req: VisualizeRequest) -> None:
             flag = {"images": "--image"}.get(extra[0], f"--{extra[0]}")
             allowed = ", ".join({"images": "--image"}.get(n, f"--{n}") for n in sorted(takes))
             raise checks.UsageError(f"{flag} does not apply to {req.method} (it takes {allowed})")
+    if req.k is not None and req.k > MAX_K:
+        raise checks.UsageError(
+            f"--k {req.k}: at most {MAX_K} images per query or channel fit in a figure"
+        )
     if req.channels is not None:
         channels = req.parsed_channels([])
         if not channels or min(channels) < 0:

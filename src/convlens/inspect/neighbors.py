@@ -123,6 +123,8 @@ def neighbors(
         raise ConvlensError("the data set is empty")
     if k < 1:
         raise ConvlensError(f"k must be at least 1, got {k}")
+    if k > n:
+        raise ConvlensError(f"k = {k} is more than the {n:,} images of the data set")
     dev = torch.device(device) if device is not None else model_device(model)
     from convlens import models
 

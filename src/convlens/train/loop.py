@@ -313,6 +313,7 @@ def _train(
     test = datasets.load(data_name, split="test", root=data_root)
     # Limits take images from every class (class-ordered folders such as CIFAR-10's JPEG tree).
     train_x, train_y = train.head(cfg.limit_train)
+    _check_classes(data_name, train.classes, train_y, cfg.limit_train)
     # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.
     test_x, test_y = (t[rt.rank :: rt.world_size] for t in test.head(cfg.limit_test))
     if cfg.batch_size % rt.world_size:
@@ -603,6 +604,24 @@ def _train(
         )
         reporter.print(
             f"done: {_plural(len(pos.history), 'epoch')} in {last.get('elapsed_s', 0.0):.0f} s"
+        )
+
+
+def _check_classes(data: str, classes: list[str], labels: torch.Tensor, limit: int | None) -> None:
+    """A classifier needs two classes or more, and training images of every class it names."""
+    if len(classes) < 2:
+        raise ConvlensError(
+            f"{data} has {len(classes)} class{'' if len(classes) == 1 else 'es'} "
+            f"({', '.join(classes) or 'none'}); a classifier needs at least two"
+        )
+    counts = torch.bincount(labels.long(), minlength=len(classes))  # (K,) images per class
+    empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+    if empty:
+        why = f" within --limit-train {limit}" if limit is not None else ""
+        raise ConvlensError(
+            f"class {empty[0]!r} of {data} has no training images{why}"
+            + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + "; add images to it, or remove the empty class folder"
         )
 
 
