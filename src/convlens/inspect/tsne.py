@@ -78,7 +78,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, InputError, InputTypeError
 
 # Normal-phase schedule (after early exaggeration): (iterations, grid nodes per unit length).
 _GROW = (300, 2.5)
@@ -484,10 +484,16 @@ def tsne(
     from openTSNE.initialization import pca
     from openTSNE.nearest_neighbors import KNNIndex
 
+    if not isinstance(features, torch.Tensor | np.ndarray):
+        raise InputTypeError(
+            f"features must be a tensor or array (N, D), not {type(features).__name__}"
+        )
     x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else features
     x = np.ascontiguousarray(x, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {x.shape}")
+        raise InputError(f"features must be (N, D), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise InputError("features contain NaN or infinite values")
     n = x.shape[0]
     if n < 5:
         raise ConvlensError(f"t-SNE needs at least 5 points, got {n}")
