@@ -9,6 +9,8 @@ random inputs; :mod:`~convlens.anatomy.explain` writes one layer's arithmetic ou
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,3 +47,15 @@ __all__ = [
     "receptive_fields",
     "summary",
 ]
+
+
+class _Package(types.ModuleType):
+    # Loading the submodule `summary` sets the package's attribute `summary` to that module, which
+    # would hide the function of the same name; the function is what `anatomy.summary` means.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -123,7 +123,7 @@ def summary_command(
     if output is not None:
         checks.output_file(output, "--output")
     spec = models.info(model)  # unknown names fail here, with close names
-    size = parse_chw(input_size) if input_size else spec.input_size
+    size = parse_chw(input_size) if input_size is not None else spec.input_size
     net = models.create(
         model,
         num_classes=num_classes or spec.num_classes,

@@ -12,6 +12,7 @@ of the wrong type or out of range), 130 interrupted by Ctrl-C (SIGINT), 143 stop
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from convlens.errors import ConvlensError
@@ -42,13 +43,25 @@ def _existing_ancestor(path: Path) -> Path:
     return p
 
 
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder`: tried, as permissions alone do not tell
+    (root ignores them; /proc and read-only mounts refuse anyone)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # unnamed where the OS allows (O_TMPFILE)
+            return True
+    except OSError:
+        return False
+
+
 def _check_creatable(path: Path, option: str) -> None:
     """`path` does not exist: its nearest existing ancestor must be a folder we may write into."""
     base = _existing_ancestor(path)
     if not base.is_dir():
         raise ConvlensError(f"{option} {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ConvlensError(f"{option} {path}: cannot write into {base} (permission denied)")
+    if not _writable(base):
+        raise ConvlensError(f"{option} {path}: cannot write into {base}")
 
 
 def output_file(path: Path, option: str = "--out") -> Path:
@@ -65,7 +78,7 @@ def output_file(path: Path, option: str = "--out") -> Path:
         if not path.is_file():
             raise ConvlensError(f"{option} {path} exists and is not a regular file")
         # The file is replaced by a rename: what matters is the folder holding it.
-        if not os.access(path.parent, os.W_OK | os.X_OK):
+        if not _writable(path.parent):
             raise ConvlensError(f"{option} {path}: cannot write into {path.parent}")
         return path
     _check_creatable(path, option)
@@ -81,8 +94,8 @@ def output_dir(path: Path, option: str = "--out") -> Path:
     if path.exists():
         if not path.is_dir():
             raise ConvlensError(f"{option} {path} is a file; give a folder (it is created if new)")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ConvlensError(f"{option} {path}: cannot write into it (permission denied)")
+        if not _writable(path):
+            raise ConvlensError(f"{option} {path}: cannot write into it")
         return path
     _check_creatable(path, option)
     return path

@@ -175,6 +175,10 @@ def train(
         )
     out = out or default_out(model, data, resume=resume)
     checks.output_dir(out)
+    if resume:
+        from convlens.train.run_dir import read_run_json
+
+        read_run_json(out)  # before the lock creates the folder
     rank0 = int(os.environ.get("RANK", "0")) == 0
     # Locked before fit looks at the folder, so two `train --out SAME` cannot both start it.
     with run_lock(out) if rank0 else contextlib.nullcontext():

@@ -95,9 +95,9 @@ class VisualizeRequest:
                 else:
                     out.append(int(part))
         except ValueError:  # also "1-2-3" (too many values to unpack)
-            raise ConvlensError(
-                f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5"
-            ) from None
+            from convlens.cli.checks import UsageError
+
+            raise UsageError(f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5") from None
         return out
 
 

@@ -109,6 +109,7 @@ def evaluate(
         ConvlensError: the data set does not fit the run's model; `flip` for a run trained without flips.
     """
     from convlens import data as datasets
+    from convlens.data import DataNotice
 
     if not isinstance(run, Run):
         run = load_run(run, device=device)
@@ -137,6 +138,7 @@ def evaluate(
         warnings.warn(
             "the sample data set is drawn from Fashion-MNIST's test split, so this run was trained "
             "on some of these test images: the accuracy overstates how well it generalises",
+            DataNotice,
             stacklevel=2,
         )
     if tta not in TTAS:
