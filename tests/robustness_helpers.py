@@ -54,8 +54,21 @@ CLI = [sys.executable, "-m", "convlens.cli.main"]
 def train_tiny(out: Path) -> Path:
     """A finished LeNet-5 run on 600 sample images, one epoch (a few seconds)."""
     code = main(
-        ["train", "lenet5", "--limit-train", "600", "--limit-test", "200", "--epochs", "1",
-         "--out", str(out), "--quiet", "--device", "cpu"]
-    )  # fmt: skip
+        [
+            "train",
+            "lenet5",
+            "--limit-train",
+            "600",
+            "--limit-test",
+            "200",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     return out

@@ -47,6 +47,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 RUN = "run"
+# fmt: off
 # (argv, exit status, text expected in the first line of stderr)
 BAD_CLI: list[tuple[list[str], int, str]] = [
     # -- usage errors: unknown commands and options, missing arguments, values out of range
@@ -71,7 +72,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ("--checkpoint-every", "-1"), ("--checkpoint-every", "0"), ("--limit-train", "0"),
             ("--limit-test", "-5"), ("--lr", "abc"),
         ]
-    ],  # fmt: skip
+    ],
     (["train", "lenet5", "--amp", "x"], 2, "Got unexpected extra argument"),
     *[
         (["evaluate", RUN, opt, val], 2, f"Invalid value for '{opt}'")
@@ -83,7 +84,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ("--window", "0"), ("--stride", "-2"), ("--target", "-1"), ("--seed", "-3"),
             ("--seed", str(2**70)),
         ]
-    ],  # fmt: skip
+    ],
     *[
         (["visualize", RUN, "neighbors", "--k", val], 2, "Invalid value for '--k'")
         for val in ("0", "-1", "1e3")
@@ -142,7 +143,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ["report", RUN, "--device", dev],
             ["train", "lenet5", "--device", dev, "--out", "newrun"],
         )
-    ],  # fmt: skip
+    ],
     # -- missing or wrong inputs
     (["train", "lenet5", "--data-dir", "missing"], 1, "--data-dir missing does not exist"),
     (["train", "lenet5", "--data-dir", "file.txt"], 1, "--data-dir file.txt is a file"),
@@ -239,7 +240,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
     (["explain", "fc", "--input", "0", "--units", "3"], 1, "sizes must be positive"),
     (["explain", "fc", "--input", "7x7x512", "--units", "0"], 1, "--units must be a positive"),
     (["explain", "stack", "--depth", "0"], 1, "--depth must be a positive"),
-]  # fmt: skip
+]
 
 # Unusual but valid: exit 0, and only the named output appears.
 GOOD_CLI: list[tuple[list[str], str | None]] = [
@@ -261,7 +262,9 @@ GOOD_CLI: list[tuple[list[str], str | None]] = [
     (["evaluate", RUN, "--limit", "1", "--json"], None),
     (["evaluate", RUN, "--limit", "100000"], None),
     (["train", "lenet5", "--out", RUN, "--resume"], None),  # a finished run: nothing to do
-]  # fmt: skip
+]
+
+# fmt: on
 
 
 @pytest.mark.parametrize(
@@ -330,6 +333,7 @@ def _lenet() -> torch.nn.Module:
     return convlens.models.create("lenet5")  # type: ignore[attr-defined,no-any-return]
 
 
+# fmt: off
 API: list[tuple[str, object, type[Exception], str]] = [
     ("summary of a name", lambda: convlens.summary("resnet18", (3, 224, 224)), InputTypeError,
      "summary takes a module, not the name 'resnet18'"),
@@ -354,7 +358,8 @@ API: list[tuple[str, object, type[Exception], str]] = [
     ("tsne of a list", lambda: _tsne([[1.0, 2.0]] * 20), InputTypeError, "features must be"),
     ("tsne of 1-D", lambda: _tsne(np.zeros(20)), InputError, "features must be (N, D)"),
     ("neighbors k > pool", lambda: _neighbors(k=1000), ConvlensError, "k = 1000 is more than"),
-]  # fmt: skip
+]
+# fmt: on
 API_RUN: list[Path] = []
 
 

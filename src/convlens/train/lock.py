@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _acquire(path: Path) -> tuple[int, int | None]:
+def _acquire(path: Path, shown: Path) -> tuple[int, int | None]:
     """Open and lock `path`; return the descriptor and the PID of a stale holder (or None)."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,13 +59,13 @@ def _acquire(path: Path) -> tuple[int, int | None]:
             who = f"process {pid}" if pid is not None else "another process"
             gone = pid is not None and not _alive(pid)
             raise RunLocked(
-                f"{path.parent} is being written by {who}"
+                f"{shown} is being written by {who}"
                 + (" (no longer running: a child of it still holds the lock)" if gone else "")
                 + "; wait for it to finish, stop it, or choose another --out"
             ) from None
         except OSError as e:  # a file system without locks (some network mounts)
             os.close(fd)
-            warnings.warn(f"cannot lock {path.parent} ({e.strerror}); not locked", stacklevel=3)
+            warnings.warn(f"cannot lock {shown} ({e.strerror}); not locked", stacklevel=3)
             return -1, None
         # The file may have been removed by a holder releasing it between our open and our lock:
         # then we hold a lock on a file nobody else will see. Try again.
@@ -93,7 +93,8 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     Raises:
         RunLocked: another process holds the lock; the message names its PID.
     """
-    run_dir = Path(run_dir).absolute()
+    shown = Path(run_dir)  # as the user wrote it, for messages
+    run_dir = shown.absolute()
     if fcntl is None:
         yield
         return
@@ -107,10 +108,10 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    fd, stale = _acquire(path)
+    fd, stale = _acquire(path, shown)
     if stale is not None and stale != os.getpid():
         warnings.warn(
-            f"{run_dir} was left locked by process {stale}, which has ended; taking it over",
+            f"{shown} was left locked by process {stale}, which has ended; taking it over",
             stacklevel=3,
         )
     _held[run_dir] = 1
