@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from robustness_helpers import CLI, subprocess_env, train_tiny
 
 TRAIN = ["train", "lenet5", "--limit-train", "3000", "--limit-test", "300", "--epochs", "4",
@@ -56,12 +57,15 @@ def test_training_stops_at_a_checkpoint_and_resumes(
     _wait_for(log, "training lenet5 on sample", proc)
     time.sleep(0.3)  # into the first epoch
     proc.send_signal(sig)
-    code, out, err = _finish(proc, log)
+    code, _, err = _finish(proc, log)
     assert code == status, err
     assert "Traceback" not in err and "Exception ignored" not in err
     last = [ln for ln in err.splitlines() if ln.strip()][-1]
     assert last.startswith(f"{verb} ")
-    assert "checkpoint saved. Resume with: convlens train lenet5 --data sample --out run --resume" in last
+    assert (
+        "checkpoint saved. Resume with: convlens train lenet5 --data sample --out run --resume"
+        in last
+    )
     run = tmp_path / "run"
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert (run / "checkpoint.pt").is_file() and not (run / "model.safetensors").exists()
@@ -103,9 +107,9 @@ def test_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
     from convlens.train.lock import run_lock
 
     (tmp_path / ".lock").write_text("999999\n")  # left by a process killed with -9
-    with pytest.warns(UserWarning, match="left locked by process 999999, which has ended"):
-        with run_lock(tmp_path):
-            assert (tmp_path / ".lock").read_text().strip().isdigit()
+    ended = "left locked by process 999999, which has ended"
+    with pytest.warns(UserWarning, match=ended), run_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip().isdigit()
     assert not (tmp_path / ".lock").exists()
 
 
@@ -136,7 +140,7 @@ def test_interrupted_commands_write_nothing_half_done(
     time.sleep(4.0)  # well into the work (imports take ~2 s)
     assert proc.poll() is None, log.read_text()
     proc.send_signal(sig)
-    code, out, err = _finish(proc, log)
+    code, _, err = _finish(proc, log)
     assert code == status, err
     assert "Traceback" not in err and "Exception ignored" not in err
     lines = [ln for ln in err.splitlines() if ln.strip()]
