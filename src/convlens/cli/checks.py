@@ -23,6 +23,10 @@ EXIT_USAGE = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+# Bounds of model-shape options: beyond them a model would not fit in memory (or mean anything).
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 1024
+
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage error (bad option or value), "
     "130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."

@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SIGINT
     except KeyboardInterrupt as e:
         return _interrupted(e)
+    except MemoryError as e:
+        err_console.print(
+            f"[bold red]error:[/] not enough memory for this request ({e}); ask for less",
+            highlight=False,
+        )
+        return EXIT_ERROR
     except Exception as e:
         if isinstance(e, _CLICK_ERROR):  # a usage error: unknown option, bad value (exit 2)
             ctx = getattr(e, "ctx", None)
