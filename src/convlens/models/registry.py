@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
 from convlens.errors import ConvlensError, did_you_mean
@@ -301,15 +302,15 @@ class _SkipInitOnMeta(TorchFunctionMode):
 
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    original = nn.Module.register_parameter
+    """Every parameter registered meanwhile moves to the meta device (torch's public global hook)."""
 
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
+    def to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> Any:
+        if param is None or param.device.type == "meta":
+            return None  # keep it as it is (a returned Parameter replaces the one registered)
+        return nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
 
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    handle = register_module_parameter_registration_hook(to_meta)
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        handle.remove()
