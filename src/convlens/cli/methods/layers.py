@@ -95,8 +95,9 @@ def run_activations(req: VisualizeRequest) -> list[Path]:
     x = run.normalize(images)
     max_channels = _positive(req.count, 32, "--count")
     paths = []
+    batch = activations(run.model, x, _layers_option(req))  # {layer: (N, C, H, W)}
     for i, (img, title) in enumerate(zip(images, titles, strict=True)):
-        acts = activations(run.model, x[i], _layers_option(req))  # {layer: (C, H, W)}
+        acts = {name: a[i] for name, a in batch.items()}  # {layer: (C, H, W)}
         fig = activations_figure(img, acts, title=title, max_channels=max_channels)
         paths.append(save_figure(fig, req.out / f"activations_{i}.png"))
         if req.save_data:
