@@ -20,6 +20,8 @@ The functions below work on ANY module, so every tool works on torchvision and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -129,7 +131,7 @@ def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return truncated_forward(model, classifier(model), x, at="input").flatten(1)
 
 
-def default_layer(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> str:
+def default_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
     """The layer every tool looks at unless told otherwise: the last convolution with a map.
 
     The rule: the last ``nn.Conv2d`` (in forward order) outside auxiliary branches (names containing
@@ -153,7 +155,7 @@ def default_layer(model: nn.Module, input_shape: tuple[int, int, int] | None = N
         raise ConvlensError(f"{type(model).__name__} has no Conv2d layer; pass a layer by name")
     if input_shape is None:
         return names[-1]
-    probe = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))
+    probe = torch.zeros(1, *tuple(input_shape), device=model_device(model), dtype=model_dtype(model))
     try:
         with evaluating(model), torch.no_grad(), capture(model, names) as acts:
             model(probe)

@@ -250,7 +250,7 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
     from convlens.render.layers import top_images_figure, top_patches_figure
 
     run = req.run
-    layer = _single_layer(req) or models.default_layer(run.model)
+    layer = _single_layer(req) or models.default_layer(run.model, tuple(run.data.image_shape))
     channels: int | list[int] = (
         req.parsed_channels([]) if req.channels else _positive(req.count, 8, "--count")
     )
@@ -309,7 +309,7 @@ def run_erf(req: VisualizeRequest) -> list[Path]:
     from convlens.render.layers import erf_figure
 
     run = req.run
-    layer = _single_layer(req) or models.default_layer(run.model)
+    layer = _single_layer(req) or models.default_layer(run.model, tuple(run.data.image_shape))
     n = _positive(req.count, 32, "--count")
     with console.status(f"effective receptive field of {layer} ({n} random inputs)"):
         erf = effective_receptive_field(run.model, layer, run.data.image_shape, n=n, seed=req.seed)
