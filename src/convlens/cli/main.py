@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import typer
 from rich.console import Console
 
-from convlens import __version__, native
+from convlens import __version__
 from convlens.cli import anatomy_cmds, data_cmds, model_cmds, report_cmds, train_cmds, visualize
 from convlens.errors import ConvlensError
 
@@ -45,12 +45,6 @@ def _root(
     ),
 ) -> None:
     """Build, train and see inside convolutional neural networks."""
-    native.set_compile_notice(
-        lambda name: err_console.print(
-            f"[dim]compiling convlens's {name} kernels with the C compiler "
-            "(once per machine, a few seconds)[/dim]"
-        )
-    )
 
 
 for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, report_cmds):

@@ -31,14 +31,13 @@ eval-mode BatchNorm computes both at once with the BN folded into its weights. T
 never modified: folded and re-laid-out weights are private copies.
 
 From the middle of a deep network on, every patch changes the whole feature map, and those layers
-dominate the time. There, 3x3 stride-1 convolutions with at least 128 input and output channels
-(256 without a C compiler for the tile transforms, :mod:`convlens.inspect.ckernels`) run on CPU as
+dominate the time. There, 3x3 stride-1 convolutions with at least 256 input and output channels
+run on CPU as
 Winograd F(m, 3) with tiles of 4 and 3 (:mod:`convlens.inspect.winograd`, ~3x fewer multiplies)
 applied to the *difference* from the clean tensor: `conv(x) = conv(clean) + conv(x - clean)`, with
 `conv(clean)` the model's own clean value. Winograd's extra rounding then scales with the
 difference, which is small away from the patch; the attributions stay within the 1e-4 of Captum's
-that the tests ask. Where a layer's input changed only inside each patch's rectangle, that change
-goes to the compiled input transform with its offset, without building windows of zeros.
+that the tests ask.
 """
 
 from __future__ import annotations
@@ -92,10 +91,8 @@ _EXPECTED_FULL_FUNCTIONS: set[Any] = {
     F.softmax, F.log_softmax,
 }  # fmt: skip
 _EXPECTED_FULL_METHODS = {"view", "reshape", "flatten", "mean", "size", "dim", "amax", "squeeze"}
-# Winograd pays off on CPU from this many channels. With torch's tile transforms: 256 (1.4-1.8x
-# at 256-512, none at 128); the compiled transforms (convlens.inspect.ckernels) cost a third as
-# much, and 128-channel layers gain too (28x28x128, 104 copies: 91 ms direct, 65 ms Winograd).
-_WINOGRAD_MIN_CHANNELS = {"torch": 256, "compiled": 128}
+# Winograd pays off on CPU from this many channels (with torch's tile transforms; none at 128).
+_WINOGRAD_MIN_CHANNELS = 256
 
 
 @dataclass(frozen=True)
@@ -221,11 +218,9 @@ def _conv_window(
         and stride == (1, 1)
         and dilation == (1, 1)
         and groups == 1
-        and min(weight.shape[:2]) >= _WINOGRAD_MIN_CHANNELS["compiled"]
+        and min(weight.shape[:2]) >= _WINOGRAD_MIN_CHANNELS
     ):
         wino = Winograd3x3(weight.detach(), b, workspace)
-        if wino.kernels is None and min(weight.shape[:2]) < _WINOGRAD_MIN_CHANNELS["torch"]:
-            wino = None
 
     def on_window(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, b, stride, 0, dilation, groups)
@@ -711,12 +706,6 @@ class IncrementalOcclusion:
         if wino is not None:
             y_ref = _crop(out_clean, rows, cols, g.h, g.w)
             if isinstance(state, _Region) and not self.geom[src].full:
-                gs = self.geom[src]
-                if wino.kernels is not None:  # the change inside each rectangle, placed by C
-                    d = state.vals - _crop(clean_in, state.rows, state.cols, gs.h, gs.w)
-                    at = (state.rows + ay.pad - rows).int(), (state.cols + ax.pad - cols).int()
-                    y = wino.placed(d, at, (ih, iw), (g.h, g.w), y_ref)
-                    return _Region(y, rows, cols)
                 # The windows of the difference, built directly: zero outside each rectangle.
                 delta = self._gather(state, *where, pad, win.fill, padded, delta=True)
                 return _Region(wino(delta, 0, 0, g.h, g.w, None, y_ref), rows, cols)
