@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from convlens import models
-from convlens.inspect.occlusion import winograd
+from convlens.inspect.occlusion import occlusion_positions, winograd
 from convlens.inspect.occlusion.incremental import IncrementalOcclusion
-from convlens.inspect.occlusion import occlusion_positions
 from convlens.inspect.occlusion.winograd import Winograd3x3, plan, tiling, winograd_matrices
 
 
