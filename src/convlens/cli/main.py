@@ -27,10 +27,8 @@ from convlens.cli.checks import EXIT_CODES_HELP, EXIT_ERROR, EXIT_SIGINT, EXIT_U
 from convlens.errors import ConvlensError, Interrupted
 from convlens.interrupts import handle_signals
 
-# Click's base class of usage errors, found through typer's public BadParameter (typer vendors click).
-_CLICK_ERROR: type[Any] = next(
-    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
-)
+# Usage errors (unknown option, bad value): typer's own click raises them as TyperExceptions.
+_CLICK_ERROR: type[Any] = typer.TyperException
 
 app = typer.Typer(
     name="convlens",
@@ -50,28 +48,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-# Commands that never compile a C kernel: they must not pay for importing torch.
-_LIGHT_COMMANDS = frozenset({"explain", "datasets"})
-
-
 @app.callback()
 def _root(
-    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Build, train and see inside convolutional neural networks."""
-    if ctx.invoked_subcommand in _LIGHT_COMMANDS:
-        return
-    from convlens import native
-
-    native.set_compile_notice(
-        lambda name: err_console.print(
-            f"[dim]compiling convlens's {name} kernels with the C compiler "
-            "(once per machine, a few seconds)[/dim]"
-        )
-    )
 
 
 for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, report_cmds):
