@@ -357,7 +357,7 @@ API: list[tuple[str, object, type[Exception], str]] = [
     ("tsne with NaN", lambda: _tsne(np.full((20, 4), np.nan)), InputError, "NaN"),
     ("tsne of a list", lambda: _tsne([[1.0, 2.0]] * 20), InputTypeError, "features must be"),
     ("tsne of 1-D", lambda: _tsne(np.zeros(20)), InputError, "features must be (N, D)"),
-    ("neighbors k > pool", lambda: _neighbors(k=1000), ConvlensError, "k = 1000 is more than"),
+    ("neighbors k = 0", lambda: _neighbors(k=0), ConvlensError, "k must be at least 1"),
 ]
 # fmt: on
 API_RUN: list[Path] = []
@@ -369,11 +369,16 @@ def _tsne(x: object) -> object:
     return tsne(x)  # type: ignore[arg-type]
 
 
+def test_neighbors_k_is_bounded_by_the_pool() -> None:
+    nb = _neighbors(k=100_000)
+    assert nb.feature_indices.shape == (2, 30)  # type: ignore[attr-defined]
+
+
 def _neighbors(k: int) -> object:
     from convlens.inspect.neighbors import neighbors
 
-    pool = torch.randint(0, 255, (30, 1, 32, 32), dtype=torch.uint8)
-    return neighbors(_lenet(), pool[:2], pool, k=k, mean=(0.5,), std=(0.5,))
+    pool = torch.randint(0, 255, (30, 3, 32, 32), dtype=torch.uint8)
+    return neighbors(_lenet(), pool[:2], pool, k=k, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 @pytest.mark.parametrize(("name", "call", "error", "message"), API, ids=[a[0] for a in API])

@@ -126,8 +126,6 @@ def neighbors(
         raise ConvlensError("the data set is empty")
     if k < 1:
         raise ConvlensError(f"k must be at least 1, got {k}")
-    if k > n:
-        raise ConvlensError(f"k = {k} is more than the {n:,} images of the data set")
     dev = torch.device(device) if device is not None else model_device(model)
     # Queries: (Q, D) features and (Q, P) pixels. float64 so the pixel distances of integer values are
     # exact (sums of products below 2**53) and feature distances match a NumPy reference to ~1e-12.
