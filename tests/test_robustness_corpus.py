@@ -377,7 +377,7 @@ def test_neighbors_k_is_bounded_by_the_pool() -> None:
 def _neighbors(k: int) -> object:
     from convlens.inspect.neighbors import neighbors
 
-    pool = torch.randint(0, 255, (30, 3, 32, 32), dtype=torch.uint8)
+    pool = torch.randint(0, 255, (30, 3, 28, 28), dtype=torch.uint8)
     return neighbors(_lenet(), pool[:2], pool, k=k, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
