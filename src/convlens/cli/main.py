@@ -17,7 +17,15 @@ import typer
 from rich.console import Console
 
 from convlens import __version__, native
-from convlens.cli import anatomy_cmds, data_cmds, model_cmds, report_cmds, train_cmds, visualize
+from convlens.cli import (
+    anatomy_cmds,
+    data_cmds,
+    model_cmds,
+    report_cmds,
+    serve_cmds,
+    train_cmds,
+    visualize,
+)
 from convlens.errors import ConvlensError
 
 app = typer.Typer(
@@ -53,7 +61,15 @@ def _root(
     )
 
 
-for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, report_cmds):
+for _module in (
+    data_cmds,
+    model_cmds,
+    anatomy_cmds,
+    train_cmds,
+    visualize,
+    report_cmds,
+    serve_cmds,
+):
     _module.register(app)
 
 

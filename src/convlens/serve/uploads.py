@@ -55,7 +55,11 @@ def decode_image(
             opened.load()
     except RequestError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning) as e:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise RequestError(
+            f"the image has too many pixels; at most {MAX_PIXELS:,} are accepted"
+        ) from None
+    except (OSError, ValueError, SyntaxError, Warning) as e:
         raise RequestError(
             f"the upload is not an image Pillow can read ({type(e).__name__})"
         ) from None
