@@ -12,7 +12,6 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,10 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from convlens import load_run  # noqa: E402
-from convlens.serve import create_app, from_run_dir  # noqa: E402
+from convlens import load_run
+from convlens.serve import create_app, from_run_dir
 
 NAME = "lenet5-sample"
 

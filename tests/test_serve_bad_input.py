@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from convlens import load_run  # noqa: E402
-from convlens.serve import create_app, from_run_dir  # noqa: E402
-from convlens.serve.uploads import MAX_UPLOAD_BYTES  # noqa: E402
+from convlens import load_run
+from convlens.serve import create_app, from_run_dir
+from convlens.serve.uploads import MAX_UPLOAD_BYTES
 
 NAME = "lenet5-sample"
 LIMIT = 50_000  # bytes, small so that the test sends little
@@ -84,7 +84,7 @@ def test_the_default_upload_limit_is_20_mb() -> None:
             {"image": "test:1", "method": "gradcam", "target": 10},
             404,
             ["no class 10", "10 classes"],
-        ),  # fmt: skip
+        ),
         ("post", api("/attribution"), {"image": "test:1", "method": "magic"}, 400, ["magic"]),
         (
             "post",
@@ -92,14 +92,14 @@ def test_the_default_upload_limit_is_20_mb() -> None:
             {"image": "test:1", "method": "gradcam", "layer": "fc1"},
             400,
             ["not feature maps"],
-        ),  # fmt: skip
+        ),
         (
             "post",
             api("/jobs/occlusion"),
             {"image": "test:1", "window": 2, "stride": 4},
             400,
             ["stride"],
-        ),  # fmt: skip
+        ),
         ("post", api("/jobs/occlusion"), {"image": "test:1", "target": -1}, 404, ["no class -1"]),
         ("get", "/api/explain/conv?size=5&kernel=9", None, 400, ["does not fit"]),
         ("get", "/api/explain/conv?size=0", None, 400, ["size"]),

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             "--model",
             help="A model to serve: run dir, registry name, torchvision:NAME, "
             "timm:NAME, a checkpoint, or file.py:function.",
-        ),  # fmt: skip
+        ),
         weights: str | None = typer.Option(None, "--weights", help="Weights for --model."),
         images: Path | None = typer.Option(
             None,
@@ -83,10 +83,12 @@ def register(app: typer.Typer) -> None:
             if open_subject is None:
                 raise ConvlensError("--model needs a newer convlens; serve a run directory instead")
             subject = open_subject(
-                model, weights=weights, images=str(images) if images else None,
+                model,
+                weights=weights,
+                images=str(images) if images else None,
                 classes=str(classes) if classes else None,
                 data_dir=str(data_dir) if data_dir else None,
-            )  # fmt: skip
+            )
             served.append(from_subject(subject, name=model))
         cache = cache_dir or Path.home() / ".cache" / "convlens" / "serve"
         web = create_app(served, cache_dir=cache)

@@ -131,8 +131,11 @@ def create_app(
     def image_png(name: str, index: int) -> Response:
         from convlens.serve.encode import image_png as encode
 
-        return Response(encode(catalog[name].image(index)), media_type="image/png",
-                        headers={"Cache-Control": "max-age=3600"})  # fmt: skip
+        return Response(
+            encode(catalog[name].image(index)),
+            media_type="image/png",
+            headers={"Cache-Control": "max-age=3600"},
+        )
 
     @app.post("/api/subjects/{name}/uploads")
     async def upload(name: str, file: UploadFile) -> dict[str, Any]:
@@ -158,11 +161,16 @@ def create_app(
         compute.check_target(served, req.target)
         layer = compute.conv_layer(served, req.layer)
         if req.method not in compute.METHODS or req.method == "occlusion":
-            raise RequestError(f"no method {req.method!r} here; choose gradcam, guided_gradcam or "
-                               "saliency (occlusion is a job: POST .../jobs/occlusion)")  # fmt: skip
+            raise RequestError(
+                f"no method {req.method!r} here; choose gradcam, guided_gradcam or "
+                "saliency (occlusion is a job: POST .../jobs/occlusion)"
+            )
         with served.lock:
-            return {"image": req.image, "target": req.target,
-                    **compute.attribution(served, image, req.method, req.target, layer)}  # fmt: skip
+            return {
+                "image": req.image,
+                "target": req.target,
+                **compute.attribution(served, image, req.method, req.target, layer),
+            }
 
     @app.get("/api/subjects/{name}/rf")
     def receptive_field(name: str, layer: str, row: int, col: int) -> dict[str, Any]:
@@ -197,8 +205,11 @@ def create_app(
         served = catalog[name]
         with served.lock:
             data = compute.projector_zip(served, limit)
-        return Response(data, media_type="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="{served.name}-projector.zip"'})  # fmt: skip
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{served.name}-projector.zip"'},
+        )
 
     @app.post("/api/subjects/{name}/jobs/layer")
     def layer_job(name: str, req: LayerGridRequest) -> dict[str, Any]:
@@ -206,11 +217,18 @@ def create_app(
         compute.conv_layer(served, req.layer)
         channels = served.layer(req.layer).output_shape[0]
         if req.start >= channels:
-            raise RequestError(f"layer {req.layer!r} has {channels} channels (0-{channels - 1}); "
-                               f"no channel {req.start}", 404)  # fmt: skip
+            raise RequestError(
+                f"layer {req.layer!r} has {channels} channels (0-{channels - 1}); "
+                f"no channel {req.start}",
+                404,
+            )
         params = {**req.model_dump(), "count": min(req.count, channels - req.start)}
-        return cached_job(served, "layer", params, lambda report: compute.layer_grid(
-            served, report=report, **params))  # fmt: skip
+        return cached_job(
+            served,
+            "layer",
+            params,
+            lambda report: compute.layer_grid(served, report=report, **params),
+        )
 
     @app.post("/api/subjects/{name}/jobs/occlusion")
     def occlusion_job(name: str, req: OcclusionRequest) -> dict[str, Any]:
@@ -220,15 +238,20 @@ def create_app(
         if req.stride > req.window:
             raise RequestError(f"stride {req.stride} is larger than the window {req.window}")
         params = req.model_dump()
-        return cached_job(served, "occlusion", params, lambda report: compute.occlusion(
-            served, image, req.target, req.window, req.stride))  # fmt: skip
+        return cached_job(
+            served,
+            "occlusion",
+            params,
+            lambda report: compute.occlusion(served, image, req.target, req.window, req.stride),
+        )
 
     @app.post("/api/subjects/{name}/jobs/embedding")
     def embedding_job(name: str, req: EmbeddingRequest) -> dict[str, Any]:
         served = catalog[name]
         params = req.model_dump()
-        return cached_job(served, "embedding", params,
-                          lambda report: compute.embedding(served, req.limit, report))  # fmt: skip
+        return cached_job(
+            served, "embedding", params, lambda report: compute.embedding(served, req.limit, report)
+        )
 
     @app.get("/api/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:
@@ -243,12 +266,19 @@ def create_app(
             async for snap in j.events():
                 yield f"data: {json.dumps(snap)}\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/api/explain/conv")
-    def explain(size: int = 7, kernel: int = 3, stride: int = 1, padding: int = 0,
-                filters: int = 2, depth: int = 3) -> dict[str, Any]:  # fmt: skip
+    def explain(
+        size: int = 7,
+        kernel: int = 3,
+        stride: int = 1,
+        padding: int = 0,
+        filters: int = 2,
+        depth: int = 3,
+    ) -> dict[str, Any]:
         return compute.arithmetic(size, kernel, stride, padding, filters, depth)
 
     @app.get("/api/{rest:path}", include_in_schema=False)

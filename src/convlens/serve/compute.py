@@ -124,9 +124,15 @@ def evenly(n: int, limit: int | None) -> torch.Tensor:
 
 
 def layer_grid(
-    served: Served, layer: str, start: int, count: int, steps: int, patches: int, limit: int,
+    served: Served,
+    layer: str,
+    start: int,
+    count: int,
+    steps: int,
+    patches: int,
+    limit: int,
     report: Report,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Per channel: the filter (first layer), the activation-maximisation image, top patches."""
     s = served.subject
     channels = list(range(start, start + count))
@@ -136,8 +142,15 @@ def layer_grid(
     out: dict[int, dict[str, Any]] = {c: {"channel": c} for c in channels}
     if s.images is not None:
         images = s.images.images[evenly(len(s.images), limit)]
-        top = inspect.top_patches(s.model, layer, images, channels, n=patches,
-                                  mean=s.preprocess.mean, std=s.preprocess.std)  # fmt: skip
+        top = inspect.top_patches(
+            s.model,
+            layer,
+            images,
+            channels,
+            n=patches,
+            mean=s.preprocess.mean,
+            std=s.preprocess.std,
+        )
         crops = inspect.crop_patches(images, top)  # (K, n, C, h, w)
         for k, c in enumerate(top.channels):
             strip = torch.cat(list(crops[k]), dim=2)  # (C, h, n*w), the patches side by side
@@ -153,9 +166,15 @@ def layer_grid(
         part = channels[i : i + chunk]
         report(1 + i // chunk, total, f"activation maximisation, channels {part[0]}-{part[-1]}")
         res = inspect.activation_maximization(
-            s.model, layer, part, size=size, steps=steps, mean=s.preprocess.mean,
-            std=s.preprocess.std, in_channels=s.preprocess.channels,
-        )  # fmt: skip
+            s.model,
+            layer,
+            part,
+            size=size,
+            steps=steps,
+            mean=s.preprocess.mean,
+            std=s.preprocess.std,
+            in_channels=s.preprocess.channels,
+        )
         for k, c in enumerate(part):
             out[c]["actmax"] = data_url(unit_png(res.images[k].numpy()))
             out[c]["actmax_value"] = float(res.values[k])
@@ -191,8 +210,9 @@ def features(served: Served, idx: torch.Tensor) -> torch.Tensor:
     """Penultimate features ``(N, D)`` of the subject's images at `idx`."""
     s = served.subject
     assert s.images is not None
-    return inspect.extract_features(s.model, s.images.images[idx], mean=s.preprocess.mean,
-                                    std=s.preprocess.std)  # fmt: skip
+    return inspect.extract_features(
+        s.model, s.images.images[idx], mean=s.preprocess.mean, std=s.preprocess.std
+    )
 
 
 def neighbours(served: Served, index: int, k: int) -> dict[str, Any]:
@@ -200,8 +220,14 @@ def neighbours(served: Served, index: int, k: int) -> dict[str, Any]:
     s = served.subject
     query = served.image(index)[None]
     assert s.images is not None
-    nb = inspect.neighbors(s.model, query, s.images.images, k=min(k + 1, len(s.images)),
-                           mean=s.preprocess.mean, std=s.preprocess.std)  # fmt: skip
+    nb = inspect.neighbors(
+        s.model,
+        query,
+        s.images.images,
+        k=min(k + 1, len(s.images)),
+        mean=s.preprocess.mean,
+        std=s.preprocess.std,
+    )
 
     def others(indices: torch.Tensor) -> list[int]:
         return [i for i in indices[0].tolist() if i != index][:k]
@@ -277,8 +303,16 @@ def projector_zip(served: Served, limit: int | None) -> bytes:
     names = [s.class_name(int(y)) for y in s.images.labels[idx]]
     tensors = io.StringIO()
     np.savetxt(tensors, feats, delimiter="\t", fmt="%.6g")
-    config = {"embeddings": [{"tensorName": served.name, "tensorShape": list(feats.shape),
-                              "tensorPath": "tensors.tsv", "metadataPath": "metadata.tsv"}]}  # fmt: skip
+    config = {
+        "embeddings": [
+            {
+                "tensorName": served.name,
+                "tensorShape": list(feats.shape),
+                "tensorPath": "tensors.tsv",
+                "metadataPath": "metadata.tsv",
+            }
+        ]
+    }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("tensors.tsv", tensors.getvalue())

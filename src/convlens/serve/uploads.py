@@ -72,8 +72,10 @@ def decode_image(
     th, tw = pre.size
     if pre.resize is not None:  # torchvision's evaluation transform: shorter side, then centre crop
         scale = pre.resize / min(im.size)
-        im = im.resize((max(tw, round(im.width * scale)), max(th, round(im.height * scale))),
-                       Image.Resampling.BILINEAR)  # fmt: skip
+        im = im.resize(
+            (max(tw, round(im.width * scale)), max(th, round(im.height * scale))),
+            Image.Resampling.BILINEAR,
+        )
         left, top = (im.width - tw) // 2, (im.height - th) // 2
         im = im.crop((left, top, left + tw, top + th))
     elif im.size != (tw, th):
