@@ -50,7 +50,9 @@ export async function render(root, ctx) {
   info.classes.forEach((c, i) => target.append(new Option(`${i}: ${c}`, i)));
   const layerPick = el("select", { "aria-label": "layer", onchange: () => explain() });
   for (const r of convs) layerPick.append(new Option(r.name, r.name));
-  layerPick.value = convs.length ? convs[convs.length - 1].name : "";
+  // Grad-CAM's default: the last conv layer whose map still has positions (LeNet's C5 is 1x1).
+  const spatial = convs.filter((r) => r.output_shape[1] * r.output_shape[2] > 1);
+  layerPick.value = (spatial.length ? spatial : convs).at(-1)?.name ?? "";
   const buttons = el("div", { class: "methods" });
   let method = null;
   for (const [key, text] of METHODS) {
