@@ -4,7 +4,7 @@
 // receptive field (the box) and the layer's effective receptive field (the heat) on the input.
 import { getJSON, postJSON, upload, runJob, progressBar, el } from "../api.js";
 
-const STAGE = 280;  // displayed input size in CSS pixels
+const STAGE = 300;  // displayed input size in CSS pixels
 const METHODS = [["gradcam", "Grad-CAM"], ["guided_gradcam", "guided Grad-CAM"],
   ["saliency", "saliency"], ["occlusion", "occlusion"]];
 
@@ -18,7 +18,7 @@ export async function render(root, ctx) {
 
   // Left: choose an image.
   const thumbs = el("div", { class: "thumbs" });
-  const n = Math.min(info.images, 24);
+  const n = Math.min(info.images, 16);
   for (let k = 0; k < n; k++) {
     const index = Math.floor((k * info.images) / n);
     thumbs.append(el("img", { src: `${base}/images/${index}.png`, alt: `test image ${index}`,
@@ -61,14 +61,15 @@ export async function render(root, ctx) {
   const bar = progressBar();
   bar.hidden = true;
   const acts = el("div", { class: "acts", id: "activations" });
+  // Left (stays in view while the activations scroll): the input, its overlays, the predictions,
+  // the controls and the images to pick from. Right: the activations of every layer.
   root.append(
-    el("h2", {}, "Image"),
     el("div", { class: "imageview" },
-      el("div", { class: "pick" }, drop, thumbs),
       el("div", { class: "look" }, stage, rfNote, top5,
         el("div", { class: "controls" }, el("label", {}, "class ", target), el("label", {}, "layer ", layerPick)),
-        buttons, bar)),
-    el("h3", {}, "Activations of every layer (click a unit to see its receptive field)"), acts);
+        buttons, bar, drop, thumbs),
+      el("div", { class: "actscol" },
+        el("h3", {}, "Activations of every layer: click a unit to see its receptive field"), acts)));
 
   let current = null;
 
@@ -108,6 +109,8 @@ export async function render(root, ctx) {
       } else {
         r = await postJSON(`${base}/attribution`, { ...body, method, layer: layerPick.value || null });
       }
+      erf.hidden = box.hidden = true;  // one picture at a time: the attribution, or a unit's fields
+      rfNote.textContent = "";
       overlay.src = r.overlay;
       overlay.dataset.method = method;
       overlay.classList.toggle("opaque", method === "guided_gradcam");
@@ -150,6 +153,7 @@ export async function render(root, ctx) {
       Object.assign(box.style, { top: `${t * scale}px`, left: `${l * scale}px`,
         height: `${(b - t) * scale}px`, width: `${(rr - l) * scale}px` });
       box.hidden = false;
+      overlay.hidden = true;
       erf.src = r.erf.map;
       erf.style.transform = `translate(${r.erf.shift[1] * scale}px, ${r.erf.shift[0] * scale}px)`;
       erf.hidden = false;

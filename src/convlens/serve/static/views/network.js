@@ -70,7 +70,7 @@ export async function render(root, ctx) {
   svg.setAttribute("height", 20 + rowCount * (BOX_H + GAP_Y));
   svg.classList.add("network");
   const isBox = (n) => n === "input" || rows[n] !== undefined;
-  const centreX = (n) => x(n) + (isBox(n) ? BOX_W / 2 : JOIN);
+  const centreX = (n) => x(n) + BOX_W / 2;
   for (const n of order) {
     for (const i of inputs[n]) {
       const x1 = centreX(i), y1 = y(i) + (isBox(i) ? BOX_H : JOIN * 2);
@@ -84,7 +84,8 @@ export async function render(root, ctx) {
   }
   for (const n of order) {
     const g = document.createElementNS(SVG, "g");
-    g.setAttribute("transform", `translate(${x(n)},${y(n)})`);
+    const left = isBox(n) ? x(n) : centreX(n) - JOIN;  // a join sits on its lane's axis
+    g.setAttribute("transform", `translate(${left},${y(n)})`);
     if (isBox(n)) {
       const r = rows[n];
       const rect = document.createElementNS(SVG, "rect");
