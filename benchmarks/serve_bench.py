@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument(
         "--steps", type=int, default=48, help="Activation-maximisation steps (the app's default)."
     )
+    ap.add_argument("--browser", action="store_true", help="Also time the t-SNE canvas in chromium.")
+    ap.add_argument("--points", type=int, default=50_000, help="Points on the t-SNE canvas.")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     print(f"# serve benchmark: {args.run}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -130,8 +132,9 @@ def main() -> None:
         total = time.perf_counter() - t
         result = client.get(f"{url}/api/jobs/{job['id']}").json()
         assert result["status"] == "done", result["error"]
+        n = len(result["result"]["channels"])
         print(
-            f"cold 64-channel grid of {args.layer}: first progress after {first * 1e3:.0f} ms, "
+            f"cold {n}-channel grid of {args.layer}: first progress after {first * 1e3:.0f} ms, "
             f"done after {total:.1f} s"
         )
 
@@ -142,10 +145,72 @@ def main() -> None:
             j = client.post(f"{api}/jobs/layer", json=params).json()
             body = client.get(f"{url}/api/jobs/{j['id']}").json()
             ms.append((time.perf_counter() - t) * 1e3)
-        assert body["status"] == "done" and len(body["result"]["channels"]) == 64
+        assert body["status"] == "done" and body["result"] == result["result"]
         size = len(json.dumps(body)) / 1e3
-        print(f"cached 64-channel grid ({size:.0f} kB of JSON): {percentiles(ms)}")
+        print(f"cached {n}-channel grid ({size:.0f} kB of JSON): {percentiles(ms)}")
+        if args.browser:
+            canvas_frames(app, served, url, args.points)
     server.should_exit = True
+
+
+def canvas_frames(app: object, served: object, url: str, points: int) -> None:
+    """4. The embedding view's canvas with `points` points: frame times while zooming and panning.
+
+    The map is synthetic (ten Gaussian clusters, stored as the cached t-SNE result), so that the
+    drawing is measured without minutes of t-SNE; frames are timed in the page with
+    requestAnimationFrame while wheel and drag events arrive.
+    """
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, points)
+    centres = rng.normal(0, 30, (10, 2))
+    xy = centres[labels] + rng.normal(0, 4, (points, 2))
+    n_images = len(served.subject.images)  # type: ignore[attr-defined]
+    result = {
+        "indices": [i % n_images for i in range(points)],
+        "x": np.round(xy[:, 0], 3).tolist(),
+        "y": np.round(xy[:, 1], 3).tolist(),
+        "labels": labels.tolist(),
+        "classes": served.subject.classes,  # type: ignore[attr-defined]
+    }
+    app.state.cache.put(served.key, "embedding", {"limit": None}, result)  # type: ignore[attr-defined]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        t = time.perf_counter()
+        page.goto(url + "/#embedding")
+        page.wait_for_function(
+            "document.querySelector('.legend') && document.querySelector('.legend').children.length",
+            timeout=120_000,
+        )
+        print(f"embedding view with {points:,} points: shown after {time.perf_counter() - t:.2f} s")
+        frames = page.evaluate(
+            """async () => {
+              const c = document.querySelector('#tsne');
+              const frame = () => new Promise((r) => requestAnimationFrame(r));
+              const gaps = [];
+              await frame();
+              for (let i = 0; i < 120; i++) {
+                const t = performance.now();
+                if (i % 2) c.dispatchEvent(new WheelEvent('wheel', { deltaY: i % 4 === 1 ? -120 : 120,
+                  clientX: 450, clientY: 300, bubbles: true, cancelable: true }));
+                else {
+                  c.dispatchEvent(new MouseEvent('mousedown', { clientX: 400, clientY: 300, bubbles: true }));
+                  c.dispatchEvent(new MouseEvent('mousemove', { clientX: 410, clientY: 305, buttons: 1, bubbles: true }));
+                  window.dispatchEvent(new MouseEvent('mouseup', { bubbles: true }));
+                }
+                await frame();
+                gaps.push(performance.now() - t);
+              }
+              return gaps;
+            }"""
+        )
+        print(f"  frame time while zooming / panning: {percentiles(frames)}")
+        browser.close()
 
 
 if __name__ == "__main__":

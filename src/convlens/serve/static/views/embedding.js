@@ -1,5 +1,5 @@
 // Embedding view: the t-SNE map of the penultimate features of the test images, drawn on a canvas
-// (one fillRect per point, batched by colour, so 50,000 points pan and zoom smoothly), coloured by
+// (points written into one pixel buffer per frame, so 50,000 points pan and zoom smoothly), coloured by
 // class. Hover shows the image; click shows its nearest neighbours in feature space and in pixels.
 import { getJSON, runJob, progressBar, el } from "../api.js";
 
@@ -56,23 +56,36 @@ export async function render(root, ctx) {
   let hover = -1, pending = false;
   const toScreen = (p) => [xs[p] * view.k + view.tx, ys[p] * view.k + view.ty];
 
+  // Points are written straight into a pixel buffer (one 32-bit word per pixel, then one
+  // putImageData): about ten times faster than a fillRect per point on a software canvas.
+  const rgba = classes.map((_, k) => {
+    const hex = colour(k);
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+    return ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;  // little-endian RGBA
+  });
+  const ctx2d = canvas.getContext("2d");
+  const pixels = ctx2d.createImageData(W, H);
+  const words = new Uint32Array(pixels.data.buffer);
+
   function draw() {
     pending = false;
-    const g = canvas.getContext("2d");
-    g.clearRect(0, 0, W, H);
+    words.fill(0);
     const s = xs.length > 20000 ? 2 : 3;
     byClass.forEach((points, k) => {
-      g.fillStyle = colour(k);
+      const c = rgba[k];
       for (const p of points) {
-        const sx = xs[p] * view.k + view.tx, sy = ys[p] * view.k + view.ty;
-        if (sx >= -s && sx <= W && sy >= -s && sy <= H) g.fillRect(sx - s / 2, sy - s / 2, s, s);
+        const sx = Math.round(xs[p] * view.k + view.tx - s / 2);
+        const sy = Math.round(ys[p] * view.k + view.ty - s / 2);
+        if (sx < 0 || sy < 0 || sx > W - s || sy > H - s) continue;
+        for (let dy = 0; dy < s; dy++) words.fill(c, (sy + dy) * W + sx, (sy + dy) * W + sx + s);
       }
     });
+    ctx2d.putImageData(pixels, 0, 0);
     if (hover >= 0) {
       const [hx, hy] = toScreen(hover);
-      g.strokeStyle = "#000";
-      g.lineWidth = 2;
-      g.strokeRect(hx - 5, hy - 5, 10, 10);
+      ctx2d.strokeStyle = "#000";
+      ctx2d.lineWidth = 2;
+      ctx2d.strokeRect(hx - 5, hy - 5, 10, 10);
     }
   }
   const redraw = () => { if (!pending) { pending = true; requestAnimationFrame(draw); } };
