@@ -255,3 +255,58 @@ def test_page_and_static_files(client: TestClient) -> None:
     for path in ["/static/app.js", "/static/views/image.js", "/static/style.css"]:
         assert client.get(path).status_code == 200, path
     assert "http://" not in client.get("/static/style.css").text  # no external font or CDN
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cli_prints_the_loopback_url_and_opens_nothing(
+    served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import webbrowser
+
+    import uvicorn
+
+    from convlens.cli.main import main
+
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: calls.append((host, port)))
+    monkeypatch.setattr(webbrowser, "open", lambda url: pytest.fail(f"opened {url}"))
+    code = main(["serve", str(served_run), "--port", "8123", "--cache-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code in (0, None)
+    assert "http://127.0.0.1:8123/" in out
+    assert "warning" not in err
+    assert calls == [("127.0.0.1", 8123)]
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    main(
+        [
+            "serve",
+            str(served_run / NAME),
+            "--host",
+            "0.0.0.0",
+            "--open",
+            "--cache-dir",
+            str(tmp_path),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert "warning" in err and "0.0.0.0" in err
+    assert opened == ["http://127.0.0.1:8000/"]
+
+
+@pytest.mark.parametrize("args", [["serve"], ["serve", "/no/such/folder"], ["serve", "."]])
+def test_cli_errors_are_one_line(
+    args: list[str], capsys: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from convlens.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(args)
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in err and err.strip().count("\n") <= 1, err
