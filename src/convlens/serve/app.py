@@ -26,6 +26,7 @@ from convlens.errors import ConvlensError
 from convlens.serve import compute
 from convlens.serve.cache import ResultCache, digest
 from convlens.serve.catalog import Catalog, Served
+from convlens.serve.encode import image_png as encode_png
 from convlens.serve.errors import RequestError
 from convlens.serve.jobs import Job, JobPool
 from convlens.serve.uploads import MAX_UPLOAD_BYTES, UploadStore, decode_image
@@ -104,8 +105,7 @@ def create_app(
             return pool.done(kind, hit).snapshot()
 
         def run(job: Job) -> Any:
-            with served.lock:
-                result = work(job.report)
+            result = work(job.report)  # takes the subject's lock around each model computation
             cache.put(served.key, kind, params, result)
             return result
 
@@ -129,10 +129,8 @@ def create_app(
 
     @app.get("/api/subjects/{name}/images/{index}.png")
     def image_png(name: str, index: int) -> Response:
-        from convlens.serve.encode import image_png as encode
-
         return Response(
-            encode(catalog[name].image(index)),
+            encode_png(catalog[name].image(index)),
             media_type="image/png",
             headers={"Cache-Control": "max-age=3600"},
         )

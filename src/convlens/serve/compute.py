@@ -1,8 +1,9 @@
 """What each view asks of the Python API, and its answer as JSON.
 
 Each function validates its arguments against the subject, calls the public API
-(:mod:`convlens.inspect`, :mod:`convlens.anatomy`) and encodes the tensors for the browser. The
-caller holds the subject's lock around anything that runs the model.
+(:mod:`convlens.inspect`, :mod:`convlens.anatomy`) and encodes the tensors for the browser. For the
+quick ones the caller holds the subject's lock; the long ones (layer grids, t-SNE, occlusion) take it
+around each model computation themselves, so that a prediction can run between two of their steps.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def occlusion(
 ) -> dict[str, Any]:
     """The occlusion map (logit drop per pixel) of one image."""
     s = served.subject
-    res = inspect.occlusion(s.model, s.normalize(image[None]), target, window=window, stride=stride)
+    with served.lock:
+        x = s.normalize(image[None])
+        res = inspect.occlusion(s.model, x, target, window=window, stride=stride)
     return {
         "method": "occlusion",
         "target": int(res.target[0]),
@@ -142,15 +145,16 @@ def layer_grid(
     out: dict[int, dict[str, Any]] = {c: {"channel": c} for c in channels}
     if s.images is not None:
         images = s.images.images[evenly(len(s.images), limit)]
-        top = inspect.top_patches(
-            s.model,
-            layer,
-            images,
-            channels,
-            n=patches,
-            mean=s.preprocess.mean,
-            std=s.preprocess.std,
-        )
+        with served.lock:
+            top = inspect.top_patches(
+                s.model,
+                layer,
+                images,
+                channels,
+                n=patches,
+                mean=s.preprocess.mean,
+                std=s.preprocess.std,
+            )
         crops = inspect.crop_patches(images, top)  # (K, n, C, h, w)
         for k, c in enumerate(top.channels):
             strip = torch.cat(list(crops[k]), dim=2)  # (C, h, n*w), the patches side by side
@@ -165,16 +169,17 @@ def layer_grid(
     for i in range(0, len(channels), chunk):
         part = channels[i : i + chunk]
         report(1 + i // chunk, total, f"activation maximisation, channels {part[0]}-{part[-1]}")
-        res = inspect.activation_maximization(
-            s.model,
-            layer,
-            part,
-            size=size,
-            steps=steps,
-            mean=s.preprocess.mean,
-            std=s.preprocess.std,
-            in_channels=s.preprocess.channels,
-        )
+        with served.lock:
+            res = inspect.activation_maximization(
+                s.model,
+                layer,
+                part,
+                size=size,
+                steps=steps,
+                mean=s.preprocess.mean,
+                std=s.preprocess.std,
+                in_channels=s.preprocess.channels,
+            )
         for k, c in enumerate(part):
             out[c]["actmax"] = data_url(unit_png(res.images[k].numpy()))
             out[c]["actmax_value"] = float(res.values[k])
@@ -192,7 +197,8 @@ def embedding(served: Served, limit: int | None, report: Report) -> dict[str, An
         )
     idx = evenly(len(s.images), limit)
     report(0, 2, f"features of {len(idx)} images")
-    feats = features(served, idx)
+    with served.lock:
+        feats = features(served, idx)
     report(1, 2, f"t-SNE of {len(idx)} points")
     m = inspect.tsne(feats)
     report(2, 2, "done")
