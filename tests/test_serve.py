@@ -310,3 +310,44 @@ def test_cli_errors_are_one_line(
     _, err = capsys.readouterr()
     assert code == 1
     assert "Traceback" not in err and err.strip().count("\n") <= 1, err
+
+
+# --------------------------------------------------------------------------------------------------
+# The data flow the network view draws its branches from
+# --------------------------------------------------------------------------------------------------
+
+
+def test_layer_graph_of_torchvision_resnet18_and_googlenet() -> None:
+    import torchvision
+
+    import convlens
+    from convlens.anatomy.graph import layer_graph
+
+    g = layer_graph(torchvision.models.resnet18())
+    assert g is not None
+    # torchvision's BasicBlock: out = bn2(...) + identity, identity the block's input (or downsample).
+    assert g["add"] == ["layer1.0.bn2", "maxpool"]
+    assert g["add_1"] == ["layer1.1.bn2", "layer1.0.relu (2)"]  # the shared ReLU's second call
+    assert g["add_2"] == ["layer2.0.bn2", "layer2.0.downsample.1"]
+    assert g["layer2.0.downsample.0"] == ["layer1.1.relu (2)"]
+    assert g["fc"] == ["avgpool"]  # torch.flatten is passed through
+    rows = convlens.summary(torchvision.models.resnet18(), (3, 64, 64)).layers
+    summary_labels = {row.label for row in rows}
+    assert {k for k in g if k != "input" and not k.startswith("add")} <= summary_labels
+
+    g = layer_graph(torchvision.models.googlenet(init_weights=False, aux_logits=False))
+    assert g is not None
+    # Inception 3a: four branches from maxpool2, concatenated.
+    assert g["cat"] == [
+        "inception3a.branch1.bn",
+        "inception3a.branch2.1.bn",
+        "inception3a.branch3.1.bn",
+        "inception3a.branch4.1.bn",
+    ]
+
+
+def test_layer_graph_of_an_untraceable_model_is_none() -> None:
+    from convlens import models
+    from convlens.anatomy.graph import layer_graph
+
+    assert layer_graph(models.create("lenet5")) is None  # checks its input size with an `if`
