@@ -157,6 +157,9 @@ def test_serve_in_a_real_browser(url: str, photo: Path) -> None:
             page.wait_for_function("document.querySelector('#tsne-tip img').naturalWidth === 28")
             page.mouse.click(canvas["x"] + xy[0], canvas["y"] + xy[1])
             expect(page.locator("#neighbours .strip img")).to_have_count(17)  # query + 8 + 8
+            page.wait_for_function(
+                "[...document.querySelectorAll('#neighbours img')].every(i => i.naturalWidth === 28)"
+            )
             page.screenshot(path=str(shots / "serve-embedding.png"), full_page=True)
 
             # 5. Arithmetic: a slider changes the numbers.

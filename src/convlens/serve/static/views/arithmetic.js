@@ -40,6 +40,7 @@ export async function render(root) {
         el("div", {}, el("b", { id: "params-unshared" }, fmt(r.params_unshared)), " without sharing"),
         el("div", {}, el("b", {}, fmt(r.macs)), " multiply-adds"));
       lines.textContent = r.lines.join("\n");
+      paint();
     } catch (e) {
       if (mine !== request) return;
       result = null;
@@ -48,8 +49,7 @@ export async function render(root) {
     }
   }
 
-  function draw() {
-    if (!canvas.isConnected) return;
+  function paint() {
     const g = canvas.getContext("2d");
     g.clearRect(0, 0, canvas.width, canvas.height);
     if (result) {
@@ -79,9 +79,14 @@ export async function render(root) {
       g.fillText(`input ${size}×${size}×${depth}, padded to ${n}×${n}`, 20, 18);
       g.fillText(`output map ${ow}×${oh} (one of ${values.filters})`, ox, 18);
     }
+  }
+
+  function tick() {  // one output position per tick, until the view is left
+    if (!canvas.isConnected) return;
+    paint();
     step += 1;
-    setTimeout(() => requestAnimationFrame(draw), 450);
+    setTimeout(() => requestAnimationFrame(tick), 450);
   }
   await update();
-  draw();
+  tick();
 }
