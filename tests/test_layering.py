@@ -2,7 +2,7 @@
 back through another.
 
 Layers, top to bottom (DESIGN.md): cli > serve > experiments > render > inspect > subjects > train >
-anatomy > models > data > validate > fileio > errors. Every import counts, the ones
+anatomy > models > data > validate > progress > fileio > errors. Every import counts, the ones
 inside functions too (an import hidden in a function to dodge a cycle is still a cycle); imports under
 ``if TYPE_CHECKING:`` only have to point down.
 """
@@ -27,6 +27,7 @@ LAYERS = [
     "models",
     "data",
     "validate",
+    "progress",
     "fileio",
     "errors",
 ]
@@ -43,7 +44,9 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path) -> list[tuple[str, bool]]:
     """(imported convlens module, under TYPE_CHECKING) for every import in the file."""
     tree = ast.parse(path.read_text())
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    package = (
+        _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    )
     typing_only: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):

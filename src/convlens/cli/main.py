@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import typer
 from rich.console import Console
 
-from convlens import __version__, native
+from convlens import __version__
 from convlens.cli import (
     anatomy_cmds,
     data_cmds,
@@ -53,12 +53,6 @@ def _root(
     ),
 ) -> None:
     """Build, train and see inside convolutional neural networks."""
-    native.set_compile_notice(
-        lambda name: err_console.print(
-            f"[dim]compiling convlens's {name} kernels with the C compiler "
-            "(once per machine, a few seconds)[/dim]"
-        )
-    )
 
 
 for _module in (

@@ -22,9 +22,7 @@ import os
 import tarfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from convlens.errors import ConvlensError
+from convlens.progress import progress_bar
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -253,33 +252,6 @@ def decode_one(src: ImageSource, mode: str, size: tuple[int, int]) -> tuple[np.n
         return np.asarray(im2, dtype=np.uint8), resized
 
 
-@contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Any]:
-    """A transient Rich progress bar on stderr; yields `advance(n)`. Silent for small jobs."""
-    if not enabled or total < 5000:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as prog:
-        task = prog.add_task(description, total=total)
-        yield lambda n: prog.advance(task, n)
-
-
 def decode_images(
     sources: list[ImageSource],
     channels: int,
@@ -307,7 +279,11 @@ def decode_images(
         return resized
 
     total_resized = 0
-    with progress_bar(n, description) as advance, ThreadPoolExecutor(threads) as pool:
+    # Small jobs finish before a bar would be seen.
+    with (
+        progress_bar(n, description, enabled=n >= 5000) as advance,
+        ThreadPoolExecutor(threads) as pool,
+    ):
         for start, r in zip(range(0, n, chunk), pool.map(work, range(0, n, chunk)), strict=True):
             total_resized += r
             advance(min(chunk, n - start))
