@@ -8,6 +8,7 @@ anything that runs a model holds its subject's lock, and long work goes to the j
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from importlib.resources import files
@@ -32,6 +33,7 @@ from convlens.serve.jobs import Job, JobPool
 from convlens.serve.uploads import MAX_UPLOAD_BYTES, UploadStore, decode_image
 
 STATIC = files("convlens.serve") / "static"
+log = logging.getLogger("convlens.serve")
 _IMAGE = re.compile(r"^(test):(\d{1,9})$|^(upload):([0-9a-f]{32})$")
 
 
@@ -318,5 +320,7 @@ def _errors(app: FastAPI) -> None:
         return reply(e.status_code, str(e.detail))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, e: Exception) -> JSONResponse:
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        # A bug, not a bad request: the traceback goes to the server's log, never to the client.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
         return reply(500, f"internal error ({type(e).__name__}); the server is still running")

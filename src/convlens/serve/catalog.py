@@ -40,7 +40,9 @@ class Served:
     name: str
     load: Callable[[], Subject]
     key: str
-    lock: threading.RLock = field(default_factory=threading.RLock)  # one model computation at a time
+    lock: threading.RLock = field(
+        default_factory=threading.RLock
+    )  # one model computation at a time
     _subject: Subject | None = None
     _summary: Summary | None = None
     _graph: dict[str, list[str]] | None = None

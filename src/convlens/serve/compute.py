@@ -54,7 +54,7 @@ def predict(served: Served, image: torch.Tensor, top: int = 5) -> dict[str, Any]
     x = s.normalize(image[None])  # (1, C, H, W)
     with torch.inference_mode():
         probs = s.model(x).softmax(dim=1)[0]  # (K,)
-    acts = inspect.activations(s.model, x, max_layers=10_000)
+    acts = inspect.activations(s.model, x, max_layers=10_000)  # {layer: (1, C, H, W)}
     p, idx = probs.topk(min(top, probs.numel()))
     return {
         "input": data_url(image_png(image)),
@@ -62,7 +62,9 @@ def predict(served: Served, image: torch.Tensor, top: int = 5) -> dict[str, Any]
             {"index": int(i), "name": s.class_name(int(i)), "p": float(v)}
             for v, i in zip(p.tolist(), idx.tolist(), strict=True)
         ],
-        "layers": [{"name": name, "shape": list(a.shape), **atlas(a)} for name, a in acts.items()],
+        "layers": [
+            {"name": name, "shape": list(a.shape[1:]), **atlas(a[0])} for name, a in acts.items()
+        ],
     }
 
 
