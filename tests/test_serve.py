@@ -351,3 +351,49 @@ def test_layer_graph_of_an_untraceable_model_is_none() -> None:
     from convlens.anatomy.graph import layer_graph
 
     assert layer_graph(models.create("lenet5")) is None  # checks its input size with an `if`
+
+
+def test_cli_model_option_goes_through_open_subject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import uvicorn
+
+    from convlens import models, subjects
+    from convlens.cli.main import main
+
+    seen: dict[str, Any] = {}
+
+    def fake_open_subject(spec: str, **options: Any) -> Any:
+        seen.update(spec=spec, **options)
+        return subjects.subject(
+            models.create("lenet5", in_channels=1), input_size=(1, 28, 28), name=spec
+        )
+
+    apps: list[Any] = []
+    monkeypatch.setattr(subjects, "open_subject", fake_open_subject, raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    code = main(
+        [
+            "serve",
+            "--model",
+            "my_net.py:build",
+            "--weights",
+            "w.safetensors",
+            "--images",
+            "photos",
+            "--cache-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code in (0, None), capsys.readouterr().err
+    assert seen == {
+        "spec": "my_net.py:build",
+        "weights": "w.safetensors",
+        "images": "photos",
+        "classes": None,
+        "data_dir": None,
+    }
+    with TestClient(apps[0]) as c:
+        (info,) = c.get("/api/subjects").json()
+        assert info["name"] == "my_net.py:build" and info["images"] == 0
+        assert c.get(f"/api/subjects/{info['name']}/network").status_code == 200
