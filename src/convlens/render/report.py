@@ -259,35 +259,13 @@ class ReportContext:
         """Name of the first conv layer."""
         return next(iter(self.conv_layers()))
 
-    def last_conv(self) -> str:
-        """Name of the last conv layer (the default layer of most inspection methods)."""
-        self.conv_layers()
-        from convlens import models
-
-        return str(models.default_layer(self.model))
-
     def spatial_conv(self) -> str:
-        """The last conv layer whose output is a map larger than 1x1.
-
-        The usual default (the last conv layer) can be a 1x1 map, as LeNet-5's C5: every unit then sees
-        the whole image, and Grad-CAM, top patches and the receptive field say nothing about *where*.
-        """
+        """The default layer of every method: :func:`convlens.models.default_layer` (the last conv
+        layer whose output is a map larger than 1x1; LeNet-5's C5 is 1x1)."""
         if "spatial_conv" not in self._cache:
-            convs = self.conv_layers()
-            choice = self.last_conv()
-            try:
-                from convlens.anatomy import summary
+            from convlens import models
 
-                rows = summary(self.model, self.input_shape, warn=False).layers
-                spatial = [
-                    r.name
-                    for r in rows
-                    if r.name in convs and len(r.output_shape) == 3 and min(r.output_shape[1:]) > 1
-                ]
-                choice = spatial[-1] if spatial else choice
-            except (ImportError, ConvlensError):
-                pass
-            self._cache["spatial_conv"] = choice
+            self._cache["spatial_conv"] = models.default_layer(self.model, self.input_shape)
         return str(self._cache["spatial_conv"])
 
     # -- data ---------------------------------------------------------------------------------------
@@ -571,42 +549,44 @@ def build_report(
     t0 = time.perf_counter()
     specs = default_sections() if sections is None else list(sections)
     outcomes: list[SectionOutcome] = []
-    torch.manual_seed(ctx.options.seed)
-    for i, spec in enumerate(specs):
-        if progress:
-            progress(i, len(specs), spec.title, None)
-        t = time.perf_counter()
-        out = SectionOutcome(spec.id, spec.title, spec.intro, "ok")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result = spec.build(ctx)
-            # convlens's own warnings (e.g. occlusion falling back to full recomputation) become notes
-            # under the section; anything else (a library's deprecation) is left to the filters.
-            for w in caught:
-                if "convlens" in str(w.filename) and issubclass(w.category, UserWarning):
-                    note = str(w.message)
-                    if note not in out.notes:
-                        out.notes.append(note)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        except Unavailable as e:
-            result = Skipped(str(e))
-        except ConvlensError as e:
-            result = Skipped(str(e))
-        except Exception as e:
-            if strict:
-                raise
-            out.status, out.reason = "failed", f"{type(e).__name__}: {e}"
-            result = None
-        if isinstance(result, Skipped):
-            out.status, out.reason = "skipped", result.reason
-        elif isinstance(result, Section):
-            out.body = result.body
-        out.seconds = time.perf_counter() - t
-        outcomes.append(out)
-        if progress:
-            progress(i, len(specs), spec.title, out)
+    # Sections that draw random numbers are seeded; the caller's global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.options.seed)
+        for i, spec in enumerate(specs):
+            if progress:
+                progress(i, len(specs), spec.title, None)
+            t = time.perf_counter()
+            out = SectionOutcome(spec.id, spec.title, spec.intro, "ok")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = spec.build(ctx)
+                # convlens's own warnings (e.g. occlusion falling back to full recomputation) become notes
+                # under the section; anything else (a library's deprecation) is left to the filters.
+                for w in caught:
+                    if "convlens" in str(w.filename) and issubclass(w.category, UserWarning):
+                        note = str(w.message)
+                        if note not in out.notes:
+                            out.notes.append(note)
+                    else:
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            except Unavailable as e:
+                result = Skipped(str(e))
+            except ConvlensError as e:
+                result = Skipped(str(e))
+            except Exception as e:
+                if strict:
+                    raise
+                out.status, out.reason = "failed", f"{type(e).__name__}: {e}"
+                result = None
+            if isinstance(result, Skipped):
+                out.status, out.reason = "skipped", result.reason
+            elif isinstance(result, Section):
+                out.body = result.body
+            out.seconds = time.perf_counter() - t
+            outcomes.append(out)
+            if progress:
+                progress(i, len(specs), spec.title, out)
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("convlens.render", "templates"),

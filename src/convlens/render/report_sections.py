@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from convlens.render.common import overlay_heatmap, to_hwc
+from convlens.render.common import overlay_heatmap, subplots, to_hwc
 from convlens.render.report import (
     ReportContext,
     Section,
@@ -158,7 +154,7 @@ def training_section(ctx: ReportContext) -> Section | Skipped:
     epochs = [
         int(r["epoch"]) + 1 if "epoch" in r else i for i, r in enumerate(h, 1)
     ]  # 0-based in the file
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))
+    fig, axes = subplots(1, 3, figsize=(11, 3.1))
     marker = "o" if len(h) < 30 else None
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy (%)")):
         for split, style in (("train", "-"), ("test", "--")):
@@ -221,7 +217,7 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
     cm = confusion_matrix(ds.labels, pred, k).numpy()  # (K, K): rows true, columns predicted
     names = [ctx.class_name(i) for i in range(k)]
     size = min(8.0, 1.6 + 0.42 * k)  # 5.8 inches for 10 classes: readable beside the table
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig, ax = subplots(figsize=(size + 1.0, size))
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if k <= 20:
@@ -318,10 +314,10 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
     ds = ctx.dataset("test")
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
-        acts = activations(ctx.model, ctx.normalize(ds.images[i : i + 1])[0], max_layers=6)
+        batch = activations(ctx.model, ctx.normalize(ds.images[i : i + 1]), max_layers=6)
         acts = {
-            k: v for k, v in acts.items() if v.shape[-1] > 1 or v.shape[-2] > 1
-        }  # maps, not vectors
+            k: v[0] for k, v in batch.items() if v.shape[-1] > 1 or v.shape[-2] > 1
+        }  # (C, H, W) maps, not vectors
         if not acts:
             raise Unavailable("no layer of the model produces a spatial feature map.")
         label = ctx.class_name(int(ds.labels[i]))
@@ -595,7 +591,7 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
         )
         cam = grad_cam(ctx.model, x, target, layer).detach().cpu().numpy()  # (n, H, W)
         sal = saliency(ctx.model, x, target).detach().cpu().numpy()  # (n, H, W)
-        fig, axes = plt.subplots(len(idx), 4, figsize=(7.2, 1.9 * len(idx) + 0.3), squeeze=False)
+        fig, axes = subplots(len(idx), 4, figsize=(7.2, 1.9 * len(idx) + 0.3), squeeze=False)
         for r, i in enumerate(idx):
             truth, guess = ctx.class_name(int(ds.labels[i])), ctx.class_name(int(pred[i]))
             axes[r, 0].imshow(to_hwc(images[r]), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
