@@ -125,12 +125,13 @@ def analyse(ctx: Context) -> Findings:
             "train acc. %",
             "test acc. %",
             "s / epoch",
-            "train images / s",
+            "train images / s (fastest epoch)",
         ],
         rows,
         "RF: side of the receptive field of the block's last convolution, in pixels of the block's "
         "input, from convlens.summary and from the non-zero input gradient of its centre unit with "
-        "the trained weights. Seconds per epoch include the test pass.",
+        "the trained weights. Seconds per epoch (mean, with the test pass) and images per second (the "
+        "fastest epoch) depend on what else the machine runs.",
     )
     a, b = found["three3x3"], found["one7x7"]
     verdicts = [
