@@ -280,7 +280,10 @@ def decode_images(
 
     total_resized = 0
     # Small jobs finish before a bar would be seen.
-    with progress_bar(n, description, enabled=n >= 5000) as advance, ThreadPoolExecutor(threads) as pool:
+    with (
+        progress_bar(n, description, enabled=n >= 5000) as advance,
+        ThreadPoolExecutor(threads) as pool,
+    ):
         for start, r in zip(range(0, n, chunk), pool.map(work, range(0, n, chunk)), strict=True):
             total_resized += r
             advance(min(chunk, n - start))

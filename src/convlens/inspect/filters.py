@@ -9,7 +9,6 @@ from convlens.errors import ConvlensError
 from convlens.models.hooks import get_layer
 from convlens.models.interface import conv_layers
 
-
 # Every convolution torch has (their common base class is private).
 CONV_TYPES = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d

@@ -155,7 +155,9 @@ def default_layer(model: nn.Module, input_shape: Sequence[int] | None = None) ->
         raise ConvlensError(f"{type(model).__name__} has no Conv2d layer; pass a layer by name")
     if input_shape is None:
         return names[-1]
-    probe = torch.zeros(1, *tuple(input_shape), device=model_device(model), dtype=model_dtype(model))
+    probe = torch.zeros(
+        1, *tuple(input_shape), device=model_device(model), dtype=model_dtype(model)
+    )
     try:
         with evaluating(model), torch.no_grad(), capture(model, names) as acts:
             model(probe)

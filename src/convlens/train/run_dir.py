@@ -119,11 +119,21 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
+def load_run(
+    path: str | Path, *, device: str | torch.device = "cpu", model: nn.Module | None = None
+) -> Run:
     """Load a run directory: the model in eval mode with its final weights, data description, history.
 
+    Args:
+        path: the run directory.
+        device: where to put the model.
+        model: for a run of your own module (run.json's model is `user:ClassName`), a fresh
+            instance of it: its weights are replaced by the run's (the keys and shapes must match).
+            A registry model is rebuilt from its name and needs none.
+
     Raises:
-        ConvlensError: the directory, `run.json` or the weights are missing or belong to another model.
+        ConvlensError: the directory, `run.json` or the weights are missing or belong to another
+            model; a run of a user's module loaded without it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -133,7 +143,13 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
     path = Path(path)
     raw = read_run_json(path)
     m = raw["model"]
-    model = models.create(m["name"], **m.get("options", {}))
+    if model is None:
+        if m.get("user_supplied") or str(m["name"]).startswith("user:"):
+            raise ConvlensError(
+                f"{path} holds a run of your own module {m.get('class', m['name'])}; it cannot be "
+                "rebuilt from a name: pass it, load_run(path, model=YourModule(...))"
+            )
+        model = models.create(m["name"], **m.get("options", {}))
     wfile = path / WEIGHTS
     if not wfile.is_file():
         raise ConvlensError(
