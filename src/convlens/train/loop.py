@@ -192,7 +192,8 @@ def _train(
     # ---- data: uint8 tensors in memory, on the device --------------------------------------------
     splits = load_splits(data_arg, test_arg, data_root)
     train, test, data_name = splits.train, splits.test, splits.name
-    name = model_name(model_arg)
+    # A resumed run keeps its name (a user's module is recognised by its architecture, not class).
+    name = str(checkpoint["model_name"]) if checkpoint is not None else model_name(model_arg)
     # Limits take images from every class (class-ordered folders such as CIFAR-10's JPEG tree).
     train_x, train_y = train.head(cfg.limit_train)
     # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.

@@ -48,6 +48,8 @@ def check_resumable(
             "fit(..., data=<the same Dataset>, test_data=<its test split>, resume=True)"
         )
     given_data = data if isinstance(data, str) else (data.name or "user")
+    if isinstance(model, nn.Module) and is_user_model(have_model):
+        name = have_model  # a user's module is recognised by its architecture (checked below)
     if (have_model, have_data) != (name, given_data):
         hint = (
             f"resume it with `convlens train {have_model} --data {have_data} --out {out} --resume`"
