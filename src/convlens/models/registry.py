@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
 from convlens.errors import ConvlensError, did_you_mean
@@ -379,15 +380,16 @@ class _SkipInitOnMeta(TorchFunctionMode):
 
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    original = nn.Module.register_parameter
+    """Each parameter registered inside the block moves to the meta device (torch's public
+    parameter-registration hook, removed on exit; no torch class is patched)."""
 
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    def to_meta(_m: nn.Module, _name: str, param: nn.Parameter | None) -> nn.Parameter | None:
         if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
+            return nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        return None  # keep it as it is
 
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    handle = register_module_parameter_registration_hook(to_meta)
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        handle.remove()
