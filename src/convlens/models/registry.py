@@ -388,7 +388,8 @@ def _parameters_on_meta() -> Iterator[None]:
             return nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
         return None  # keep it as it is
 
-    handle = register_module_parameter_registration_hook(to_meta)
+    # torch documents that the hook may return a replacement; its annotation says None
+    handle = register_module_parameter_registration_hook(to_meta)  # type: ignore[arg-type]
     try:
         yield
     finally:

@@ -37,9 +37,7 @@ from convlens.train.resume import check_resumable, resume_config
 from convlens.train.run_dir import CHECKPOINT, METRICS, RUN_JSON, WEIGHTS, Run, load_run
 from convlens.train.runtime import Runtime
 from convlens.train.schedules import lr_factor
-from convlens.train.setup import build_model, load_splits, model_name, optimizer, versions
-
-FORMAT = 1
+from convlens.train.setup import build_model, describe_run, load_splits, model_name, optimizer
 
 
 class TrainingDiverged(ConvlensError):
@@ -269,30 +267,7 @@ def _train(
     warmup_steps = round(cfg.warmup * steps_per_epoch)
     global_batch = cfg.batch_size
 
-    run_json: dict[str, Any] = {
-        "format": FORMAT,
-        "status": "running",
-        "model": {"name": name, "options": options}
-        | (
-            {"user_supplied": True, "class": _qualified(model)}
-            if isinstance(model_arg, nn.Module)
-            else {}
-        ),
-        "data": {
-            "name": data_name,
-            **({"user_supplied": True} if splits.user_supplied else {}),
-            "classes": list(train.classes),
-            "mean": list(train.mean),
-            "std": list(train.std),
-            "image_shape": list(train.image_shape),
-            "root": data_root,
-        },
-        "train": cfg.to_dict(),
-        "seed": cfg.seed,
-        "versions": versions(),
-        "device": str(rt.device),
-        "world_size": rt.world_size,
-    }
+    run_json = describe_run(name, options, model, splits, data_root, cfg, rt.device, rt.world_size)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_JSON, run_json)
@@ -503,8 +478,3 @@ def _test(rt: Runtime, model: nn.Module, loader: Any) -> tuple[float, float]:
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl: one JSON object per finished epoch (rewritten whole, atomically)."""
     atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def _qualified(model: nn.Module) -> str:
-    """`module.ClassName` of a user's module, for run.json."""
-    return f"{type(model).__module__}.{type(model).__qualname__}"

@@ -164,3 +164,43 @@ def versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
     }
+
+
+FORMAT = 1  # run.json's format
+
+
+def describe_run(
+    name: str,
+    options: dict[str, Any],
+    model: nn.Module,
+    splits: Splits,
+    data_root: str | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    world_size: int,
+) -> dict[str, Any]:
+    """run.json of a run that starts (see :mod:`convlens.train.run_dir` for the schema)."""
+    user_model = {
+        "user_supplied": True,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+    }
+    train = splits.train
+    return {
+        "format": FORMAT,
+        "status": "running",
+        "model": {"name": name, "options": options, **(user_model if is_user_model(name) else {})},
+        "data": {
+            "name": splits.name,
+            **({"user_supplied": True} if splits.user_supplied else {}),
+            "classes": list(train.classes),
+            "mean": list(train.mean),
+            "std": list(train.std),
+            "image_shape": list(train.image_shape),
+            "root": data_root,
+        },
+        "train": cfg.to_dict(),
+        "seed": cfg.seed,
+        "versions": versions(),
+        "device": str(device),
+        "world_size": world_size,
+    }
