@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from convlens import models
-from convlens.inspect import winograd
-from convlens.inspect.incremental import IncrementalOcclusion
-from convlens.inspect.occlusion import occlusion_positions
-from convlens.inspect.winograd import Winograd3x3, plan, tiling, winograd_matrices
+from convlens.inspect.occlusion import occlusion_positions, winograd
+from convlens.inspect.occlusion.incremental import IncrementalOcclusion
+from convlens.inspect.occlusion.winograd import Winograd3x3, plan, tiling, winograd_matrices
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])

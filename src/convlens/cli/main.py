@@ -103,16 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except Exception as e:  # click's usage errors carry their own exit code and message
-        try:
-            from click import ClickException
-        except ImportError:  # typer >= 0.22 vendors click as typer._click
-            from typer._click import ClickException
-
-        if isinstance(e, ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except typer.TyperException as e:  # usage errors (typer's own click) carry code and message
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"error: {e.format_message()}", highlight=False)
+        return e.exit_code
     return 0
 
 
