@@ -29,6 +29,7 @@ from torch import nn
 from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
 from convlens.fileio import atomic_write_json, atomic_write_text
+from convlens.models.hooks import evaluating
 from convlens.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from convlens.train.config import TrainConfig
 from convlens.train.progress import Reporter
@@ -462,15 +463,14 @@ def _check_finite(sums: torch.Tensor, model: nn.Module, diverged: Any, where: st
 @torch.inference_mode()
 def _test(rt: Runtime, model: nn.Module, loader: Any) -> tuple[float, float]:
     """Mean loss and accuracy on the test split (each rank its slice; sums added over ranks)."""
-    model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
-    for x, y in loader:
-        with rt.autocast():
-            logits = model(rt.to_input(x))
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        sums[1] += (logits.argmax(1) == y).sum()
-        sums[2] += y.shape[0]
-    model.train()
+    with evaluating(model):
+        for x, y in loader:
+            with rt.autocast():
+                logits = model(rt.to_input(x))
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += y.shape[0]
     loss_sum, correct, n = rt.sum(sums).tolist()
     return loss_sum / max(n, 1), correct / max(n, 1)
 
