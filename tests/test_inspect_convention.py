@@ -6,13 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from convlens import models
+from convlens import load_run, models
 from convlens.anatomy import effective_receptive_field
+from convlens.cli.main import main
 from convlens.errors import InputError, InputTypeError
 from convlens.inspect import (
     activation_maximization,
@@ -74,3 +76,19 @@ def test_importing_and_drawing_leave_the_matplotlib_backend_alone() -> None:
         "import matplotlib.pyplot as plt; assert not plt.get_fignums()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_methods_and_the_api_share_one_default_layer(trained_run: Path, tmp_path: Path) -> None:
+    """LeNet-5's C5 is 1x1: top patches, ERF and actmax default to C3 (conv2), as Grad-CAM does."""
+    for method, extra, written in [
+        ("top-patches", ["--count", "2", "--k", "2"], "top_patches_conv2.png"),
+        ("erf", ["--count", "2"], "erf_conv2.png"),
+        ("actmax", ["--channels", "0-1", "--steps", "2"], "actmax_conv2_channel.png"),
+    ]:
+        out = tmp_path / method
+        assert main(["visualize", str(trained_run), method, *extra, "--out", str(out)]) == 0
+        assert (out / written).is_file(), sorted(p.name for p in out.iterdir())
+    run = load_run(trained_run)
+    x = run.normalize(run.load_data("test").images[:2])
+    assert models.default_layer(run.model, tuple(x.shape[1:])) == "conv2"
+    torch.testing.assert_close(grad_cam(run.model, x), grad_cam(run.model, x, layer="conv2"))
