@@ -68,7 +68,9 @@ def main() -> None:
     ap.add_argument(
         "--steps", type=int, default=48, help="Activation-maximisation steps (the app's default)."
     )
-    ap.add_argument("--browser", action="store_true", help="Also time the t-SNE canvas in chromium.")
+    ap.add_argument(
+        "--browser", action="store_true", help="Also time the t-SNE canvas in chromium."
+    )
     ap.add_argument("--points", type=int, default=50_000, help="Points on the t-SNE canvas.")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
