@@ -14,6 +14,7 @@ holds the weights, optimiser state and RNG states at a batch boundary. So a run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -26,19 +27,36 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from convlens import interrupts
 from convlens.data.dataset import Dataset
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, Interrupted
 from convlens.fileio import atomic_write_json, atomic_write_text
 from convlens.models.hooks import evaluating
 from convlens.train.checkpoint import rng_state, save_checkpoint, set_rng_state
-from convlens.train.config import TrainConfig
+from convlens.train.config import RESUMABLE_CHANGES, TrainConfig
+from convlens.train.lock import run_lock
 from convlens.train.progress import Reporter
 from convlens.train.recipes import recipe
 from convlens.train.resume import check_resumable, resume_config
-from convlens.train.run_dir import CHECKPOINT, METRICS, RUN_JSON, WEIGHTS, Run, load_run
+from convlens.train.run_dir import (
+    CHECKPOINT,
+    METRICS,
+    RUN_JSON,
+    WEIGHTS,
+    Run,
+    load_run,
+    write_final,
+)
 from convlens.train.runtime import Runtime
 from convlens.train.schedules import lr_factor
-from convlens.train.setup import build_model, describe_run, load_splits, model_name, optimizer
+from convlens.train.setup import (
+    build_model,
+    check_classes,
+    describe_run,
+    load_splits,
+    model_name,
+    optimizer,
+)
 
 
 class TrainingDiverged(ConvlensError):
@@ -107,8 +125,10 @@ def fit(
 
     Raises:
         ConvlensError: bad options, data that does not fit the model, a directory holding another
-            run, a missing or corrupt checkpoint, a resume with another module's architecture;
-            :class:`TrainingDiverged` on a NaN/inf loss.
+            run (or being written by another process), a missing or corrupt checkpoint, a resume
+            with another module's architecture; :class:`TrainingDiverged` on a NaN/inf loss.
+        Interrupted: Ctrl-C (or the CLI's SIGTERM) stopped the run at a batch boundary after writing
+            a checkpoint there; the message says how to resume.
     """
     out = Path(out)
     if isinstance(model, nn.Module) and model_options:
@@ -119,6 +139,18 @@ def fit(
     if resume:
         saved = check_resumable(out, model, data, model_options)
         if saved["raw"].get("status") == "complete" and (out / WEIGHTS).is_file():
+            old = saved["config"].to_dict()
+            changed = sorted(
+                k
+                for k, v in (overrides or {}).items()
+                if k not in RESUMABLE_CHANGES and old.get(k) != v
+            )
+            if changed:
+                raise ConvlensError(
+                    f"{out} is a finished run; --resume cannot change "
+                    f"{', '.join(k.replace('_', '-') for k in changed)}. "
+                    "Train a new run into another --out instead"
+                )
             if progress:
                 (console or Console(stderr=True)).print(f"{out} is already complete; nothing to do")
             return load_run(out, model=user_model)
@@ -144,9 +176,11 @@ def fit(
     )
     devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
     try:
-        # The run seeds and draws from torch's global generators (its checkpoints save their
-        # states for an exact resume); the caller's generators are as before afterwards.
-        with torch.random.fork_rng(devices=devices):
+        # One writer per run directory; a signal stops the loop at the next batch boundary. The
+        # run seeds and draws from torch's global generators (its checkpoints save their states
+        # for an exact resume); the caller's generators are as before afterwards.
+        lock = run_lock(out) if rt.is_main else contextlib.nullcontext()
+        with lock, interrupts.deferred(), torch.random.fork_rng(devices=devices):
             _train(
                 rt,
                 model,
@@ -195,6 +229,7 @@ def _train(
     name = str(checkpoint["model_name"]) if checkpoint is not None else model_name(model_arg)
     # Limits take images from every class (class-ordered folders such as CIFAR-10's JPEG tree).
     train_x, train_y = train.head(cfg.limit_train)
+    check_classes(data_name, train.classes, train_y, cfg.limit_train)
     # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.
     test_x, test_y = (t[rt.rank :: rt.world_size] for t in test.head(cfg.limit_test))
     if cfg.batch_size % rt.world_size:
@@ -310,6 +345,19 @@ def _train(
             atomic_write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": msg})
         return TrainingDiverged(msg)
 
+    def interrupted(where: str) -> Interrupted:
+        """Mark the run interrupted; the exception says where it stopped and how to go on."""
+        if rt.is_main:
+            atomic_write_json(out / RUN_JSON, {**run_json, "status": "interrupted"})
+        return interrupts.stop(
+            f"{where}; checkpoint saved. Resume with: "
+            + (
+                f"convlens train {name} --data {data_name} --out {out} --resume"
+                if not isinstance(model_arg, nn.Module) and isinstance(data_arg, str)
+                else "fit(<the same module and data>, ..., resume=True)"
+            )
+        )
+
     reporter = Reporter(
         epochs=cfg.epochs,
         tensorboard_dir=out / "tensorboard" if rt.is_main else None,
@@ -318,7 +366,8 @@ def _train(
     if checkpoint is not None:
         reporter.print(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
     reporter.print(
-        f"training {name} on {data_name}: {len(train_x):,} images, {cfg.epochs} epochs, "
+        f"training {name} on {data_name}: {len(train_x):,} images, "
+        f"{_plural(cfg.epochs, 'epoch')}, "
         f"batch {global_batch}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
         f"augment {cfg.augment}, {rt.device}"
         + (f" x {rt.world_size} processes" if rt.world_size > 1 else "")
@@ -366,13 +415,18 @@ def _train(
                     # Ranks agree on whether a loss went bad and whether a checkpoint is due.
                     local_loss = sums[0]
                     due = time.monotonic() - last_checkpoint >= cfg.checkpoint_every_s
+                    stop = interrupts.requested() is not None
                     flags = torch.stack(
-                        [(~torch.isfinite(local_loss)).double(), local_loss.new_tensor(float(due))]
+                        [
+                            (~torch.isfinite(local_loss)).double(),
+                            local_loss.new_tensor(float(due)),
+                            local_loss.new_tensor(float(stop)),
+                        ]
                     )
-                    bad, due = (bool(v > 0) for v in rt.sum(flags).tolist())
+                    bad, due, stop = (bool(v > 0) for v in rt.sum(flags).tolist())
                     if bad:
                         raise diverged(f"in epoch {epoch + 1}, step {pos.step}")
-                    if due and pos.batch < steps_per_epoch:
+                    if (due or stop) and pos.batch < steps_per_epoch:
                         # The checkpoint holds global sums; a resume restores them on rank 0 only.
                         total = rt.sum(sums)
                         _check_finite(total, model, diverged, f"in epoch {epoch + 1}")
@@ -381,6 +435,11 @@ def _train(
                         if rt.is_main:
                             save_checkpoint(out / CHECKPOINT, state_dict())
                         last_checkpoint = time.monotonic()
+                        if stop:
+                            raise interrupted(
+                                f"in epoch {epoch + 1}/{cfg.epochs} after batch "
+                                f"{pos.batch}/{steps_per_epoch}"
+                            )
                 now = time.perf_counter()
                 if reporter.enabled and now - last_refresh > 0.25:
                     last_refresh = now
@@ -420,35 +479,22 @@ def _train(
                 _write_metrics(out, pos.history)
             last_checkpoint = time.monotonic()
             reporter.end_epoch(row)
+            asked = torch.tensor([float(interrupts.requested() is not None)], device=rt.device)
+            if epoch + 1 < cfg.epochs and bool(rt.sum(asked)[0] > 0):
+                raise interrupted(f"after epoch {epoch + 1}/{cfg.epochs}")
     finally:
         reporter.close()
 
     if rt.is_main:
-        from safetensors.torch import save_file
-
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # save_file writes in place; write beside, then rename, so a crash never leaves half a file.
-        tmp = out / f".{WEIGHTS}.tmp"
-        save_file(weights, str(tmp))
-        tmp.replace(out / WEIGHTS)
+        write_final(out, model, run_json, pos.history)
         last = pos.history[-1] if pos.history else {}
-        atomic_write_json(
-            out / RUN_JSON,
-            {
-                **run_json,
-                "status": "complete",
-                "result": {
-                    "test_acc": last.get("test_acc"),
-                    "test_loss": last.get("test_loss"),
-                    "epochs": len(pos.history),
-                    "elapsed_s": last.get("elapsed_s"),
-                },
-            },
-        )
         reporter.print(
-            f"done: test accuracy {last.get('test_acc', float('nan')):.2%} after "
-            f"{len(pos.history)} epochs, {last.get('elapsed_s', 0.0):.0f} s -> {out}"
+            f"done: {_plural(len(pos.history), 'epoch')} in {last.get('elapsed_s', 0.0):.0f} s"
         )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _check_finite(sums: torch.Tensor, model: nn.Module, diverged: Any, where: str) -> None:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.fileio import atomic_write_bytes, atomic_write_json
 
 RUN_JSON = "run.json"
 WEIGHTS = "model.safetensors"
@@ -142,6 +143,12 @@ def load_run(
 
     path = Path(path)
     raw = read_run_json(path)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConvlensError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConvlensError(f"device {device}: PyTorch sees no CUDA device here; use cpu")
     m = raw["model"]
     if model is None:
         if m.get("user_supplied") or str(m["name"]).startswith("user:"):
@@ -187,3 +194,22 @@ def load_run(
         status=str(raw.get("status", "complete")),
         raw=raw,
     )
+
+
+def write_final(
+    out: Path, model: nn.Module, run_json: dict[str, Any], history: list[dict[str, Any]]
+) -> None:
+    """Write the finished run: the final weights, then run.json marked complete with its result."""
+    from safetensors.torch import save
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Serialised in memory, then written beside and renamed: never half a file, mode 0644.
+    atomic_write_bytes(out / WEIGHTS, save(weights))
+    last = history[-1] if history else {}
+    result = {
+        "test_acc": last.get("test_acc"),
+        "test_loss": last.get("test_loss"),
+        "epochs": len(history),
+        "elapsed_s": last.get("elapsed_s"),
+    }
+    atomic_write_json(out / RUN_JSON, {**run_json, "status": "complete", "result": result})

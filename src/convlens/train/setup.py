@@ -204,3 +204,21 @@ def describe_run(
         "device": str(device),
         "world_size": world_size,
     }
+
+
+def check_classes(data: str, classes: list[str], labels: torch.Tensor, limit: int | None) -> None:
+    """A classifier needs two classes or more, and training images of every class it names."""
+    if len(classes) < 2:
+        raise ConvlensError(
+            f"{data} has {len(classes)} class{'' if len(classes) == 1 else 'es'} "
+            f"({', '.join(classes) or 'none'}); a classifier needs at least two"
+        )
+    counts = torch.bincount(labels.long(), minlength=len(classes))  # (K,) images per class
+    empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+    if empty:
+        why = f" within --limit-train {limit}" if limit is not None else ""
+        raise ConvlensError(
+            f"class {empty[0]!r} of {data} has no training images{why}"
+            + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + "; add images to it, or remove the empty class folder"
+        )
