@@ -69,7 +69,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ("--momentum", "-0.1"), ("--weight-decay", "-1"), ("--warmup", "-1"),
             ("--label-smoothing", "2"), ("--cutout", "0"), ("--seed", "-1"),
             ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"),
-            ("--checkpoint-every", "-1"), ("--checkpoint-every", "0"), ("--limit-train", "0"),
+            ("--checkpoint-every", "-1"), ("--checkpoint-every", "-0.5"), ("--limit-train", "0"),
             ("--limit-test", "-5"), ("--lr", "abc"),
         ]
     ],

@@ -116,7 +116,7 @@ def train(
         None, "--threads", min=1, help="CPU threads (default: physical cores)."
     ),
     checkpoint_every: float | None = typer.Option(
-        None, "--checkpoint-every", min=0.001, help="Seconds between mid-epoch checkpoints."
+        None, "--checkpoint-every", min=0.0, help="Seconds between mid-epoch checkpoints."
     ),
     limit_train: int | None = typer.Option(
         None,
