@@ -22,7 +22,15 @@ import typer
 from rich.console import Console
 
 from convlens import __version__, interrupts
-from convlens.cli import anatomy_cmds, data_cmds, model_cmds, report_cmds, train_cmds, visualize
+from convlens.cli import (
+    anatomy_cmds,
+    data_cmds,
+    model_cmds,
+    report_cmds,
+    serve_cmds,
+    train_cmds,
+    visualize,
+)
 from convlens.cli.checks import EXIT_CODES_HELP, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, UsageError
 from convlens.errors import ConvlensError, Interrupted
 from convlens.interrupts import handle_signals
@@ -57,7 +65,15 @@ def _root(
     """Build, train and see inside convolutional neural networks."""
 
 
-for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, report_cmds):
+for _module in (
+    data_cmds,
+    model_cmds,
+    anatomy_cmds,
+    train_cmds,
+    visualize,
+    report_cmds,
+    serve_cmds,
+):
     _module.register(app)
 
 
