@@ -8,6 +8,7 @@ real-process cases are in test_robustness_signals.py); API cases call the librar
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +399,26 @@ def test_dataset_repr_is_short() -> None:
 
 def test_corpus_is_large_enough() -> None:
     assert len(BAD_CLI) + len(GOOD_CLI) + len(API) >= 150
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["explain", "conv", "--input", "227x227x3", "--kernel", "11", "--filters", "96"],
+     ["explain", "pool", "--input", "55x55x96", "--kernel", "3"], ["train", "--help"]],
+)  # fmt: skip
+def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
+    """Start-up: torch (~1.5 s, ~900 MB) loads only in the commands that compute."""
+    import subprocess
+
+    from robustness_helpers import subprocess_env
+
+    code = (
+        "import sys\nfrom convlens.cli.main import main\n"
+        f"rc = main({argv!r})\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules)\n"
+        "print('HEAVY', rc, heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY 0 []", done.stdout + done.stderr
