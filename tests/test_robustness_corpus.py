@@ -358,6 +358,8 @@ API: list[tuple[str, object, type[Exception], str]] = [
     ("tsne with NaN", lambda: _tsne(np.full((20, 4), np.nan)), InputError, "NaN"),
     ("tsne of a list", lambda: _tsne([[1.0, 2.0]] * 20), InputTypeError, "features must be"),
     ("tsne of 1-D", lambda: _tsne(np.zeros(20)), InputError, "features must be (N, D)"),
+    ("features of 10x10 images", lambda: _features(10), InputError,
+     "the model cannot take images of shape (1, 10, 10)"),
     ("neighbors k = 0", lambda: _neighbors(k=0), ConvlensError, "k must be at least 1"),
 ]
 # fmt: on
@@ -368,6 +370,14 @@ def _tsne(x: object) -> object:
     from convlens.inspect.tsne import tsne
 
     return tsne(x)  # type: ignore[arg-type]
+
+
+def _features(side: int) -> object:
+    from convlens.inspect import extract_features
+
+    net = convlens.models.create("lenet5", in_channels=1)  # type: ignore[attr-defined]
+    images = torch.randint(0, 255, (2, 1, side, side), dtype=torch.uint8)
+    return extract_features(net, images, mean=(0.5,), std=(0.5,))
 
 
 def test_neighbors_k_is_bounded_by_the_pool() -> None:
@@ -422,3 +432,16 @@ def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
         [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True
     )
     assert done.stdout.strip().splitlines()[-1] == "HEAVY 0 []", done.stdout + done.stderr
+
+
+def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
+    ws: Path, tmp_path: Path
+) -> None:
+    from convlens.render.report import open_run_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(ws / RUN, run)
+    (run / "model.safetensors").write_bytes(b"\0" * 100)  # corrupt; checkpoint.pt is intact
+    ctx = open_run_dir(run)
+    assert not any("is missing" in p for p in ctx.problems), ctx.problems
+    assert any("model.safetensors could not be used" in p for p in ctx.problems), ctx.problems

@@ -107,10 +107,16 @@ def extract_features(
     with evaluating(model), torch.inference_mode():
         for sl in batches(n, batch_size, description="features", progress=progress):
             x = to_input(images[sl], mean, std, dev)  # (B, C, H, W)
-            if layer is None:
-                f = models.forward_features(model, x)  # (B, D)
-            else:
-                f = truncated_forward(model, layer, x)  # (B, C', H', W') or (B, D)
+            try:
+                if layer is None:
+                    f = models.forward_features(model, x)  # (B, D)
+                else:
+                    f = truncated_forward(model, layer, x)  # (B, C', H', W') or (B, D)
+            except RuntimeError as e:  # torch's shape errors: say what was given, and what failed
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise InputError(
+                    f"the model cannot take images of shape {tuple(x.shape[1:])} (C, H, W): {first}"
+                ) from None
             f = f.flatten(1).float().cpu()
             if out is None:
                 # Allocated once the width is known: the kept output, nothing else, grows with N.
