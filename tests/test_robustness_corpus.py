@@ -117,6 +117,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
     (["visualize", RUN, "neighbors", "--k", "100000"], 2, "--k 100000: at most 64"),
     (["visualize", RUN, "top-patches", "--k", "65"], 2, "--k 65: at most 64"),
     (["evaluate", RUN, "--split", "val"], 2, "--split must be test or train"),
+    (["train", "lenet5", "--augment", "flip", "--cutout", "8"], 2, "--cutout applies with"),
     (["evaluate", RUN, "--tta", "rotate"], 2, "--tta must be none or flip"),
     # -- output destinations, checked before any work
     (["summary", "lenet5", "--output", "dir"], 1, "--output dir is a folder"),

@@ -166,6 +166,10 @@ def train(
     given = {k: v for k, v in overrides.items() if v is not None}
     model_options = _parse_options(option)
     checks.input_dir(data_dir, "--data-dir")
+    if cutout is not None and augment is not None and "cutout" not in augment.lower():
+        raise checks.UsageError(
+            f"--cutout applies with --augment ...,cutout; --augment {augment!r} has no cutout"
+        )
     where = checks.device(device or "auto")
     if amp and where == "cpu":
         err_console.print(
