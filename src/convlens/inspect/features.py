@@ -9,6 +9,7 @@ the size of the data set, and a model left in training mode is neither used nor 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
@@ -20,6 +21,10 @@ from convlens.errors import InputError
 from convlens.models.hooks import evaluating, get_layer, model_device, truncated_forward
 from convlens.progress import progress_bar
 from convlens.validate import check_images
+
+# torch's words for an input the layers cannot take ("Output size is too small", "shapes cannot be
+# multiplied", "expected input ... to have 3 channels").
+_SHAPE_ERROR = re.compile(r"size|shape|channels|dimension", re.IGNORECASE)
 
 
 def batches(
@@ -112,8 +117,10 @@ def extract_features(
                     f = models.forward_features(model, x)  # (B, D)
                 else:
                     f = truncated_forward(model, layer, x)  # (B, C', H', W') or (B, D)
-            except RuntimeError as e:  # torch's shape errors: say what was given, and what failed
+            except RuntimeError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if not _SHAPE_ERROR.search(first):
+                    raise  # a fault of the model itself, not of the images' shape
                 raise InputError(
                     f"the model cannot take images of shape {tuple(x.shape[1:])} (C, H, W): {first}"
                 ) from None
