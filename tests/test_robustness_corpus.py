@@ -69,7 +69,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ("--batch-size", "0"), ("--batch-size", "-64"), ("--momentum", "5"),
             ("--momentum", "-0.1"), ("--weight-decay", "-1"), ("--warmup", "-1"),
             ("--label-smoothing", "2"), ("--cutout", "0"), ("--seed", "-1"),
-            ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"),
+            ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"), ("--threads", "2147483648"), ("--epochs", str(2**63)),
             ("--checkpoint-every", "-1"), ("--checkpoint-every", "-0.5"), ("--limit-train", "0"),
             ("--limit-test", "-5"), ("--lr", "abc"),
         ]
