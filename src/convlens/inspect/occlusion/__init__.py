@@ -51,6 +51,7 @@ from convlens.errors import ConvlensError
 from convlens.inspect.attribution import Target, eval_mode, resolve_targets
 from convlens.inspect.occlusion.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion.plain import occluded_outputs
+from convlens.progress import progress_bar
 
 __all__ = ["Method", "OcclusionResult", "choose_method", "occlusion", "occlusion_positions"]
 
@@ -226,7 +227,7 @@ def occlusion(
         tgt = resolve_targets(target, clean)
         occluded = torch.empty(N, gh * gw, dtype=clean.dtype, device=clean.device)  # target logits
         occluded_p = torch.empty_like(occluded)  # target probabilities
-        with _progress(progress, N * gh * gw) as advance:
+        with progress_bar(N * gh * gw, "occlusion", enabled=progress) as advance:
             for n in range(N):
                 x, b = images[n : n + 1], base[n : n + 1]  # (1, C, H, W) each
                 if engine is None:
@@ -302,19 +303,3 @@ def _per_pixel(
     total = R.T @ drop @ Cm  # (N, H, W)
     count = R.sum(0)[:, None] * Cm.sum(0)[None, :]
     return total / count
-
-
-@contextmanager
-def _progress(show: bool, total: int):  # type: ignore[no-untyped-def]
-    if not show:
-        yield lambda k: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("occlusion"), BarColumn(), TextColumn("{task.completed}/{task.total} patches"),
-        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("occlusion", total=total)
-        yield lambda k: bar.advance(task, k)
