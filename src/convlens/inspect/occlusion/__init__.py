@@ -19,8 +19,8 @@ The occluded copies are evaluated by one of two paths, and ``result.method`` say
   clean image and then recomputes, in each layer, only the rectangle a window can change.
 
 **Contract**: the incremental path equals the plain path to 1e-4 of the largest attribution (float
-rounding: other summation orders, BatchNorm folded into convolutions, Winograd's transforms). Tests
-hold both to Captum and to each other on LeNet-5, ResNet-18 and VGG-16.
+rounding: other summation orders, BatchNorm folded into convolutions). Tests hold both to Captum
+and to each other on LeNet-5, ResNet-18 and VGG-16.
 
 **Which path** (``method="auto"``, :func:`choose_method`): on a GPU always plain, since batched
 whole copies keep a GPU busy and the engine's many small gathers do not (it measured slower than
