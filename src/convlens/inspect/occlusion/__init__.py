@@ -59,6 +59,9 @@ Method = Literal["plain", "incremental"]
 # The engine's rectangles stay small in the early layers only while a window covers at most this
 # fraction of the image; beyond it, nearly every layer is computed in full anyway.
 _INCREMENTAL_MAX_WINDOW_FRACTION = 0.25
+# Copies per forward pass on the plain path: on a CPU larger batches leave the cache (Captum's best
+# perturbations_per_eval of 1/16/64 was 16 in every benchmark pilot); a GPU needs many to be busy.
+_PLAIN_BATCH = {"cpu": 16, "cuda": 256}
 
 
 @dataclass
@@ -181,7 +184,7 @@ def occlusion(
         method: "auto" (:func:`choose_method`), or force "plain" or "incremental" (a model the
             engine cannot trace then runs plain, with a warning).
         batch_size: occluded copies evaluated together (default: the engine sizes batches to keep
-            each one's largest tensor near 24 MB; the plain path takes 64 on CPU, 256 on a GPU).
+            each one's largest tensor near 24 MB; the plain path takes 16 on CPU, 256 on a GPU).
         progress: show a Rich progress bar on stderr.
 
     Returns:
@@ -232,7 +235,12 @@ def occlusion(
                 x, b = images[n : n + 1], base[n : n + 1]  # (1, C, H, W) each
                 if engine is None:
                     batches = occluded_outputs(
-                        model, x, b, rows, cols, batch_size or (256 if cuda else 64)
+                        model,
+                        x,
+                        b,
+                        rows,
+                        cols,
+                        batch_size or _PLAIN_BATCH["cuda" if cuda else "cpu"],
                     )
                 else:
                     batches = _incremental_outputs(engine, x, b, gh * gw, batch_size, first=n == 0)
