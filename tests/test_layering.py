@@ -29,6 +29,7 @@ LAYERS = [
     "validate",
     "progress",
     "fileio",
+    "interrupts",
     "errors",
 ]
 

@@ -108,8 +108,13 @@ def register(app: typer.Typer) -> None:
 
         Images are embedded and the page makes no network request. A section that cannot apply says why instead; a run with missing files (an interrupted training) is reported as far as it goes.
         """
+        from convlens.cli import checks
         from convlens.render.report import ReportOptions
+        from convlens.train.run_dir import read_run_json
 
+        read_run_json(run_dir)  # checked, with the destination, before any work
+        checks.output_file(out if out is not None else run_dir / "report.html", "--out")
+        checks.input_dir(data_dir, "--data-dir")
         path, rep = write_report_with_progress(
             run_dir,
             out,
@@ -152,6 +157,11 @@ def register(app: typer.Typer) -> None:
                 f"the demo runs on {', '.join(DEMO_DATA)}, not {data!r}.{did_you_mean(data, DEMO_DATA)} "
                 f"For other data use `convlens train MODEL --data {data}` then `convlens report`."
             )
+        from convlens.cli import checks
+
+        checks.output_dir(out)
+        checks.input_dir(data_dir, "--data-dir")
+        checks.positive(epochs, "--epochs")
         name = model or DEMO_MODEL[data]
         root = str(data_dir) if data_dir else None
         report_device = _device(device)  # checked before minutes of training, not after
@@ -209,14 +219,6 @@ def _prepare_demo_dir(out: Path, model: str, data: str, *, retrain: bool) -> boo
 
 def _device(device: str) -> str:
     """`auto` -> cuda when available, else cpu; a CUDA device that is not there is a clear error."""
-    import torch
+    from convlens.cli import checks
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConvlensError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConvlensError(
-            f"--device {device}: no CUDA device is available here; use --device cpu"
-        )
-    return device
+    return checks.device(device)

@@ -63,11 +63,49 @@ class ImageSource:
     def open(self) -> Image.Image:
         src: Any = self.path if self.path is not None else io.BytesIO(self.data or b"")
         try:
-            return Image.open(src)
+            return open_image(src, self.name)
         except (UnidentifiedImageError, OSError) as e:
             raise ConvlensError(
                 f"{self.name} is not an image Pillow can read ({e}); remove or replace it"
             ) from None
+
+
+# Pillow's guard against decompression bombs: it warns above this many pixels and refuses twice as
+# many. convlens keeps the limit and says it in one line instead of Pillow's warning.
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def open_image(src: Any, name: str) -> Image.Image:
+    """`Image.open(src)`, with Pillow's decompression-bomb warning as one clear note or error.
+
+    Raises:
+        ConvlensError: the image has more than twice :data:`MAX_PIXELS` pixels.
+        OSError, UnidentifiedImageError: as `Image.open`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(src)
+        except Image.DecompressionBombWarning:
+            pass
+        except Image.DecompressionBombError:
+            raise ConvlensError(
+                f"{name} has more than {2 * MAX_PIXELS / 1e6:.0f} megapixels, more than convlens "
+                "decodes (a guard against decompression bombs); resize it first"
+            ) from None
+    if hasattr(src, "seek"):
+        src.seek(0)
+    with warnings.catch_warnings():  # over MAX_PIXELS but under twice that: read it, noted once
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(src)
+    w, h = im.size
+    warnings.warn(
+        f"{name} is {w:,}x{h:,} ({w * h / 1e6:.0f} megapixels, over {MAX_PIXELS / 1e6:.0f}): "
+        "decoding it takes time and memory",
+        DataNotice,
+        stacklevel=2,
+    )
+    return im
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from convlens.data.images import open_image
 from convlens.errors import ConvlensError
 
 
@@ -25,7 +26,7 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Ten
     if not path.is_file():
         raise ConvlensError(f"no image file at {path}")
     try:
-        with Image.open(path) as im:
+        with open_image(path, str(path)) as im:
             im.load()
             img = im.copy()
     except (UnidentifiedImageError, OSError) as e:

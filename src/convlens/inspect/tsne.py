@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convlens.errors import ConvlensError, InputError
+from convlens.errors import ConvlensError, InputError, InputTypeError
 
 _FFT_FROM = 10_000  # points; openTSNE's Barnes-Hut is cheaper below (its own "auto" rule)
 _EARLY_EXAGGERATION = 12.0  # openTSNE's (and van der Maaten's) early phase: 250 iterations at 12
@@ -70,10 +70,16 @@ def tsne(
     from openTSNE.affinity import PerplexityBasedNN
     from openTSNE.initialization import pca
 
+    if not isinstance(features, torch.Tensor | np.ndarray):
+        raise InputTypeError(
+            f"features must be a tensor or array (N, D), not {type(features).__name__}"
+        )
     x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else features
     x = np.ascontiguousarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise InputError(f"features must be (N, D), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise InputError("features contain NaN or infinite values")
     n = x.shape[0]
     if n < 5:
         raise ConvlensError(f"t-SNE needs at least 5 points, got {n}")
