@@ -266,6 +266,9 @@ class IncrementalOcclusion:
         pj: torch.Tensor,
         padded: dict[tuple[Any, ...], torch.Tensor],
     ) -> Region:
+        """A conv or pooling inside each patch's output rectangle `(P, K, h, w)`, from the input
+        window it reads `(P, C, ih, iw)`: clean values, the changed rectangle pasted in, padding
+        made explicit (so the op runs with padding 0)."""
         src = node_args(node)[0]
         win = self.plan.windows[node]
         ay, ax = win.axes
@@ -273,7 +276,7 @@ class IncrementalOcclusion:
         rows, cols = self._starts(node, pi, pj)
         state = states[src]
         if g.full and isinstance(state, Region) and self.plan.geom[src].full:
-            # Every patch changed the whole input: the op on whole tensors, (P, C, H, W) -> (P, K, H', W')
+            # Every patch changed the whole input: the op on whole tensors (P, C, H, W) -> (P, K, H', W')
             return Region(win.full(state.vals), rows, cols)
         ih = (g.h - 1) * ay.stride + ay.reach + 1
         iw = (g.w - 1) * ax.stride + ax.reach + 1
