@@ -422,10 +422,12 @@ def open_run_dir(
     try:
         ctx.run = _load_run(run_dir, device=ctx.options.device)
     except ConvlensError as e:
-        fallback = _load_checkpoint_weights(run_dir, raw)
+        # Only missing weights fall back to the checkpoint: corrupt or mismatched ones are reported.
+        has_weights = (run_dir / WEIGHTS).is_file()
+        fallback = None if has_weights else _load_checkpoint_weights(run_dir, raw)
         if fallback is None:
             reason = f"no usable weights: {e}"
-            has_weights, has_ckpt = (run_dir / WEIGHTS).is_file(), (run_dir / CHECKPOINT).is_file()
+            has_ckpt = (run_dir / CHECKPOINT).is_file()
             if has_weights:
                 ctx.problems.append(f"{WEIGHTS} could not be used ({e}).")
             elif has_ckpt:
