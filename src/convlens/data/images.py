@@ -218,7 +218,8 @@ def probe(sources: list[ImageSource]) -> tuple[bool, Counter[tuple[int, int]]]:
     return grey, sizes
 
 
-def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+def convert_mode(im: Image.Image, mode: str) -> Image.Image:
+    """`im` in `mode` (`L` or `RGB`): transparency composited on black, 16-bit scaled to 8 bits."""
     if im.mode == mode:
         return im
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
@@ -243,7 +244,7 @@ def decode_one(src: ImageSource, mode: str, size: tuple[int, int]) -> tuple[np.n
                 # to network size decode several times faster
                 im.draft(None, (w, h))
             im.load()
-            im2 = _to_mode(im, mode)
+            im2 = convert_mode(im, mode)
         except (OSError, ValueError, SyntaxError) as e:
             raise ConvlensError(
                 f"{src.name} is truncated or corrupt ({e}); remove or replace it"
