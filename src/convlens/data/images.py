@@ -10,7 +10,7 @@ Shared by `folder:PATH` and by CIFAR-10's JPEG tree. The rules:
   is an error naming the file: a data set must not shrink silently.
 - Channels: one (greyscale) when every image is greyscale (`1`, `L`, `LA`, `I`, `I;16`, `F`), else
   three (RGB). Palette, RGBA, CMYK and other modes are converted by Pillow; transparency is composited
-  on black (as `convlens.inspect.images` does for single images).
+  on black (as `convlens.subjects.images` does for single images).
 - Size: the one given, else the most common size; other images are resized (bilinear, aspect ratio
   not kept, as `torchvision.transforms.Resize((h, w))`) with a notice.
 """
