@@ -95,6 +95,11 @@ def open_cli_subject(
         )
     if model is None and weights is not None:
         raise InputError("--weights goes with --model; a run directory has its own weights")
+    if run_dir is not None and not run_dir.is_dir():
+        raise InputError(
+            f"no run directory at {run_dir}; train one with `convlens train MODEL --out {run_dir}`, "
+            "or name any model with --model"
+        )
     spec = str(run_dir) if run_dir is not None else str(model)
     sub = open_subject(
         spec,

@@ -140,7 +140,7 @@ def load_image(path: str | Path, pre: Preprocess) -> tuple[torch.Tensor, list[st
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # replaced by MAX_PIXELS
         arr = _decode(path, pre, notices)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr)), notices
+    return torch.from_numpy(arr.copy()), notices  # Pillow's buffer is read-only
 
 
 def _decode(path: Path, pre: Preprocess, notices: list[str]) -> np.ndarray:

@@ -211,6 +211,8 @@ def _timm_subject(
 def _registry_subject(name: str, weights: str | None, names: list[str] | None) -> Subject:
     from convlens import models
 
+    if name not in models.names() and ("/" in name or Path(name).suffix):
+        raise InputError(f"no run directory or file at {name}")
     if name not in models.names():
         raise InputError(
             f"{name!r} is not a run directory, a file, or a model name.{did_you_mean(name, models.names())} "

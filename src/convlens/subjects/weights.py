@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from convlens.errors import ConvlensError, InputError
 
 _SAVE_INSTEAD = (
     "save its weights instead: torch.save(model.state_dict(), 'weights.pt') (or safetensors) and "
-    "pass --model ARCH --weights weights.pt, or export it: torch.jit.script(model).save('model.pt') "
+    "pass --model ARCH --weights weights.pt, or export it: torch.jit.trace(model, example_input).save('model.pt') "
     "and pass --model model.pt"
 )
 
@@ -115,7 +116,9 @@ def load_torchscript(path: str | Path, device: str = "cpu") -> nn.Module:
     """
     path = Path(path)
     try:
-        return torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # torch's notice that TorchScript is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location=device)
     except Exception as e:  # torch's archive reader raises RuntimeError for most damage
         raise InputError(f"{path} is not a readable TorchScript file ({e})") from None
 
