@@ -74,7 +74,7 @@ def test_weights_by_enum_name_and_missing_file_message(hub: Path) -> None:
     fake_hub(hub, "resnet18")
     sub = open_subject("torchvision:resnet18", weights="ResNet18_Weights.IMAGENET1K_V1")
     assert sub.info["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
-    with pytest.raises(ConvlensError, match="no weights 'IMAGENET9K'.*IMAGENET1K_V1"):
+    with pytest.raises(ConvlensError, match=r"no weights 'IMAGENET9K'.*IMAGENET1K_V1"):
         open_subject("torchvision:resnet18", weights="IMAGENET9K")
 
 
@@ -227,7 +227,7 @@ def test_user_factory_file_with_weights_and_class_folders(tmp_path: Path) -> Non
         )
     with pytest.raises(ConvlensError, match=r"ValueError: no such layer \(my_net.py:\d+\)"):
         open_subject(f"{code}:broken")
-    with pytest.raises(ConvlensError, match="no function 'buidl'.*build"):
+    with pytest.raises(ConvlensError, match=r"no function 'buidl'.*build"):
         open_subject(f"{code}:buidl")
 
 
@@ -271,7 +271,7 @@ def test_classes_file(tmp_path: Path, form: str) -> None:
 def test_neither_a_model_nor_a_file() -> None:
     with pytest.raises(ConvlensError, match="resnet20"):
         open_subject("resnet2O")
-    with pytest.raises(ConvlensError, match="timm is not installed|timm has no model"):
+    with pytest.raises(ConvlensError, match=r"timm is not installed|timm has no model"):
         open_subject("timm:resnet18", weights="DEFAULT")
 
 
@@ -386,7 +386,7 @@ def test_giant_png_is_refused_before_decoding(tmp_path: Path) -> None:
     f.write_bytes(png + chunk(b"IEND", b""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ConvlensError, match="144 megapixels.*limit of 50 megapixels"):
+        with pytest.raises(ConvlensError, match=r"144 megapixels.*limit of 50 megapixels"):
             load_image(f, IMAGENET)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
