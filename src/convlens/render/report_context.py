@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
 from convlens.render.report_base import ReportOptions, Unavailable
 from convlens.subjects import Subject
+
+if TYPE_CHECKING:
+    from convlens.anatomy.summary import Summary
 
 
 @dataclass
@@ -77,6 +80,22 @@ class ReportContext:
             )
         return convs
 
+    def summary(self) -> Summary:
+        """The model's layer table (shapes, parameters, MACs, receptive fields), computed once."""
+        if "summary" not in self._cache:
+            from convlens.anatomy import summary
+
+            try:
+                self._cache["summary"] = summary(
+                    self.model, self.input_shape, name=self.subject.name, warn=False
+                )
+            except ConvlensError as e:
+                self._cache["summary"] = Unavailable(f"the model cannot be traced: {e}")
+        value = self._cache["summary"]
+        if isinstance(value, Unavailable):
+            raise value
+        return value
+
     def first_conv(self) -> str:
         """Name of the first conv layer."""
         return next(iter(self.conv_layers()))
@@ -98,16 +117,14 @@ class ReportContext:
             convs = self.conv_layers()
             choice = self.last_conv()
             try:
-                from convlens.anatomy import summary
-
-                rows = summary(self.model, self.input_shape, warn=False).layers
+                rows = self.summary().layers
                 spatial = [
                     r.name
                     for r in rows
                     if r.name in convs and len(r.output_shape) == 3 and min(r.output_shape[1:]) > 1
                 ]
                 choice = spatial[-1] if spatial else choice
-            except (ImportError, ConvlensError):
+            except Unavailable:
                 pass
             self._cache["spatial_conv"] = choice
         return str(self._cache["spatial_conv"])

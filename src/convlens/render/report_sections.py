@@ -55,9 +55,7 @@ MAX_SUMMARY_ROWS = 80
     "units can see (size) and how far apart neighbouring units look (jump).",
 )
 def summary_section(ctx: ReportContext) -> Section | Skipped:
-    from convlens.anatomy import summary
-
-    s = summary(ctx.model, ctx.input_shape, name=ctx.subject.name, warn=False)
+    s = ctx.summary()
     rows = list(s.layers)
     headers = [
         "layer",
