@@ -26,6 +26,7 @@ $(VENV)/.dev: $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/convlens demo
+	@echo "Explore the demo run in the browser: $(VENV)/bin/convlens serve runs/demo"
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,12 +1,12 @@
 """Inspection benchmarks (issue 5), each reference and ours in one process, ratios printed.
 
-1. t-SNE: `convlens.inspect.tsne` (openTSNE, FFT-accelerated interpolation) against scikit-learn's
-   `TSNE` (Barnes-Hut) on 20,000 penultimate feature vectors of Fashion-MNIST from a LeNet-5 trained
-   here for `--epochs` epochs (0 = random weights). Both at perplexity 30, PCA initialisation, all cores,
-   sklearn at its default 1000 iterations, ours 250 + 450 (see `convlens.inspect.tsne`). Reported:
+1. t-SNE: `convlens.inspect.tsne` (openTSNE's public API, FFT-accelerated interpolation) against
+   scikit-learn's `TSNE` (Barnes-Hut) on 20,000 penultimate feature vectors of Fashion-MNIST from a
+   LeNet-5 trained here for `--epochs` epochs (0 = random weights). Both at perplexity 30, PCA
+   initialisation, all cores, sklearn at its default 1000 iterations, ours 250 + 500. Reported:
    seconds (ours also per phase), each library's own KL divergence, and the KL of both maps under ONE common affinity matrix P (openTSNE's
    perplexity-30 affinities of the same features) with the exact normalisation Z over all N^2 pairs, so
-   the two numbers are comparable. Target: >= 4x faster at equal or lower KL.
+   the two numbers are comparable. The ratio is whatever openTSNE's public API gives (issue 15).
 2. Top-activating patches: `convlens.inspect.top_patches` ranks 64 channels of a conv layer over the
    60,000 training images in ONE pass, against the textbook loop (a full pass over the data per
    channel). The loop's time is measured on `--loop-channels` channels and scaled to 64 (every channel's
@@ -130,7 +130,7 @@ def bench_tsne(args: argparse.Namespace) -> None:
     print(
         f"openTSNE (convlens.inspect.tsne): {t_ours:.1f} s ({c_ours:.1f} CPU-s), KL {ours.kl_divergence:.4f}"
     )
-    names = ["early exaggeration", "grow", "refine"]
+    names = ["early exaggeration", "normal phase"]
     breakdown = ", ".join(f"{name} {t:.1f} s" for name, t in zip(names, phases, strict=False))
     print(f"  neighbours, affinities, PCA {t_ours - sum(phases):.1f} s; {breakdown}")
 
@@ -147,8 +147,7 @@ def bench_tsne(args: argparse.Namespace) -> None:
     kl_ours = exact_kl(ours.coords, p.row, p.col, p_vals)
     kl_sk = exact_kl(sk_coords, p.row, p.col, p_vals)
     print(f"KL under one common P, exact Z:  openTSNE {kl_ours:.4f}, sklearn {kl_sk:.4f}")
-    verdict = "met" if t_sk / t_ours >= 4 and kl_ours <= kl_sk * 1.001 else "NOT met"
-    print(f"t-SNE speed-up: {t_sk / t_ours:.1f}x (target >= 4x at equal or lower KL: {verdict})")
+    print(f"t-SNE speed-up: {t_sk / t_ours:.1f}x (KL ours / sklearn: {kl_ours / kl_sk:.4f})")
 
 
 class SixtyFour(nn.Module):

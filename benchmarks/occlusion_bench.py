@@ -1,24 +1,23 @@
-"""Occlusion: convlens's incremental engine against Captum's `Occlusion`, in one process.
+"""Occlusion: convlens's `occlusion()` (its auto choice, and its plain path) against Captum, in one process.
 
-Same model (random weights, eval mode), same image, window, stride and baseline (0) for both; Captum
-runs at its best `perturbations_per_eval` of {1, 16, 64}. Cases (issue 6):
+Same model (random weights, eval mode), same image, window, stride and baseline (0) for all; Captum
+runs at its best `perturbations_per_eval` of {1, 16, 64}. Cases (issues 6 and 15):
 
 * ResNet-18 and VGG-16 at 224x224, window 16, stride 8 (27 x 27 = 729 windows);
 * LeNet-5 at 28x28, window 4, stride 1 (25 x 25 = 625 windows).
 
 Captum's best `perturbations_per_eval` is chosen on a pilot run (the same model and image, stride
-doubled, about a quarter of the windows; all three values timed) and then timed on the full grid; with
-`--full-sweep` every value is timed on the full grid (VGG-16 then takes tens of minutes). Prints
-wall and process CPU seconds for both, the ratio, and the largest absolute difference between the
-two attributions (relative to the largest attribution).
-
-This VM's speed drifts by +-20 % over minutes, so ``--repeat N`` runs N rounds of ours then Captum
-back to back and prints each round's ratio and their median.
+doubled, about a quarter of the windows; all three values timed); with `--full-sweep` every value is
+timed on the full grid (VGG-16 then takes tens of minutes). Then ``--repeat N`` rounds of Captum,
+``occlusion(method="auto")`` and ``occlusion(method="plain")`` back to back, in a rotating order
+(this VM's speed drifts over minutes). Prints wall and process CPU seconds, each ratio to Captum,
+which path auto chose, the largest difference from Captum's attribution (relative to its largest
+value), and the median ratio over the rounds.
 
 Usage::
 
     .venv/bin/python benchmarks/occlusion_bench.py [--models resnet18,vgg16,lenet5] [--threads 2]
-        [--repeat 1]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -74,49 +73,62 @@ def bench(name: str, full_sweep: bool, repeat: int) -> None:
     x = torch.randn(1, *shape)
     with torch.no_grad():
         target = int(model(x).argmax())
-    occlusion(
-        model, x[:, :, :64, :64] if shape[1] > 64 else x, window=window, stride=stride
-    )  # warm-up
+    small = x[:, :, :64, :64] if shape[1] > 64 else x
+    for method in ("incremental", "plain"):  # warm-up
+        occlusion(model, small, window=window, stride=stride, method=method)
 
-    def run_ours() -> tuple[torch.Tensor, Timing]:
-        return timed(lambda: occlusion(model, x, target, window=window, stride=stride).attribution)
+    def ours(method: str) -> tuple[torch.Tensor, Timing]:
+        res, t = timed(
+            lambda: occlusion(model, x, target, window=window, stride=stride, method=method)
+        )  # type: ignore[arg-type]
+        if method == "auto":
+            chosen.append(res.method)
+        return res.attribution, t
 
+    chosen: list[str] = []
     if full_sweep:
-        ours, t_ours = run_ours()
-        sweep = {p: timed(lambda p=p: captum(model, x, window, stride, target, p)) for p in PPE}
-        best = min(PPE, key=lambda p: sweep[p][1].wall)
-        ref, t_ref = sweep[best]
-        pilot = ", ".join(f"ppe={p}: {sweep[p][1].wall:.1f}s" for p in PPE)
-        rounds = [(t_ref, t_ours)]
+        sweep = {p: timed(lambda p=p: captum(model, x, window, stride, target, p))[1] for p in PPE}
+        best = min(PPE, key=lambda p: sweep[p].wall)
+        pilot = "full grid: " + ", ".join(f"ppe={p}: {sweep[p].wall:.1f}s" for p in PPE)
     else:
         pw, ps = max(window, 2 * stride), 2 * stride  # about a quarter of the windows
-        pilot_times = {p: timed(lambda p=p: captum(model, x, pw, ps, target, p))[1] for p in PPE}
-        best = min(PPE, key=lambda p: pilot_times[p].wall)
+        sweep = {p: timed(lambda p=p: captum(model, x, pw, ps, target, p))[1] for p in PPE}
+        best = min(PPE, key=lambda p: sweep[p].wall)
         pilot = f"pilot (window {pw}, stride {ps}): " + ", ".join(
-            f"ppe={p}: {pilot_times[p].wall:.2f}s" for p in PPE
+            f"ppe={p}: {sweep[p].wall:.2f}s" for p in PPE
         )
-        # Rounds of ours then Captum, back to back: the machine's speed drifts over minutes, and
-        # each round's ratio compares the two at (nearly) the same moment.
-        rounds = []
-        for _ in range(repeat):
-            ours, t_ours = run_ours()
-            ref, t_ref = timed(lambda: captum(model, x, window, stride, target, best))
-            rounds.append((t_ref, t_ours))
-
-    diff = float((ours - ref).abs().max())
-    scale = float(ref.abs().max()) or 1.0
-    for t_ref, t_ours in rounds:
+    print(f"{name}: captum's best perturbations_per_eval {best}; {pilot}", flush=True)
+    # Rounds of Captum, our auto choice and our plain path back to back, in a rotating order: the
+    # machine's speed drifts over minutes, and each round compares the three at nearly one moment.
+    runs: dict[str, Callable[[], tuple[torch.Tensor, Timing]]] = {
+        "captum": lambda: timed(lambda: captum(model, x, window, stride, target, best)),
+        "auto": lambda: ours("auto"),
+        "plain": lambda: ours("plain"),
+    }
+    order = list(runs)
+    ratios: dict[str, list[float]] = {"auto": [], "plain": []}
+    for r in range(repeat):
+        got = {k: runs[k]() for k in order[r % 3 :] + order[: r % 3]}
+        ref, t_ref = got["captum"]
+        scale = float(ref.abs().max()) or 1.0
+        line = [f"round {r + 1}: captum (ppe={best}) {t_ref.wall:6.2f}s wall {t_ref.cpu:6.2f}s cpu"]
+        for k in ("auto", "plain"):
+            attr, t = got[k]
+            ratios[k].append(t_ref.wall / t.wall)
+            diff = float((attr - ref).abs().max()) / scale
+            label = f"auto={chosen[-1]}" if k == "auto" else k
+            line.append(
+                f"{label} {t.wall:6.2f}s wall {t.cpu:6.2f}s cpu, {t_ref.wall / t.wall:4.1f}x wall "
+                f"{t_ref.cpu / t.cpu:4.1f}x cpu, max |diff| {diff:.1e} of max |attr|"
+            )
         print(
-            f"{name:9s} {shape[1]}x{shape[2]} window {window} stride {stride}: "
-            f"captum (ppe={best}) {t_ref.wall:7.2f}s wall {t_ref.cpu:7.2f}s cpu | "
-            f"convlens {t_ours.wall:6.2f}s wall {t_ours.cpu:6.2f}s cpu | "
-            f"speed-up {t_ref.wall / t_ours.wall:5.1f}x wall {t_ref.cpu / t_ours.cpu:5.1f}x cpu | "
-            f"max |diff| {diff:.2e} ({diff / scale:.1e} of max |attr|)"
+            f"{name:9s} {shape[1]}x{shape[2]} w{window} s{stride} " + " | ".join(line), flush=True
         )
-    if len(rounds) > 1:
-        ratios = sorted(r.wall / o.wall for r, o in rounds)
-        print(f"          median speed-up of {len(rounds)} rounds {ratios[len(ratios) // 2]:.1f}x")
-    print(f"          captum {pilot}", flush=True)
+    for k, v in ratios.items():
+        v = sorted(v)
+        print(
+            f"          median speed-up over captum's best, {k}: {v[len(v) // 2]:.2f}x ({len(v)} rounds)"
+        )
 
 
 def main() -> None:
@@ -127,8 +139,8 @@ def main() -> None:
     ap.add_argument(
         "--repeat",
         type=int,
-        default=1,
-        help="rounds of ours then Captum (each ratio, and the median)",
+        default=3,
+        help="rounds of Captum, auto and plain (each ratio, and the median)",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

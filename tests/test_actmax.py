@@ -382,8 +382,7 @@ def test_precision_choice() -> None:
     dtypes: list[torch.dtype] = []
     handle = wide[2].register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
     try:
-        # fuse=False: the fused copy checks itself against the net with one more float32 pass
-        activation_maximization(wide, "3", [0], size=16, steps=1, simple=True, fuse=False)
+        activation_maximization(wide, "3", [0], size=16, steps=1, simple=True)
     finally:
         handle.remove()
     # probe (float32), the one step, the final values (float32)

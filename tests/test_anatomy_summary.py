@@ -270,7 +270,7 @@ def test_model_level_functional_ops_and_einsum_are_counted() -> None:
 
 def _without_layer_arithmetic() -> mock._patch:  # type: ignore[type-arg]
     """Every layer runs its own forward on the meta device (PyTorch's meta kernels give the shapes)."""
-    return mock.patch("convlens.anatomy.trace._leaf_rule", lambda module: None)
+    return mock.patch("convlens.anatomy.trace.leaf_rule", lambda module: None)
 
 
 @st.composite

@@ -12,7 +12,6 @@ from torch import nn
 from convlens import models
 from convlens.errors import ConvlensError
 from convlens.inspect.attribution import (
-    default_cam_layer,
     grad_cam,
     guided_backprop,
     guided_grad_cam,
@@ -78,8 +77,8 @@ def test_default_target_is_prediction_and_default_layer_is_last_spatial_conv() -
     x = torch.randn(2, 1, 28, 28)
     pred = m(x).argmax(1)
     torch.testing.assert_close(saliency(m, x), saliency(m, x, pred))
-    assert default_cam_layer(m) == "conv3"  # the last conv ...
-    assert default_cam_layer(m, x) == "conv2"  # ... but C5 is 1x1, so Grad-CAM uses C3
+    assert models.default_layer(m) == "conv3"  # the last conv ...
+    assert models.default_layer(m, (1, 28, 28)) == "conv2"  # ... but C5 is 1x1: C3 is the default
     torch.testing.assert_close(grad_cam(m, x, pred), grad_cam(m, x, pred, "conv2"))
 
 

@@ -91,16 +91,16 @@ def test_activations_match_create_feature_extractor(tv_resnet: nn.Module) -> Non
     for n in names:
         expected = oracle[n][0]
         expected = expected if expected.dim() == 3 else expected.reshape(-1, 1, 1)
-        torch.testing.assert_close(ours[n], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours[n][0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_activations_default_stages(lenet: nn.Module, tv_resnet: nn.Module) -> None:
-    acts = activations(lenet, torch.randn(1, 28, 28))
+    acts = activations(lenet, torch.randn(1, 1, 28, 28))
     assert list(acts) == ["conv1", "pool1", "conv2", "pool2", "conv3"]
-    assert acts["conv1"].shape == (6, 28, 28) and acts["pool2"].shape == (16, 5, 5)
+    assert acts["conv1"].shape == (1, 6, 28, 28) and acts["pool2"].shape == (1, 16, 5, 5)
     # ResNet-18 has 20 convs and 2 pools: one layer per resolution is shown, in forward order.
-    acts = activations(tv_resnet, torch.randn(3, 64, 64))
-    sizes = [tuple(a.shape[1:]) for a in acts.values()]
+    acts = activations(tv_resnet, torch.randn(1, 3, 64, 64))
+    sizes = [tuple(a.shape[2:]) for a in acts.values()]
     assert sizes == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
     assert list(acts)[-1] == "avgpool"
 
@@ -118,7 +118,7 @@ def test_activations_not_changed_by_later_inplace_relu() -> None:
     model = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Flatten(), nn.LazyLinear(2)).eval()
     x = torch.randn(1, 1, 8, 8)
     model(x)
-    got = activations(model, x, ["0"])["0"]
+    got = activations(model, x, ["0"])["0"][0]
     expected = F.conv2d(x, conv.weight, conv.bias)[0].detach()
     assert (expected < 0).any()  # the ReLU would have zeroed these
     torch.testing.assert_close(got, expected)
@@ -126,7 +126,7 @@ def test_activations_not_changed_by_later_inplace_relu() -> None:
 
 def test_activations_unknown_layer_lists_valid(lenet: nn.Module) -> None:
     with pytest.raises(ConvlensError, match=r"no layer named 'conv7'.*conv1"):
-        activations(lenet, torch.randn(1, 28, 28), ["conv7"])
+        activations(lenet, torch.randn(1, 1, 28, 28), ["conv7"])
 
 
 def test_activations_keeps_training_mode() -> None:
@@ -140,7 +140,7 @@ def test_activations_keeps_training_mode() -> None:
 
 def test_activations_figure_titles(lenet: nn.Module) -> None:
     img = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
-    acts = activations(lenet, torch.randn(1, 28, 28))
+    acts = {k: v[0] for k, v in activations(lenet, torch.randn(1, 1, 28, 28)).items()}
     fig = activations_figure(img, acts, title="Bag", max_channels=8)
     titles = [sf.get_suptitle() for sf in fig.subfigs]
     assert any(t.startswith("conv1  6x28x28") for t in titles)

@@ -43,8 +43,8 @@ IMAGES = torch.randint(
 )
 
 CALLS: dict[str, Callable[[nn.Module], object]] = {
-    "activations-default": lambda m: activations(m, torch.randn(1, 14, 14)),
-    "activations-named": lambda m: activations(m, torch.randn(1, 14, 14), ["0", "3"]),
+    "activations-default": lambda m: activations(m, torch.randn(1, 1, 14, 14)),
+    "activations-named": lambda m: activations(m, torch.randn(1, 1, 14, 14), ["0", "3"]),
     "features-penultimate": lambda m: extract_features(m, IMAGES, mean=MEAN, std=STD, batch_size=4),
     "features-layer": lambda m: extract_features(m, IMAGES, mean=MEAN, std=STD, layer="3"),
     "neighbors": lambda m: neighbors(m, IMAGES[:2], IMAGES, 2, mean=MEAN, std=STD, batch_size=4),
@@ -65,7 +65,7 @@ def test_filters_and_successful_calls_leave_no_hooks() -> None:
         nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 3)
     ).train()
     filters(model)
-    activations(model, torch.randn(1, 14, 14))
+    activations(model, torch.randn(1, 1, 14, 14))
     extract_features(model, IMAGES, mean=MEAN, std=STD)
     neighbors(model, IMAGES[:2], IMAGES, 2, mean=MEAN, std=STD)
     top_patches(model, "0", IMAGES, 2, n=2, mean=MEAN, std=STD)
@@ -80,8 +80,8 @@ def test_every_method_on_torchvision_resnet18_at_64px() -> None:
     )
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     assert filters(model).shape == (64, 3, 7, 7)
-    acts = activations(model, torch.randn(3, 64, 64))
-    assert len(acts) >= 4 and all(a.dim() == 3 for a in acts.values())
+    acts = activations(model, torch.randn(1, 3, 64, 64))
+    assert len(acts) >= 4 and all(a.dim() == 4 for a in acts.values())
     feats = extract_features(model, imgs, mean=mean, std=std, batch_size=5)
     assert feats.shape == (12, 512)
     nb = neighbors(model, imgs[:2], imgs, 3, mean=mean, std=std, batch_size=5)

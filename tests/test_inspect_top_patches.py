@@ -81,9 +81,12 @@ def test_top_patches_equal_brute_force(lenet: nn.Module, images: torch.Tensor, l
 def test_top_patches_default_layer_and_channel_count(
     lenet: nn.Module, images: torch.Tensor
 ) -> None:
+    # The default is the last conv with a map (C3, 10x10), not C5, whose map is 1x1.
     top = top_patches(lenet, None, images, 4, n=2, mean=MEAN, std=STD)
-    assert top.layer == "conv3" and top.channels == [0, 1, 2, 3]
+    assert top.layer == "conv2" and top.channels == [0, 1, 2, 3] and top.map_size == (10, 10)
     assert top.values.shape == (4, 2) and (top.values[:, 0] >= top.values[:, 1]).all()
+    assert top.rf_size == (14, 14)  # 5x5 conv, 2x2 pool, 5x5 conv: 5 + 1 + 4 * 2
+    top = top_patches(lenet, "conv3", images, 4, n=2, mean=MEAN, std=STD)
     # conv3 of LeNet-5 on 28x28 sees 28 + 4 = 32 pixels: the padded input (textbook 32x32 LeNet).
     assert top.rf_size == (32, 32)
 

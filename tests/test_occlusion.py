@@ -2,7 +2,8 @@
 
 Captum re-runs the whole network for each window position; our engine recomputes only the changed
 regions. Equality to 1e-4 (relative to the largest attribution) on LeNet-5, VGG-16, ResNet-18,
-ResNet-50 and GoogLeNet (random weights, eval mode) is the proof that the engine is exact.
+ResNet-50 and GoogLeNet (random weights, eval mode) is the proof that the engine is exact; the plain
+path is held to Captum too, and the two paths to each other (the contract in the module's doc).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from torch import nn
 
 from convlens import models
 from convlens.errors import ConvlensError
-from convlens.inspect.incremental import IncrementalOcclusion
-from convlens.inspect.occlusion import occlusion, occlusion_positions
+from convlens.inspect.occlusion import choose_method, occlusion, occlusion_positions, tf32_off
+from convlens.inspect.occlusion.incremental import IncrementalOcclusion
 
 
 def _captum(
@@ -48,7 +49,10 @@ def _assert_matches_captum(
         warnings.simplefilter(
             "error"
         )  # these models must run fully incrementally, without fallbacks
-        res = occlusion(model, x, window=window, stride=stride, baseline=baseline)
+        res = occlusion(
+            model, x, window=window, stride=stride, baseline=baseline, method="incremental"
+        )
+    assert res.method == "incremental"
     ref = _captum(model, x, window, stride, baseline, res.target)
     scale = float(ref.abs().max())
     assert scale > 1e-6, "degenerate test: the model ignores occlusion"
@@ -156,6 +160,7 @@ def test_untraceable_model_still_exact() -> None:
     x = torch.randn(1, 1, 12, 12)
     with pytest.warns(UserWarning, match="could not trace"):
         res = occlusion(m, x, window=3, stride=2)
+    assert res.method == "plain"  # the engine needs a graph: the plain path ran
     torch.testing.assert_close(
         res.attribution, _captum(m, x, 3, 2, 0.0, res.target), rtol=1e-4, atol=1e-6
     )
@@ -168,7 +173,7 @@ def test_engine_recomputes_only_the_projective_field() -> None:
     eng = IncrementalOcclusion(m, (1, 28, 28), rows, rows)
     with torch.inference_mode():
         eng.clean_pass(torch.randn(1, 1, 28, 28))
-    geo = {n.name: eng.geom[n] for n in eng.geom}
+    geo = {n.name: eng.plan.geom[n] for n in eng.plan.geom}
     assert (geo["conv1"].h, geo["conv1"].w) == (8, 8)
     assert (geo["pool1"].h, geo["pool1"].w) == (4, 4)
     # patch rows [8, 12) -> conv1 rows [6, 14) (each output reads 5 rows, 2 of padding)
@@ -227,3 +232,85 @@ def test_batchnorm_statistics_and_weight_layout_untouched() -> None:
     assert m.training
     for k, v in m.state_dict().items():
         assert torch.equal(v, state[k]) and v.is_contiguous(), k
+
+
+# ---- the two paths behind one door ---------------------------------------------------------------
+
+
+def _assert_paths_agree(model: nn.Module, x: torch.Tensor, window: int, stride: int) -> None:
+    """The contract: the engine equals the plain batched path to 1e-4 of the largest attribution,
+    and the plain path itself equals Captum (so the reference is not our own code alone)."""
+    plain = occlusion(model, x, window=window, stride=stride, method="plain")
+    fast = occlusion(model, x, window=window, stride=stride, method="incremental")
+    assert (plain.method, fast.method) == ("plain", "incremental")
+    scale = float(plain.attribution.abs().max())
+    assert scale > 1e-6, "degenerate test: the model ignores occlusion"
+    torch.testing.assert_close(fast.attribution, plain.attribution, rtol=0, atol=1e-4 * scale)
+    torch.testing.assert_close(fast.logit_drop, plain.logit_drop, rtol=0, atol=1e-4 * scale)
+    ref = _captum(model, x, window, stride, 0.0, plain.target)
+    torch.testing.assert_close(plain.attribution, ref, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_engine_equals_plain_path_lenet5_resnet18_vgg16() -> None:
+    torch.manual_seed(8)
+    _assert_paths_agree(
+        _lively(models.create("lenet5", in_channels=1)), torch.randn(2, 1, 28, 28), 5, 3
+    )
+    x = torch.randn(1, 3, 64, 64)
+    _assert_paths_agree(_lively(models.create("resnet18", num_classes=10)), x, 16, 12)
+    _assert_paths_agree(_lively(models.create("vgg16", num_classes=10)), x, 16, 16)
+
+
+def test_cost_rule() -> None:
+    """On CUDA always plain (the engine measured slower than Captum there); on CPU the engine for
+    windows of at most a quarter of the image."""
+    assert choose_method("cuda", (224, 224), (16, 16)) == "plain"
+    assert choose_method(torch.device("cuda", 1), (28, 28), (4, 4)) == "plain"
+    assert choose_method("cpu", (224, 224), (16, 16)) == "incremental"
+    assert choose_method("cpu", (28, 28), (14, 14)) == "incremental"  # exactly a quarter
+    assert choose_method("cpu", (28, 28), (15, 14)) == "plain"
+
+
+def test_method_forces_a_path_and_auto_reports_its_choice() -> None:
+    torch.manual_seed(9)
+    m = _lively(models.create("lenet5", in_channels=1))
+    x = torch.randn(1, 1, 28, 28)
+    assert occlusion(m, x, window=4, stride=2).method == "incremental"  # auto on CPU, small window
+    assert occlusion(m, x, window=20, stride=8).method == "plain"  # auto on CPU, large window
+    assert occlusion(m, x, window=20, stride=8, method="incremental").method == "incremental"
+    assert occlusion(m, x, window=4, stride=2, method="plain").method == "plain"
+    with pytest.raises(ConvlensError, match="method must be"):
+        occlusion(m, x, method="fast")  # type: ignore[arg-type]
+
+
+def test_tf32_off_restores_the_flags() -> None:
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for flags in ((True, True), (False, True)):
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+            with pytest.raises(RuntimeError), tf32_off():
+                assert not torch.backends.cuda.matmul.allow_tf32
+                assert not torch.backends.cudnn.allow_tf32
+                raise RuntimeError  # restored on the way out of an error too
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_paths_agree_with_tf32_off_and_auto_is_plain() -> None:
+    """On CUDA both paths (and Captum) run with TF32 off and agree to 1e-3 of the largest
+    attribution: float32 GPU kernels sum in other orders than the CPU's."""
+    torch.manual_seed(10)
+    m = _lively(models.create("resnet18", num_classes=10)).cuda()
+    x = torch.randn(1, 3, 64, 64, device="cuda")
+    torch.backends.cudnn.allow_tf32 = True  # the user's setting, restored after each call
+    auto = occlusion(m, x, window=16, stride=8)
+    assert auto.method == "plain" and torch.backends.cudnn.allow_tf32
+    fast = occlusion(m, x, window=16, stride=8, method="incremental")
+    scale = float(auto.attribution.abs().max())
+    torch.testing.assert_close(fast.attribution, auto.attribution, rtol=0, atol=1e-3 * scale)
+    with tf32_off():
+        ref = _captum(m, x, 16, 8, 0.0, auto.target)
+    torch.testing.assert_close(auto.attribution, ref, rtol=0, atol=1e-3 * scale)

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from convlens import models, native
-from convlens.inspect import ckernels, winograd
-from convlens.inspect.incremental import IncrementalOcclusion
-from convlens.inspect.occlusion import occlusion_positions
-from convlens.inspect.winograd import Winograd3x3, plan, tiling, winograd_matrices
+from convlens import models
+from convlens.inspect.occlusion import occlusion_positions, winograd
+from convlens.inspect.occlusion.incremental import IncrementalOcclusion
+from convlens.inspect.occlusion.winograd import Winograd3x3, plan, tiling, winograd_matrices
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])
@@ -129,132 +126,6 @@ def test_engine_uses_winograd_and_agrees_with_direct(monkeypatch: pytest.MonkeyP
         with torch.inference_mode():
             cache, _ = eng.clean_pass(x)
             outs.append(eng.run(cache, x, torch.zeros_like(x), patches))
-    # From 128 channels with the compiled transforms, from 256 with torch's.
-    assert set(calls) == {256, 512} | ({128} if ckernels.load() else set())
+    assert set(calls) == {256, 512}  # from 256 channels
     scale = float((outs[0] - model(x).detach()).abs().max())  # how much occlusion moves the logits
     assert float((outs[1] - outs[0]).abs().max()) < 1e-4 * scale
-
-
-# ---- the compiled tile transforms (convlens.inspect.ckernels) ----------------------------------
-
-
-def test_compiled_kernels_build_where_a_compiler_exists() -> None:
-    """CI has a C compiler, so the tests below run the compiled transforms, not a fallback."""
-    if native.compiler() is None:
-        pytest.skip("no C compiler on this machine")
-    assert ckernels.load() is not None
-
-
-def _compiled(w: torch.Tensor, b: torch.Tensor | None, work: dict | None = None) -> Winograd3x3:
-    wino = Winograd3x3(w, b, work)
-    if wino.kernels is None:
-        pytest.skip("compiled kernels unavailable")
-    return wino
-
-
-@pytest.mark.parametrize("m", [0, 2, 3, 4])
-@pytest.mark.parametrize(
-    ("shape", "pad", "bias"),
-    [((3, 16, 14, 14), 1, True), ((2, 32, 9, 11), 1, False), ((4, 16, 13, 10), 0, True),
-     ((2, 16, 5, 7), 0, True), ((1, 16, 3, 3), 1, False)],
-)  # fmt: skip
-def test_compiled_transforms_match_direct_and_torch_transforms(
-    m: int, shape: tuple[int, int, int, int], pad: int, bias: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every tile shape (mixed tiles: m=0), overhanging tiles, padding read as zeros, bias."""
-    _force_tiles(monkeypatch, m)
-    torch.manual_seed(3)
-    _, C, H, W = shape
-    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(32, C, 3, 3) / math.sqrt(9 * C)
-    b = torch.randn(32) if bias else None
-    ref = _reference(x, w, b, pad)
-    fast = _compiled(w, b)
-    out = fast(x, pad, pad, H + 2 * pad - 2, W + 2 * pad - 2)
-    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
-    assert float((out.double() - ref).abs().max() / ref.abs().max()) < 2e-5
-    fast.kernels = None  # the same layer with torch's transforms
-    slow = fast(x, pad, pad, H + 2 * pad - 2, W + 2 * pad - 2)
-    assert float((out - slow).abs().max() / ref.abs().max()) < 2e-5
-
-
-@pytest.mark.parametrize("per_copy", [False, True])
-def test_compiled_difference_form_with_shared_or_per_copy_references(per_copy: bool) -> None:
-    """`y_ref + conv(x - x_ref)` with references shared by all copies (one image, or expanded
-    with stride 0) or one per copy, as the occlusion engine passes them."""
-    torch.manual_seed(4)
-    work: dict[str, torch.Tensor] = {}
-    for k, size in ((16, 7), (48, 5), (32, 14)):
-        P = 3
-        shape = (P if per_copy else 1, 16, size, size)
-        x_ref = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-        x = (x_ref + 0.01 * torch.randn(P, 16, size, size)).contiguous(
-            memory_format=torch.channels_last
-        )
-        w, b = torch.randn(k, 16, 3, 3) / 12, torch.randn(k)
-        y_ref = F.conv2d(x_ref, w, b, padding=1).contiguous(memory_format=torch.channels_last)
-        if not per_copy:  # as _crop hands them over: expanded views
-            x_ref, y_ref = x_ref.expand(P, -1, -1, -1), y_ref.expand(P, -1, -1, -1)
-        out = _compiled(w, b, work)(x, 1, 1, size, size, x_ref, y_ref)
-        ref = _reference(x, w, b, 1)
-        assert float((out.double() - ref).abs().max() / ref.abs().max()) < 2e-6
-
-
-def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`CONVLENS_C_KERNELS=0` (or no compiler) falls back to torch's transforms."""
-    monkeypatch.setenv("CONVLENS_C_KERNELS", "0")
-    ckernels.load.cache_clear()
-    try:
-        torch.manual_seed(5)
-        w = torch.randn(16, 16, 3, 3) / 12
-        wino = Winograd3x3(w, None)
-        assert wino.kernels is None
-        x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
-        ref = _reference(x, w, None, 1)
-        assert float((wino(x, 1, 1, 6, 6).double() - ref).abs().max() / ref.abs().max()) < 2e-5
-    finally:
-        ckernels.load.cache_clear()
-
-
-def test_a_damaged_cached_library_is_compiled_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A truncated `.so` in the cache (loading it could crash the process) is rebuilt, not loaded."""
-    if native.compiler() is None:
-        pytest.skip("no C compiler on this machine")
-    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path))
-    ckernels.load.cache_clear()
-    try:
-        assert ckernels.load() is not None
-        (lib,) = (tmp_path / "kernels").glob("*.so")
-        good = lib.read_bytes()
-        # A new file, not the loaded one overwritten: that one stays mapped into this process.
-        (tmp_path / "damaged").write_bytes(good[:1000])
-        os.replace(tmp_path / "damaged", lib)
-        ckernels.load.cache_clear()
-        assert ckernels.load() is not None
-        assert lib.read_bytes() == good  # the same compiler and source give the same library
-    finally:
-        ckernels.load.cache_clear()
-
-
-def test_placed_rectangles_match_convolving_the_built_windows() -> None:
-    """`placed`: each copy's rectangle (some cut by the window's edge) in a window of zeros."""
-    torch.manual_seed(6)
-    P, C, K, window, (h, w) = 4, 16, 32, (10, 12), (5, 6)
-    d = torch.randn(P, C, h, w).contiguous(memory_format=torch.channels_last)
-    rows, cols = torch.tensor([0, 3, 7, -2]), torch.tensor([0, 6, 9, 4])
-    z = torch.zeros(P, C, window[0] + 8, window[1] + 8)  # margins for rectangles past the edges
-    for p in range(P):
-        r, c = int(rows[p]) + 4, int(cols[p]) + 4
-        z[p, :, r : r + h, c : c + w] = d[p]
-    z = z[:, :, 4 : 4 + window[0], 4 : 4 + window[1]]
-    wt = torch.randn(K, C, 3, 3) / 12
-    y_ref = torch.randn(1, K, window[0] - 2, window[1] - 2).contiguous(
-        memory_format=torch.channels_last
-    )
-    ref = _reference(z, wt, None, 0) + y_ref.double()
-    out = _compiled(wt, None).placed(
-        d, (rows.int(), cols.int()), window, (window[0] - 2, window[1] - 2), y_ref
-    )
-    assert float((out.double() - ref).abs().max() / ref.abs().max()) < 2e-6

@@ -27,3 +27,22 @@ class InputError(ConvlensError, ValueError):
 
 class InputTypeError(ConvlensError, TypeError):
     """An argument of the wrong type passed to the Python API."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop (Ctrl-C: SIGINT, or SIGTERM) and did so cleanly.
+
+    A :class:`KeyboardInterrupt`, so every ``finally`` and ``except KeyboardInterrupt`` sees it; the
+    CLI prints :attr:`message` as one line and exits with :attr:`exit_code` (128 + the signal's
+    number: 130 for SIGINT, 143 for SIGTERM), the shells' convention.
+    """
+
+    def __init__(self, signum: int = 2, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number."""
+        return 128 + self.signum

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from convlens.anatomy.receptive_field import RF
+from convlens.anatomy.trace import trace
 from convlens.errors import ConvlensError, did_you_mean
 
 
@@ -85,8 +86,6 @@ def effective_receptive_field(
         ConvlensError: unknown layer (with close names), the gradient is zero everywhere (e.g. dead
             ReLUs), or bad arguments.
     """
-    from convlens.anatomy.trace import trace
-
     if n < 1 or batch_size < 1 or not 0 < mass <= 1:
         raise ConvlensError("n and batch_size must be positive and mass in (0, 1]")
     if weights not in ("model", "random"):

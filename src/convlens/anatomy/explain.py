@@ -178,6 +178,12 @@ def explain_pool(
     """A pooling layer: output size, neurons, no parameters, what it keeps."""
     if kind not in ("max", "avg"):
         raise ConvlensError(f"pooling kind must be 'max' or 'avg', not {kind!r}")
+    if padding > kernel // 2:
+        # PyTorch refuses it (MaxPool2d / AvgPool2d): a window could then lie wholly in the padding.
+        raise ConvlensError(
+            f"pooling padding P = {padding} is more than half the window ({kernel}x{kernel}): "
+            f"a window could hold only padding; use --pad {kernel // 2} or less"
+        )
     ax_w, ax_h = _axes(volume, kernel, stride, padding)
     out = Volume(ax_w.out, ax_h.out, volume.depth)
     what = "the largest value" if kind == "max" else "the mean"

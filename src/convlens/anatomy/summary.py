@@ -44,7 +44,7 @@ from torch import nn
 
 from convlens.anatomy.receptive_field import RF, describe
 from convlens.anatomy.trace import Call, trace
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, InputError, InputTypeError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -220,6 +220,22 @@ def summary(
         >>> s["features.0"].params_unshared
         105705600
     """
+    if isinstance(model, str):
+        raise InputTypeError(
+            f"summary takes a module, not the name {model!r}: "
+            f"convlens.summary(convlens.models.create({model!r}), (C, H, W))"
+        )
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(f"summary takes a torch.nn.Module, not {type(model).__name__}")
+    if (
+        not isinstance(input_size, tuple | list)
+        or len(input_size) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)
+    ):
+        raise InputError(
+            f"input_size must be (C, H, W) of one image, three positive ints, e.g. (3, 224, 224); "
+            f"got {input_size!r}"
+        )
     if isinstance(model, torch.jit.ScriptModule):
         # Scripted submodules run inside the TorchScript interpreter: no Python forward to observe.
         raise ConvlensError(

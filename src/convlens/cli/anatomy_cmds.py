@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from convlens.cli.checks import MAX_CHANNELS, MAX_CLASSES
 from convlens.errors import ConvlensError
 
 if TYPE_CHECKING:
@@ -88,10 +89,18 @@ def summary_command(
         None, "--input", "-i", help="Input size CxHxW, e.g. 3x224x224 (default: the paper's)."
     ),
     num_classes: int | None = typer.Option(
-        None, "--num-classes", min=1, help="Outputs of the final layer (default: the paper's)."
+        None,
+        "--num-classes",
+        min=1,
+        max=MAX_CLASSES,
+        help="Outputs of the final layer (default: the paper's).",
     ),
     in_channels: int | None = typer.Option(
-        None, "--in-channels", min=1, help="Input channels of the model (default: C of --input)."
+        None,
+        "--in-channels",
+        min=1,
+        max=MAX_CHANNELS,
+        help="Input channels of the model (default: C of --input).",
     ),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, json or csv."),
     option: list[str] = typer.Option(
@@ -117,10 +126,13 @@ def summary_command(
     """
     from convlens import models
     from convlens.anatomy.summary import summary
+    from convlens.cli import checks
     from convlens.cli.model_cmds import parse_options
 
+    if output is not None:
+        checks.output_file(output, "--output")
     spec = models.info(model)  # unknown names fail here, with close names
-    size = parse_chw(input_size) if input_size else spec.input_size
+    size = parse_chw(input_size) if input_size is not None else spec.input_size
     net = models.create(
         model,
         num_classes=num_classes or spec.num_classes,
@@ -168,7 +180,9 @@ def explain_conv(
     ),
     at: str = typer.Option("0,0", "--at", help="With --show-one: the neuron's ROW,COL."),
     filter_index: int = typer.Option(0, "--filter", help="With --show-one: which filter."),
-    seed: int = typer.Option(0, "--seed", help="With --show-one: seed of the random integers."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, max=2**63 - 1, help="With --show-one: seed of the random integers."
+    ),
 ) -> None:
     """A convolution layer: output size, neurons, weights per neuron, parameters with and without sharing.
 
@@ -243,8 +257,8 @@ def explain_fc(
 
 @explain_app.command("stack")
 def explain_stack(
-    kernel: int = typer.Option(3, "--kernel", "-k", help="Filter size K of each layer."),
-    depth: int = typer.Option(3, "--depth", "-d", help="Number of stacked layers."),
+    kernel: int = typer.Option(3, "--kernel", "-k", max=1000, help="Filter size K of each layer."),
+    depth: int = typer.Option(3, "--depth", "-d", max=1000, help="Number of stacked layers."),
     channels: int = typer.Option(64, "--channels", "-c", help="C, for the worked numbers."),
 ) -> None:
     """Stacked KxK convolutions against one large one: field, weights, non-linearities.

@@ -1,7 +1,12 @@
 """The `convlens` program: one Typer app, one module per group of commands.
 
 Each command module exposes `register(app)`; this file only assembles them and turns a
-:class:`~convlens.errors.ConvlensError` into one red line and exit status 1 instead of a traceback.
+:class:`~convlens.errors.ConvlensError` into one red line and exit status 1 instead of a traceback,
+a usage error into exit status 2, and Ctrl-C / SIGTERM into one line and 130 / 143
+(see :mod:`convlens.cli.checks`).
+
+Start-up stays light: torch and the other heavy modules are imported inside the commands that need
+them, so `convlens --help` and `convlens explain ...` answer at once.
 """
 
 from __future__ import annotations
@@ -16,13 +21,26 @@ from typing import Any, TextIO
 import typer
 from rich.console import Console
 
-from convlens import __version__, native
-from convlens.cli import anatomy_cmds, data_cmds, model_cmds, report_cmds, train_cmds, visualize
-from convlens.errors import ConvlensError
+from convlens import __version__, interrupts
+from convlens.cli import (
+    anatomy_cmds,
+    data_cmds,
+    model_cmds,
+    report_cmds,
+    serve_cmds,
+    train_cmds,
+    visualize,
+)
+from convlens.cli.checks import EXIT_CODES_HELP, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, UsageError
+from convlens.errors import ConvlensError, Interrupted
+from convlens.interrupts import handle_signals
+
+# Usage errors (unknown option, bad value): typer's own click raises them as TyperExceptions.
+_CLICK_ERROR: type[Any] = typer.TyperException
 
 app = typer.Typer(
     name="convlens",
-    help="Build, train and see inside convolutional neural networks.",
+    help=f"Build, train and see inside convolutional neural networks.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,15 +63,17 @@ def _root(
     ),
 ) -> None:
     """Build, train and see inside convolutional neural networks."""
-    native.set_compile_notice(
-        lambda name: err_console.print(
-            f"[dim]compiling convlens's {name} kernels with the C compiler "
-            "(once per machine, a few seconds)[/dim]"
-        )
-    )
 
 
-for _module in (data_cmds, model_cmds, anatomy_cmds, train_cmds, visualize, report_cmds):
+for _module in (
+    data_cmds,
+    model_cmds,
+    anatomy_cmds,
+    train_cmds,
+    visualize,
+    report_cmds,
+    serve_cmds,
+):
     _module.register(app)
 
 
@@ -93,31 +113,61 @@ def _warnings_as_notes() -> Iterator[None]:
         warnings.showwarning = original
 
 
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C or SIGTERM; the exit status 128 + the signal's number."""
+    if isinstance(e, Interrupted):
+        err_console.print(f"[bold yellow]{e.message}[/]", highlight=False)
+        return e.exit_code
+    err_console.print("[bold yellow]interrupted[/]", highlight=False)
+    return EXIT_SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit status (used by the console script and by tests)."""
+    """Run the CLI; return the exit status (used by the console script and by tests).
+
+    0 success, 1 error, 2 usage error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+    """
     try:
-        with _warnings_as_notes():
-            app(args=argv, prog_name="convlens", standalone_mode=False)
+        with handle_signals(), _warnings_as_notes():
+            status = app(args=argv, prog_name="convlens", standalone_mode=False)
+        # Typer returns 130 for a KeyboardInterrupt, without it: it is kept by the handler.
+        caught = interrupts.last()
+        if caught is not None:
+            return _interrupted(caught)
+        if isinstance(status, int):
+            return status
     except ConvlensError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        return 1
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_ERROR
     except typer.Exit as e:
+        # Typer turns a KeyboardInterrupt into Exit(130), keeping the interrupt as the cause.
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            return _interrupted(e.__cause__)
         return e.exit_code
-    except typer.Abort:
+    except typer.Abort as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            return _interrupted(e.__cause__)
         err_console.print("aborted")
-        return 130
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    except Exception as e:  # click's usage errors carry their own exit code and message
-        try:
-            from click import ClickException
-        except ImportError:  # typer >= 0.22 vendors click as typer._click
-            from typer._click import ClickException
-
-        if isinstance(e, ClickException):
-            e.show()
-            return e.exit_code
+        return EXIT_SIGINT
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except MemoryError as e:
+        err_console.print(
+            f"[bold red]error:[/] not enough memory for this request ({e}); ask for less",
+            highlight=False,
+        )
+        return EXIT_ERROR
+    except Exception as e:
+        if isinstance(e, _CLICK_ERROR):  # a usage error: unknown option, bad value (exit 2)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False)
+            return int(e.exit_code)
+        if isinstance(e, OSError):  # a file system refusal the checks could not foresee
+            err_console.print(
+                f"[bold red]error:[/] {e.strerror or e}: {e.filename}", highlight=False
+            )
+            return EXIT_ERROR
         raise
     return 0
 

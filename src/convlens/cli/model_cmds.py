@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from convlens.cli.checks import MAX_CHANNELS, MAX_CLASSES
 from convlens.errors import ConvlensError
 
 
@@ -69,10 +70,18 @@ def models_command(
         False, "--torchvision", help="List torchvision's classifiers (usable as torchvision:NAME)."
     ),
     num_classes: int | None = typer.Option(
-        None, "--num-classes", min=1, help="Count parameters for N classes (default: the paper's)."
+        None,
+        "--num-classes",
+        min=1,
+        max=MAX_CLASSES,
+        help="Count parameters for N classes (default: the paper's).",
     ),
     in_channels: int | None = typer.Option(
-        None, "--in-channels", min=1, help="Count parameters for C input channels."
+        None,
+        "--in-channels",
+        min=1,
+        max=MAX_CHANNELS,
+        help="Count parameters for C input channels.",
     ),
     option: list[str] = typer.Option(
         [],

@@ -121,13 +121,17 @@ def register(app: typer.Typer) -> None:
 
         Images are embedded and the page makes no network request. A section that cannot apply says why instead (no training history for a model that is not a run; no confusion matrix for unlabelled images). A run must have readable weights (model.safetensors); an interrupted run is finished with `convlens train ... --resume`.
         """
+        from convlens.cli import checks
         from convlens.render.report import REPORT_FILE, ReportOptions
+        from convlens.train.run_dir import read_run_json
 
+        so.check_subject_args(run_dir, model, weights)
+        if run_dir is not None:
+            read_run_json(run_dir)  # checked, with the destination, before any work
+        default = run_dir / REPORT_FILE if run_dir is not None else Path(REPORT_FILE)
+        checks.output_file(out if out is not None else default, "--out")
+        checks.input_dir(data_dir, "--data-dir")
         dev = _device(device)
-        if out is not None and out.is_dir():  # before minutes of work, not after
-            raise ConvlensError(
-                f"--out {out} is a folder; give a file name such as {out / REPORT_FILE}"
-            )
         subject = so.open_cli_subject(
             run_dir, model=model, weights=weights, images=images, classes=classes,
             download=download, device=dev, data_dir=data_dir,
@@ -169,6 +173,11 @@ def register(app: typer.Typer) -> None:
                 f"the demo runs on {', '.join(DEMO_DATA)}, not {data!r}.{did_you_mean(data, DEMO_DATA)} "
                 f"For other data use `convlens train MODEL --data {data}` then `convlens report`."
             )
+        from convlens.cli import checks
+
+        checks.output_dir(out)
+        checks.input_dir(data_dir, "--data-dir")
+        checks.positive(epochs, "--epochs")
         name = model or DEMO_MODEL[data]
         root = str(data_dir) if data_dir else None
         report_device = _device(device)  # checked before minutes of training, not after
@@ -226,14 +235,6 @@ def _prepare_demo_dir(out: Path, model: str, data: str, *, retrain: bool) -> boo
 
 def _device(device: str) -> str:
     """`auto` -> cuda when available, else cpu; a CUDA device that is not there is a clear error."""
-    import torch
+    from convlens.cli import checks
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConvlensError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConvlensError(
-            f"--device {device}: no CUDA device is available here; use --device cpu"
-        )
-    return device
+    return checks.device(device)

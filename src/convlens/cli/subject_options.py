@@ -84,6 +84,28 @@ def open_cli_subject(
     """
     from convlens.subjects import open_subject
 
+    check_subject_args(run_dir, model, weights)
+    spec = str(run_dir) if run_dir is not None else str(model)
+    sub = open_subject(
+        spec,
+        weights=weights,
+        images=images,
+        classes=classes,
+        device=device,
+        data_dir=data_dir,
+        download=download,
+    )
+    for note in sub.info.get("notices", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    return sub
+
+
+def check_subject_args(run_dir: Path | None, model: str | None, weights: str | None) -> None:
+    """Exactly one of RUN_DIR and --model; --weights only with --model; RUN_DIR is a folder.
+
+    Raises:
+        InputError: what is wrong, in one line.
+    """
     if run_dir is None and model is None:
         raise InputError(
             "name the model: a run directory (RUN_DIR), or --model SPEC (e.g. --model "
@@ -100,16 +122,3 @@ def open_cli_subject(
             f"no run directory at {run_dir}; train one with `convlens train MODEL --out {run_dir}`, "
             "or name any model with --model"
         )
-    spec = str(run_dir) if run_dir is not None else str(model)
-    sub = open_subject(
-        spec,
-        weights=weights,
-        images=images,
-        classes=classes,
-        device=device,
-        data_dir=data_dir,
-        download=download,
-    )
-    for note in sub.info.get("notices", []):
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    return sub

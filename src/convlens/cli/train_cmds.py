@@ -7,6 +7,7 @@ DistributedDataParallel; only rank 0 prints and writes.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from convlens.cli import checks
 from convlens.cli import subject_options as so
 from convlens.errors import ConvlensError
 
@@ -70,27 +72,38 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
-    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training data."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Passes over the training data."
+    ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Images per step, over all processes."
+        None, "--batch-size", min=1, help="Images per step, over all processes."
     ),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: str | None = typer.Option(None, "--optimizer", help="sgd or adamw."),
-    momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum / AdamW beta1."),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
+    momentum: float | None = typer.Option(
+        None, "--momentum", min=0.0, max=1.0, help="SGD momentum / AdamW beta1, in [0, 1)."
+    ),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", min=0.0, help="Weight decay."
+    ),
     schedule: str | None = typer.Option(None, "--schedule", help="onecycle, cosine or step."),
-    warmup: float | None = typer.Option(None, "--warmup", help="Epochs of linear warm-up."),
+    warmup: float | None = typer.Option(
+        None, "--warmup", min=0.0, help="Epochs of linear warm-up (at most --epochs)."
+    ),
     label_smoothing: float | None = typer.Option(
-        None, "--label-smoothing", help="Cross-entropy label smoothing, 0..1."
+        None, "--label-smoothing", min=0.0, max=1.0, help="Cross-entropy label smoothing, [0, 1)."
     ),
     augment: str | None = typer.Option(
         None, "--augment", help="Comma list of crop,flip,lighting,cutout, or none."
     ),
     cutout: int | None = typer.Option(
-        None, "--cutout", help="Side of the Cutout square in pixels (with --augment ...,cutout)."
+        None,
+        "--cutout",
+        min=1,
+        help="Side of the Cutout square in pixels (with --augment ...,cutout).",
     ),
     seed: int | None = typer.Option(
-        None, "--seed", help="Random seed (weights, order, augmentation)."
+        None, "--seed", min=0, max=2**63 - 1, help="Random seed (weights, order, augmentation)."
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on a GPU."),
@@ -101,18 +114,19 @@ def train(
         None, "--channels-last/--no-channels-last", help="NHWC memory format (GPU)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads (default: physical cores)."
+        None, "--threads", min=1, help="CPU threads (default: physical cores)."
     ),
     checkpoint_every: float | None = typer.Option(
-        None, "--checkpoint-every", help="Seconds between mid-epoch checkpoints."
+        None, "--checkpoint-every", min=0.001, help="Seconds between mid-epoch checkpoints."
     ),
     limit_train: int | None = typer.Option(
         None,
         "--limit-train",
+        min=1,
         help="Train on N images only (the first N, or for a class-ordered folder the first of every class in turn).",
     ),
     limit_test: int | None = typer.Option(
-        None, "--limit-test", help="Test on N images only (chosen as for --limit-train)."
+        None, "--limit-test", min=1, help="Test on N images only (chosen as for --limit-train)."
     ),
     option: list[str] = typer.Option(
         [], "--option", "-O", help="Model option KEY=VALUE (repeatable), e.g. -O pool=avg."
@@ -126,6 +140,7 @@ def train(
     command trains with DistributedDataParallel.
     """
     from convlens.train import fit
+    from convlens.train.lock import run_lock
 
     overrides: dict[str, Any] = {
         "epochs": epochs,
@@ -151,19 +166,35 @@ def train(
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     model_options = _parse_options(option)
+    checks.input_dir(data_dir, "--data-dir")
+    where = checks.device(device or "auto")
+    if amp and where == "cpu":
+        err_console.print(
+            "[yellow]note:[/] --amp (bf16 autocast) applies on a CUDA device only; "
+            "this CPU run trains in float32",
+            highlight=False,
+        )
     out = out or default_out(model, data, resume=resume)
-    run = fit(
-        model,
-        data,
-        out=out,
-        overrides=given,
-        model_options=model_options or None,
-        data_root=data_dir,
-        resume=resume,
-        progress=not quiet,
-        console=err_console,
-    )
-    if int(os.environ.get("RANK", "0")) == 0 and run.history:
+    checks.output_dir(out)
+    if resume:
+        from convlens.train.run_dir import read_run_json
+
+        read_run_json(out)  # before the lock creates the folder
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # Locked before fit looks at the folder, so two `train --out SAME` cannot both start it.
+    with run_lock(out) if rank0 else contextlib.nullcontext():
+        run = fit(
+            model,
+            data,
+            out=out,
+            overrides=given,
+            model_options=model_options or None,
+            data_root=data_dir,
+            resume=resume,
+            progress=not quiet,
+            console=err_console,
+        )
+    if rank0 and run.history:
         last = run.history[-1]
         console.print(
             f"{run.path}: test accuracy {last['test_acc']:.2%} (loss {last['test_loss']:.4f})",
@@ -184,7 +215,7 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="test or train."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     limit: int | None = typer.Option(
-        None, "--limit", help="Only N images (as train's --limit-test)."
+        None, "--limit", min=1, help="Only N images (as train's --limit-test)."
     ),
     tta: str = typer.Option(
         "none", "--tta", help="Test-time augmentation: none, or flip (image + mirror, averaged)."
@@ -197,31 +228,37 @@ def evaluate(
     download: bool = so.download_option(),
 ) -> None:
     """Accuracy, per-class accuracy and the confusion matrix of a trained run, or of any model (--model) on class folders of images named as its classes (--images)."""
-    from convlens.train import evaluate as run_evaluate
-
     if split not in ("test", "train"):
-        raise ConvlensError(f"--split must be test or train, not {split!r}")
+        raise checks.UsageError(f"--split must be test or train, not {split!r}")
+    if tta not in ("none", "flip"):
+        raise checks.UsageError(f"--tta must be none or flip, not {tta!r}")
+    checks.input_dir(data_dir, "--data-dir")
+    so.check_subject_args(run_dir, model, weights)
     if model is None and images is None and run_dir is not None:
+        from convlens.train import evaluate as run_evaluate
+        from convlens.train.run_dir import read_run_json
+
+        read_run_json(run_dir)  # a missing or foreign folder fails before the device is touched
         who = str(run_dir)
         ev = run_evaluate(
             run_dir,
             data=data,
             split=split,
             root=None if data_dir is None else str(data_dir),
-            device=device,
+            device=checks.device(device),
             limit=limit,
             tta=tta,
         )
     else:
         from convlens.subjects.evaluate import evaluate_subject
 
-        if images is None and model is not None:
+        if images is None:
             raise ConvlensError("--model needs --images: a folder with one sub-folder per class")
         if data is not None or tta != "none":
             raise ConvlensError("--data and --tta apply to a run's own data set, not to --images")
         sub = so.open_cli_subject(
             run_dir, model=model, weights=weights, images=images, classes=classes,
-            download=download, device=device, data_dir=data_dir,
+            download=download, device=checks.device(device), data_dir=data_dir,
         )  # fmt: skip
         ev = evaluate_subject(sub, limit=limit)
         who = sub.name

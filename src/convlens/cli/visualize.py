@@ -111,10 +111,10 @@ class VisualizeRequest:
                     out.extend(range(int(a), int(b) + 1))
                 else:
                     out.append(int(part))
-        except ValueError:
-            raise ConvlensError(
-                f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5"
-            ) from None
+        except ValueError:  # also "1-2-3" (too many values to unpack)
+            from convlens.cli.checks import UsageError
+
+            raise UsageError(f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5") from None
         return out
 
 
@@ -142,16 +142,73 @@ def _load_methods() -> dict[str, tuple[Runner, str]]:
     return _RUNNERS
 
 
+# The options each method reads, beyond --out, --device, --seed, --data-dir and --save-data: any
+# other option given is refused, rather than silently ignored.
+METHOD_OPTIONS: dict[str, frozenset[str]] = {
+    "filters": frozenset({"layer", "count"}),
+    "activations": frozenset({"layer", "images", "count"}),
+    "neighbors": frozenset({"images", "k", "count", "metric"}),
+    "tsne": frozenset({"layer", "count"}),
+    "top-patches": frozenset({"layer", "channels", "count", "k"}),
+    "erf": frozenset({"layer", "count"}),
+    "occlusion": frozenset({"images", "target", "window", "stride"}),
+    "saliency": frozenset({"images", "target"}),
+    "guided-backprop": frozenset({"images", "target"}),
+    "gradcam": frozenset({"images", "target", "layer"}),
+    "guided-gradcam": frozenset({"images", "target", "layer"}),
+    "actmax": frozenset({"layer", "channels", "steps", "size", "objective", "simple", "precision"}),
+}
+MAX_K = 64  # images drawn per row (neighbours of a query, patches of a channel)
+_DEFAULTS = {"images": [], "simple": False, "precision": "auto"}
+
+
+def check_request(req: VisualizeRequest) -> None:
+    """Refuse, before any work, options the method does not read and values that cannot parse."""
+    from convlens.cli import checks
+
+    _runner(req.method)
+    takes = METHOD_OPTIONS.get(req.method)
+    if takes is not None:
+        given = [
+            name
+            for name in ("layer", "images", "target", "window", "stride", "channels", "steps",
+                         "size", "k", "count", "metric", "simple", "precision", "objective")
+            if getattr(req, name) != _DEFAULTS.get(name)
+        ]  # fmt: skip
+        extra = [n for n in given if n not in takes]
+        if extra:
+            flag = {"images": "--image"}.get(extra[0], f"--{extra[0]}")
+            allowed = ", ".join({"images": "--image"}.get(n, f"--{n}") for n in sorted(takes))
+            raise checks.UsageError(f"{flag} does not apply to {req.method} (it takes {allowed})")
+    if req.k is not None and req.k > MAX_K:
+        raise checks.UsageError(
+            f"--k {req.k}: at most {MAX_K} images per query or channel fit in a figure"
+        )
+    if req.channels is not None:
+        channels = req.parsed_channels([])
+        if not channels or min(channels) < 0:
+            raise checks.UsageError(f"--channels {req.channels!r}: expected e.g. 0-63 or 0,3,5")
+    for path in req.images:
+        if not path.is_file():
+            raise ConvlensError(f"--image {path}: no such file")
+    checks.output_dir(req.out)
+
+
+def _runner(name: str) -> Runner:
+    runners = _load_methods()
+    if name not in runners:
+        raise ConvlensError(
+            f"unknown method {name!r}; methods: {', '.join(sorted(runners))}."
+            + did_you_mean(name, runners)
+        )
+    return runners[name][0]
+
+
 def run_method(req: VisualizeRequest) -> list[Path]:
     """Dispatch a request to its runner (shared by the CLI and the report)."""
-    runners = _load_methods()
-    if req.method not in runners:
-        raise ConvlensError(
-            f"unknown method {req.method!r}; methods: {', '.join(sorted(runners))}."
-            + did_you_mean(req.method, runners)
-        )
+    runner = _runner(req.method)
     req.out.mkdir(parents=True, exist_ok=True)
-    return runners[req.method][0](req)
+    return runner(req)
 
 
 def register(app: typer.Typer) -> None:
@@ -173,17 +230,19 @@ def register(app: typer.Typer) -> None:
         layer: str | None = typer.Option(None, help="Layer name as in model.named_modules()."),
         image: list[Path] = typer.Option([], "--image", help="Query image file(s); repeatable."),
         out: Path = typer.Option(Path("visualizations"), help="Output folder for PNGs."),
-        target: int | None = typer.Option(None, help="Target class index (default: predicted)."),
-        window: int | None = typer.Option(None, help="Occlusion window (pixels)."),
-        stride: int | None = typer.Option(None, help="Occlusion stride (pixels)."),
+        target: int | None = typer.Option(
+            None, min=0, help="Target class index (default: predicted)."
+        ),
+        window: int | None = typer.Option(None, min=1, help="Occlusion window (pixels)."),
+        stride: int | None = typer.Option(None, min=1, help="Occlusion stride (pixels)."),
         channels: str | None = typer.Option(None, help="Channels, e.g. 0-63 or 0,3,5."),
-        steps: int | None = typer.Option(None, help="Optimisation steps (actmax)."),
-        size: int | None = typer.Option(None, help="Image size (actmax)."),
+        steps: int | None = typer.Option(None, min=0, help="Optimisation steps (actmax)."),
+        size: int | None = typer.Option(None, min=1, max=4096, help="Image size (actmax)."),
         k: int | None = typer.Option(
-            None, "--k", help="Neighbours per query / images per channel."
+            None, "--k", min=1, help="Neighbours per query / images per channel."
         ),
         count: int | None = typer.Option(
-            None, "--count", help="How many images or channels to use."
+            None, "--count", min=1, help="How many images or channels to use."
         ),
         metric: str | None = typer.Option(None, help="Feature distance: cosine or l2 (neighbors)."),
         objective: str | None = typer.Option(
@@ -195,7 +254,7 @@ def register(app: typer.Typer) -> None:
         ),
         save_data: bool = typer.Option(False, help="Also write the raw numbers (.npy / .json)."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
-        seed: int = typer.Option(0, help="Random seed."),
+        seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Random seed."),
         data_dir: Path | None = typer.Option(None, help="Where the run's data set lives."),
         model: str | None = so.model_option(),
         weights: str | None = so.weights_option(),
@@ -207,9 +266,7 @@ def register(app: typer.Typer) -> None:
 
         The network is a run directory (RUN_DIR) or any model named with --model, e.g. `convlens visualize --model torchvision:resnet50 --weights DEFAULT gradcam --image cat.jpg`.
         """
-        if (
-            method_name is None and model is not None
-        ):  # `visualize --model M gradcam`: one positional
+        if method_name is None and model is not None:  # `visualize --model M gradcam`
             run_dir, method_name = None, run_dir
         if method_name is None and run_dir in _load_methods():
             raise ConvlensError(
@@ -228,5 +285,14 @@ def register(app: typer.Typer) -> None:
             k=k, count=count, metric=metric, simple=simple, precision=precision, objective=objective,
             save_data=save_data, device=device, seed=seed, data_dir=data_dir,
         )  # fmt: skip
+        from convlens.cli import checks
+        from convlens.train.run_dir import read_run_json
+
+        check_request(req)
+        so.check_subject_args(req.run_dir, model, weights)
+        if req.run_dir is not None:  # a missing or foreign folder fails before the device is touched
+            read_run_json(req.run_dir)
+        checks.input_dir(data_dir, "--data-dir")
+        req.device = checks.device(device)
         for p in run_method(req):
             typer.echo(str(p))

@@ -35,6 +35,14 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __repr__(self) -> str:
+        # The dataclass default would print every pixel of `images`.
+        c, h, w = self.image_shape
+        return (
+            f"Dataset({self.name!r}, split={self.split!r}, {len(self):,} images {c}x{h}x{w}, "
+            f"{self.num_classes} classes)"
+        )
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """`(C, H, W)` of one image."""

@@ -22,9 +22,7 @@ import os
 import tarfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from convlens.errors import ConvlensError
+from convlens.progress import progress_bar
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -64,11 +63,49 @@ class ImageSource:
     def open(self) -> Image.Image:
         src: Any = self.path if self.path is not None else io.BytesIO(self.data or b"")
         try:
-            return Image.open(src)
+            return open_image(src, self.name)
         except (UnidentifiedImageError, OSError) as e:
             raise ConvlensError(
                 f"{self.name} is not an image Pillow can read ({e}); remove or replace it"
             ) from None
+
+
+# Pillow's guard against decompression bombs: it warns above this many pixels and refuses twice as
+# many. convlens keeps the limit and says it in one line instead of Pillow's warning.
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def open_image(src: Any, name: str) -> Image.Image:
+    """`Image.open(src)`, with Pillow's decompression-bomb warning as one clear note or error.
+
+    Raises:
+        ConvlensError: the image has more than twice :data:`MAX_PIXELS` pixels.
+        OSError, UnidentifiedImageError: as `Image.open`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(src)
+        except Image.DecompressionBombWarning:
+            pass
+        except Image.DecompressionBombError:
+            raise ConvlensError(
+                f"{name} has more than {2 * MAX_PIXELS / 1e6:.0f} megapixels, more than convlens "
+                "decodes (a guard against decompression bombs); resize it first"
+            ) from None
+    if hasattr(src, "seek"):
+        src.seek(0)
+    with warnings.catch_warnings():  # over MAX_PIXELS but under twice that: read it, noted once
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(src)
+    w, h = im.size
+    warnings.warn(
+        f"{name} is {w:,}x{h:,} ({w * h / 1e6:.0f} megapixels, over {MAX_PIXELS / 1e6:.0f}): "
+        "decoding it takes time and memory",
+        DataNotice,
+        stacklevel=2,
+    )
+    return im
 
 
 @dataclass
@@ -254,33 +291,6 @@ def decode_one(src: ImageSource, mode: str, size: tuple[int, int]) -> tuple[np.n
         return np.asarray(im2, dtype=np.uint8), resized
 
 
-@contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Any]:
-    """A transient Rich progress bar on stderr; yields `advance(n)`. Silent for small jobs."""
-    if not enabled or total < 5000:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as prog:
-        task = prog.add_task(description, total=total)
-        yield lambda n: prog.advance(task, n)
-
-
 def decode_images(
     sources: list[ImageSource],
     channels: int,
@@ -308,7 +318,11 @@ def decode_images(
         return resized
 
     total_resized = 0
-    with progress_bar(n, description) as advance, ThreadPoolExecutor(threads) as pool:
+    # Small jobs finish before a bar would be seen.
+    with (
+        progress_bar(n, description, enabled=n >= 5000) as advance,
+        ThreadPoolExecutor(threads) as pool,
+    ):
         for start, r in zip(range(0, n, chunk), pool.map(work, range(0, n, chunk)), strict=True):
             total_resized += r
             advance(min(chunk, n - start))

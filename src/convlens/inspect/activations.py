@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.features import evaluating, model_device
-from convlens.inspect.hooks import capture, get_layer
+from convlens.models.hooks import capture, evaluating, get_layer, model_device
+from convlens.validate import check_images
 
 # The layers that make a "conv/pool stage" of a CNN.
 STAGE_TYPES: tuple[type[nn.Module], ...] = (
@@ -20,16 +20,6 @@ STAGE_TYPES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveMaxPool2d,
     nn.LPPool2d,
 )
-
-
-def _as_batch(image: torch.Tensor) -> torch.Tensor:
-    if image.dim() == 3:
-        return image.unsqueeze(0)  # (1, C, H, W)
-    if image.dim() == 4 and image.shape[0] == 1:
-        return image
-    raise ValueError(
-        f"expected one image (C, H, W) or (1, C, H, W), got shape {tuple(image.shape)}"
-    )
 
 
 def stage_ends(shapes: dict[str, tuple[int, ...]], max_layers: int) -> list[str]:
@@ -54,28 +44,27 @@ def stage_ends(shapes: dict[str, tuple[int, ...]], max_layers: int) -> list[str]
 
 def activations(
     model: nn.Module,
-    image: torch.Tensor,
+    images: torch.Tensor,
     layers: Sequence[str] | None = None,
     *,
     max_layers: int = 12,
 ) -> dict[str, torch.Tensor]:
-    """The outputs of `layers` for one image, every channel.
+    """The outputs of `layers` for a batch of images, every channel.
 
     Args:
         model: any module.
-        image: normalised float `(C, H, W)` or `(1, C, H, W)` (what the model takes; see
-            `Run.normalize`).
+        images: normalised float `(N, C, H, W)` (what the model takes; see `Subject.normalize`).
         layers: names in `model.named_modules()`; default each conv/pool stage: every `Conv2d` and
             pooling layer that runs, or (more than `max_layers` of them) the last one of each spatial
             resolution.
         max_layers: the most layers chosen by default.
 
     Returns:
-        `{name: float32 (C, H, W) on the CPU}` in forward order; a layer with a flat output `(D,)` is
-        given as `(D, 1, 1)`. Outputs are copied when recorded, so in-place ops that follow (e.g.
+        `{name: float32 (N, C, H, W) on the CPU}` in forward order; a layer with a flat output
+        `(N, D)` is given as `(N, D, 1, 1)`. Outputs are copied when recorded, so in-place ops that follow (e.g.
         `ReLU(inplace=True)`) do not change them.
     """
-    x = _as_batch(image).to(model_device(model))
+    x = check_images(images).to(model_device(model))
     if layers is None:
         wanted = [n for n, m in model.named_modules() if n and isinstance(m, STAGE_TYPES)]
     else:
@@ -87,10 +76,10 @@ def activations(
     # `acts` is filled as the hooks fire, so its order is the forward order, whatever the module order.
     out: dict[str, torch.Tensor] = {}
     for name, a in acts.items():
-        a = a[0].float().cpu()
-        out[name] = a if a.dim() == 3 else a.reshape(-1, 1, 1)
+        a = a.float().cpu()
+        out[name] = a if a.dim() == 4 else a.reshape(a.shape[0], -1, 1, 1)
     if layers is None:
-        keep = stage_ends({k: tuple(v.shape) for k, v in out.items()}, max_layers)
+        keep = stage_ends({k: tuple(v.shape[1:]) for k, v in out.items()}, max_layers)
         return {k: out[k] for k in keep}
     missing = [n for n in wanted if n not in out]
     if missing:

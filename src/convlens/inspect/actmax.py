@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.fuse import fuse_conv_relu, trace_to
 from convlens.inspect.hooks import get_layer, truncated_forward
 from convlens.inspect.param import (
     IMAGENET_COLOR_SQRT,
@@ -127,7 +126,6 @@ def activation_maximization(
     precision: Precision | str = "auto",
     batch_size: int | None = None,
     fold_bn: bool = True,
-    fuse: bool = True,
 ) -> ActMaxResult:
     """Synthesise, for each channel, an input image that maximises it; all channels in one batch.
 
@@ -181,13 +179,6 @@ def activation_maximization(
             map per channel, so the outputs are the same up to float rounding, with one pass over the
             activations less per BatchNorm in the forward and in the backward. The model itself is
             not changed.
-        fuse: in simple mode under bf16 on a CPU, run the network traced with torch.fx, each ReLU
-            (and the residual add before it) applied inside the convolution that feeds it
-            (:func:`convlens.inspect.fuse.fuse_conv_relu`): fewer passes over the activations,
-            outputs checked against the network. Only under bf16, whose images differ from float32
-            ones anyway: in float32 the fused kernels round differently from the plain ones, and
-            over 20 normalised steps a ReLU on its threshold can flip, so `precision="fp32"` keeps
-            reproducing the plain float32 loop. Networks torch.fx cannot trace run as they are.
 
     Returns:
         An :class:`ActMaxResult`.
@@ -229,13 +220,9 @@ def activation_maximization(
     nhwc = False
 
     net = model  # what runs: the model, or a copy with BatchNorm folded into convolutions
-    fast: nn.Module | None = None  # simple mode, bf16 on a CPU: the model traced, conv + ReLU fused
 
     def forward(pixels: torch.Tensor, low: bool) -> torch.Tensor:
         x = (pixels - mean_t) / std_t  # the model sees normalised input
-        if fast is not None and low:  # no autocast: `fast` holds bf16 channels-last weights
-            x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-            return fast(x).to(dtype)
         if nhwc and low:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
@@ -248,10 +235,7 @@ def activation_maximization(
         bf16 = use_bf16(precision, dev, dtype, stats)
         # oneDNN's AMX convolutions run on NHWC; with NCHW input each convolution reorders its tensors.
         nhwc = bf16 and dev.type == "cpu"
-        if fuse and simple and bf16 and dev.type == "cpu" and dtype == torch.float32:
-            # folds BatchNorm itself; the model (not a folded copy) gives the final values
-            fast = _fused_copy(model, layer, (c_in, size, size))
-        if fold_bn and fast is None:
+        if fold_bn:
             net = fold_batchnorm(model, layer, (c_in, size, size), dev, dtype)
         bad = [c for c in chans if not 0 <= c < n_out]
         if bad:
@@ -559,26 +543,6 @@ def output_channels(
             _model_dtype(model),
             layer,
         )
-
-
-def _fused_copy(
-    net: nn.Module, layer: str | None, input_shape: tuple[int, int, int]
-) -> nn.Module | None:
-    """`net` up to `layer`, traced, with conv + (add +) ReLU fused (checked in float32 against `net`
-    on random input), then in bf16 and channels-last; None if it cannot be traced or fused."""
-    traced = trace_to(net, layer)
-    if traced is None:
-        return None
-    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = _forward_to(net, layer, example)
-    try:
-        fused = fuse_conv_relu(traced, example, want)
-    except Exception:  # an optional speed-up: whatever a model's modules do, the plain path works
-        return None
-    if fused is None:
-        return None
-    return fused.to(torch.bfloat16).to(memory_format=torch.channels_last)
 
 
 def _forward_to(model: nn.Module, layer: str | None, x: torch.Tensor) -> torch.Tensor:

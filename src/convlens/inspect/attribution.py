@@ -26,23 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.hooks import capture, get_layer
+from convlens.models.hooks import evaluating, get_layer
+from convlens.models.interface import default_layer
+from convlens.validate import check_images
 
-__all__ = ["default_cam_layer", "grad_cam", "guided_backprop", "guided_grad_cam", "saliency"]
+__all__ = ["grad_cam", "guided_backprop", "guided_grad_cam", "saliency"]
 
 Target = int | torch.Tensor | list[int] | None
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode for the block; each one's own flag restored afterwards."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, f in flags.items():
-            m.training = f
+# The one eval-mode helper, by the name the occlusion module imports.
+eval_mode = evaluating
 
 
 def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
@@ -85,7 +79,8 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None) -> t
     The absolute gradient of the target's logit with respect to each input pixel, maximised over
     channels: `(N, H, W)`. Equals ``Saliency(model).attribute(x, target, abs=True).amax(1)``.
     """
-    with eval_mode(model):
+    check_images(images)
+    with evaluating(model):
         return _input_grad(model, images, target).abs().amax(dim=1)
 
 
@@ -129,27 +124,9 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = Non
     The gradient of the target's logit with respect to the input, where every ``nn.ReLU`` module
     passes back only positive gradients through its open units. Equals Captum's ``GuidedBackprop``.
     """
-    with eval_mode(model), _guided_relus(model):
+    check_images(images)
+    with evaluating(model), _guided_relus(model):
         return _input_grad(model, images, target)
-
-
-def default_cam_layer(model: nn.Module, images: torch.Tensor | None = None) -> str:
-    """The usual Grad-CAM layer: the last `nn.Conv2d` (in `named_modules()` order).
-
-    With `images`, the last one whose output is larger than 1x1 (LeNet-5's C5 is 1x1, which
-    would give a constant map).
-    """
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ConvlensError(
-            f"{type(model).__name__} has no Conv2d layer; pass the Grad-CAM layer by name"
-        )
-    if images is None:
-        return convs[-1]
-    with torch.no_grad(), capture(model, convs) as acts:
-        model(images[:1])
-    spatial = [n for n in convs if n in acts and acts[n].shape[2] * acts[n].shape[3] > 1]
-    return spatial[-1] if spatial else convs[-1]
 
 
 def _layer_cam(model: nn.Module, images: torch.Tensor, target: Target, layer: str) -> torch.Tensor:
@@ -194,11 +171,14 @@ def grad_cam(
 
     The layer's channels weighted by the spatial mean of the target's gradient, summed, ReLU'd,
     then bilinearly upsampled to the input size: `(N, H, W)` (or the layer's `(N, h, w)` with
-    `upsample=False`). The default layer is :func:`default_cam_layer`. Equals Captum's ``LayerGradCam(model, layer).attribute(x, target,
-    relu_attributions=True)`` followed by ``LayerAttribution.interpolate(..., "bilinear")``.
+    `upsample=False`). The default layer is :func:`convlens.models.default_layer` for the images'
+    shape (LeNet-5's C5 is 1x1 and would give a constant map). Equals Captum's
+    ``LayerGradCam(model, layer).attribute(x, target, relu_attributions=True)`` followed by
+    ``LayerAttribution.interpolate(..., "bilinear")``.
     """
-    with eval_mode(model):
-        layer = layer or default_cam_layer(model, images)
+    check_images(images)
+    with evaluating(model):
+        layer = layer or default_layer(model, _shape(images))
         cam = _layer_cam(model, images, target, layer)
     if upsample:
         cam = F.interpolate(cam, size=tuple(images.shape[2:]), mode="bilinear")
@@ -212,9 +192,15 @@ def guided_grad_cam(
 
     Equals Captum's ``GuidedGradCam(model, layer).attribute(x, target)``.
     """
-    with eval_mode(model):
-        layer = layer or default_cam_layer(model, images)
+    check_images(images)
+    with evaluating(model):
+        layer = layer or default_layer(model, _shape(images))
         cam = _layer_cam(model, images, target, layer)
         with _guided_relus(model):
             guided = _input_grad(model, images, target)
     return guided * F.interpolate(cam, size=tuple(images.shape[2:]), mode="nearest")
+
+
+def _shape(images: torch.Tensor) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in images.shape[1:])
+    return c, h, w

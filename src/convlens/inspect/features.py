@@ -9,34 +9,17 @@ the size of the data set, and a model left in training mode is neither used nor 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from convlens import models
 from convlens.data import normalize
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` (and every submodule) in eval mode for the block, then restore each one's mode."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes.items():
-            m.training = training
+from convlens.errors import InputError
+from convlens.models.hooks import evaluating, get_layer, model_device, truncated_forward
+from convlens.progress import progress_bar
+from convlens.validate import check_images
 
 
 def batches(
@@ -45,20 +28,27 @@ def batches(
     """Slices `[start, stop)` covering `range(n)` in steps of `batch_size`; a Rich bar when `progress`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    starts = range(0, n, batch_size)
-    if not progress:
-        for s in starts:
+    with progress_bar(n, description or "batches", enabled=progress) as advance:
+        for s in range(0, n, batch_size):
             yield slice(s, min(s + batch_size, n))
-        return
-    from rich.console import Console
-    from rich.progress import Progress
+            advance(min(batch_size, n - s))
 
-    # On stderr and transient: stdout keeps only the CLI's output (the paths written).
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description or "batches", total=n)
-        for s in starts:
-            yield slice(s, min(s + batch_size, n))
-            bar.update(task, advance=min(batch_size, n - s))
+
+def check_data_images(
+    images: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> torch.Tensor:
+    """The boundary check of the data-set-wide methods: a data set's uint8 `(N, C, H, W)` pixels
+    with its `mean` and `std` (normalised per batch, on the device), or normalised float images."""
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        if images.ndim != 4:
+            raise InputError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
+        if mean is None or std is None:
+            raise InputError(
+                "uint8 images need the data set's mean and std to be normalised: pass mean=, std= "
+                "(the training split's), or a convlens Dataset"
+            )
+        return images
+    return check_images(images)
 
 
 def to_input(
@@ -74,7 +64,7 @@ def to_input(
     x = images.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
         if mean is None or std is None:
-            raise ValueError("uint8 images need the data set's mean and std to be normalised")
+            raise InputError("uint8 images need the data set's mean and std to be normalised")
         return normalize(x, mean, std)
     return x.float()
 
@@ -108,9 +98,7 @@ def extract_features(
     Returns:
         float32 `(N, D)` on the CPU.
     """
-    from convlens import models
-    from convlens.inspect.hooks import get_layer, truncated_forward
-
+    check_data_images(images, mean, std)
     if layer is not None:
         get_layer(model, layer)  # an unknown name fails before any work, listing the valid ones
     dev = torch.device(device) if device is not None else model_device(model)

@@ -6,14 +6,18 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.hooks import get_layer
+from convlens.models.hooks import get_layer
+from convlens.models.interface import conv_layers
+
+# Every convolution torch has (their common base class is private).
+CONV_TYPES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
+)  # fmt: skip
 
 
 def first_conv(model: nn.Module) -> str:
     """Name of the first `nn.Conv2d` in forward order (as `convlens.models.conv_layers` gives it)."""
-    from convlens import models
-
-    convs = models.conv_layers(model)
+    convs = conv_layers(model)
     if not convs:
         raise ConvlensError(f"{type(model).__name__} has no Conv2d layer")
     return next(iter(convs))
@@ -36,10 +40,8 @@ def filters(model: nn.Module, layer: str | None = None) -> torch.Tensor:
     name = layer if layer is not None else first_conv(model)
     module = get_layer(model, name)
     weight = getattr(module, "weight", None)
-    if not isinstance(module, nn.modules.conv._ConvNd) or not isinstance(weight, torch.Tensor):
-        from convlens import models
-
-        convs = ", ".join(models.conv_layers(model)) or "none"
+    if not isinstance(module, CONV_TYPES) or not isinstance(weight, torch.Tensor):
+        convs = ", ".join(conv_layers(model)) or "none"
         raise ConvlensError(
             f"layer {name!r} is a {type(module).__name__}, not a convolution; conv layers: {convs}"
         )

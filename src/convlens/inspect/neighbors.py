@@ -16,15 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convlens import models
 from convlens.data.dataset import Dataset
-from convlens.errors import ConvlensError
-from convlens.inspect.features import (
-    batches,
-    evaluating,
-    extract_features,
-    model_device,
-    to_input,
-)
+from convlens.errors import ConvlensError, InputError
+from convlens.inspect.features import batches, check_data_images, extract_features, to_input
+from convlens.models.hooks import evaluating, model_device
 
 Metric = Literal["cosine", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "l2")
@@ -92,7 +88,8 @@ def neighbors(
 
     Args:
         model: any module; features are its penultimate layer (`convlens.models.forward_features`).
-        queries: uint8 `(Q, C, H, W)` images, the data set's shape.
+        queries: uint8 `(Q, C, H, W)` images, the data set's shape. Pixel space is the raw pixels,
+            so this method (alone) takes the data set's uint8 pixels, not normalised images.
         dataset: a :class:`~convlens.data.Dataset` (usually the training split) or uint8 `(N, C, H, W)`.
         k: neighbours per query (at most N).
         metric: feature-space distance, `"cosine"` (1 - cosine similarity) or `"l2"`.
@@ -112,7 +109,13 @@ def neighbors(
         mean = mean if mean is not None else dataset.mean
         std = std if std is not None else dataset.std
     if mean is None or std is None:
-        raise ValueError("pass mean and std (the training split's) with a tensor data set")
+        raise InputError("pass mean and std (the training split's) with a tensor data set")
+    check_data_images(images, mean, std)
+    if not isinstance(queries, torch.Tensor) or queries.dtype != torch.uint8:
+        raise InputError(
+            "queries must be uint8 (Q, C, H, W) pixels like the data set's (pixel-space distances "
+            "are taken on the raw pixels)"
+        )
     if queries.shape[1:] != images.shape[1:]:
         raise ConvlensError(
             f"query images are {tuple(queries.shape[1:])} but the data set's are "
@@ -124,8 +127,6 @@ def neighbors(
     if k < 1:
         raise ConvlensError(f"k must be at least 1, got {k}")
     dev = torch.device(device) if device is not None else model_device(model)
-    from convlens import models
-
     # Queries: (Q, D) features and (Q, P) pixels. float64 so the pixel distances of integer values are
     # exact (sums of products below 2**53) and feature distances match a NumPy reference to ~1e-12.
     q_feat = extract_features(model, queries, mean=mean, std=std, device=dev).to(dev, torch.float64)

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convlens.anatomy.receptive_field import receptive_fields
 from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
-from convlens.inspect.features import batches, evaluating, model_device, to_input
-from convlens.inspect.hooks import get_layer, truncated_forward
+from convlens.inspect.features import batches, check_data_images, to_input
+from convlens.models.hooks import evaluating, get_layer, model_device, truncated_forward
+from convlens.models.interface import default_layer
 
 
 @dataclass
@@ -131,9 +133,10 @@ def top_patches(
 
     Args:
         model: any module.
-        layer: a name in `model.named_modules()`; None for `convlens.models.default_layer` (the last
-            conv layer).
-        dataset: a :class:`~convlens.data.Dataset` or uint8 `(N, C, H, W)` images.
+        layer: a name in `model.named_modules()`; None for :func:`convlens.models.default_layer`
+            (the last conv layer with a map larger than 1x1).
+        dataset: a :class:`~convlens.data.Dataset`, uint8 `(N, C, H, W)` images with `mean` and
+            `std`, or normalised float `(N, C, H, W)` images.
         channels: the first K channels (an int) or a list of channel numbers.
         n: images per channel.
         mean: normalisation mean in [0, 1] units; default the data set's.
@@ -145,17 +148,16 @@ def top_patches(
     Returns:
         :class:`TopPatches` (tensors on the CPU). Crop the pictures with :func:`crop_patches`.
     """
-    from convlens import models
-    from convlens.anatomy.receptive_field import receptive_fields
-
-    if layer is None:
-        layer = models.default_layer(model)
     images = dataset.images if isinstance(dataset, Dataset) else dataset
     if isinstance(dataset, Dataset):
         mean = mean if mean is not None else dataset.mean
         std = std if std is not None else dataset.std
-    if len(images) == 0:
+    if isinstance(images, torch.Tensor) and images.ndim == 4 and len(images) == 0:
         raise ConvlensError("the data set is empty")
+    check_data_images(images, mean, std)
+    if layer is None:
+        c, h, w = (int(s) for s in images.shape[1:])
+        layer = default_layer(model, (c, h, w))
     if n < 1:
         raise ConvlensError(f"need at least one image per channel, got {n}")
     chans, values, indices, flat_pos, (mh, mw) = rank_channels(

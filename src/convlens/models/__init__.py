@@ -16,6 +16,7 @@ from __future__ import annotations
 from convlens.models import lenet, alexnet, vgg, googlenet, resnet, cifar_resnet  # noqa: F401
 
 # isort: on
+from convlens.models.info import ModelInfo
 from convlens.models.interface import (
     ConvNet,
     classifier,
@@ -25,18 +26,16 @@ from convlens.models.interface import (
     reset_classifier,
 )
 from convlens.models.registry import (
-    ModelInfo,
     check_options,
     create,
     families,
     info,
-    load_weights,
     names,
     num_parameters,
-    read_state_dict,
     register_model,
     torchvision_names,
 )
+from convlens.models.weights import load_weights, read_state_dict
 
 __all__ = [
     "ConvNet",

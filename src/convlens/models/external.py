@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError, did_you_mean
+from convlens.models.info import ModelInfo
 from convlens.models.interface import reset_classifier
-from convlens.models.registry import ModelInfo, read_state_dict
+from convlens.models.weights import read_state_dict
 
 _AUX_BY_DEFAULT = ("googlenet", "inception_v3")
 

@@ -13,17 +13,20 @@ The functions below work on ANY module, so every tool works on torchvision and t
 - :func:`forward_features` — ours: ``model.forward_features``; timm: ``forward_head(...,
   pre_logits=True)``; any other module: the flattened INPUT of :func:`classifier`, recorded by a
   forward pre-hook, the forward being stopped there (later layers never run).
-- :func:`default_layer` — the last convolution outside auxiliary branches (names containing
-  ``aux``), the usual target for Grad-CAM and feature visualisation.
+- :func:`default_layer` — the one default layer of every tool: the last convolution (outside
+  auxiliary branches) whose output map is larger than 1x1.
 - :func:`reset_classifier` — a fresh final layer with another number of classes (fine-tuning).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.models.hooks import capture, evaluating, model_device, model_dtype, truncated_forward
 
 
 class ConvNet(nn.Module):
@@ -110,16 +113,13 @@ def reset_classifier(model: nn.Module, num_classes: int) -> None:
     setattr(parent, child, new.to(final.weight.device))
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the classifier's input has been recorded."""
-
-
 def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Penultimate features of `model` on `x`, ``(N, C, H, W) -> (N, D)`` (graph kept).
 
     Ours: ``model.forward_features(x)``. timm: ``model.forward_head(model.forward_features(x),
     pre_logits=True)``. Any other module: the input of :func:`classifier`, flattened to ``(N, D)``
-    (for torchvision's ResNet this is the pooled 2048-vector, for VGG the 4096-vector after FC7).
+    (for torchvision's ResNet this is the pooled 2048-vector, for VGG the 4096-vector after FC7),
+    the forward stopped there (:func:`~convlens.models.hooks.truncated_forward`).
     Call under ``torch.inference_mode()`` when no gradient is needed.
     """
     if isinstance(model, ConvNet):
@@ -128,35 +128,44 @@ def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     feats = getattr(model, "forward_features", None)
     if callable(head) and callable(feats):  # timm's interface
         return head(feats(x), pre_logits=True).flatten(1)
-    final = classifier(model)
-    recorded: list[torch.Tensor] = []
-
-    def pre_hook(_m: nn.Module, args: tuple[object, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            recorded.append(args[0])
-        raise _Stop
-
-    handle = final.register_forward_pre_hook(pre_hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not recorded:
-        raise ConvlensError(
-            f"the final layer of {type(model).__name__} did not run; cannot read its features"
-        )
-    return recorded[0].flatten(1)
+    return truncated_forward(model, classifier(model), x, at="input").flatten(1)
 
 
-def default_layer(model: nn.Module) -> str:
-    """Name of the last convolution of `model` outside auxiliary branches.
+def default_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
+    """The layer every tool looks at unless told otherwise: the last convolution with a map.
+
+    The rule: the last ``nn.Conv2d`` (in forward order) outside auxiliary branches (names containing
+    ``aux``) whose output for an `input_shape` image is larger than 1x1. A 1x1 map (LeNet-5's C5 on 28x28 digits) has no
+    *where*: its Grad-CAM is constant, its top patches are whole images, its receptive field the
+    whole input. So LeNet-5 gives C3 (``conv2``, 10x10), ResNet-20 ``layer3.2.conv2`` (8x8),
+    torchvision's ResNet-18 ``layer4.1.conv2`` (7x7 at 224), VGG-16 ``features.28``, GoogLeNet
+    ``inception5b.branch4.1.conv``. The CLI, the report and every method of
+    :mod:`convlens.inspect` use this function for their default layer.
+
+    Args:
+        model: any module.
+        input_shape: ``(C, H, W)`` of one input image. Without it the model is not run and the
+            last such convolution is returned whatever its map size.
 
     Raises:
         ConvlensError: the model has no ``nn.Conv2d``.
     """
     names = [n for n in conv_layers(model) if "aux" not in n.lower()]
     if not names:
-        raise ConvlensError(f"{type(model).__name__} has no Conv2d layer")
-    return names[-1]
+        raise ConvlensError(f"{type(model).__name__} has no Conv2d layer; pass a layer by name")
+    if input_shape is None:
+        return names[-1]
+    probe = torch.zeros(
+        1, *tuple(input_shape), device=model_device(model), dtype=model_dtype(model)
+    )
+    try:
+        with evaluating(model), torch.no_grad(), capture(model, names) as acts:
+            model(probe)
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConvlensError(
+            f"{type(model).__name__} cannot run on {tuple(input_shape)} images ({first})"
+        ) from None
+    # `acts` fills in the order the convolutions run: forward order, whatever the registration order
+    spatial = [n for n, a in acts.items() if a.dim() == 4 and a.shape[2] * a.shape[3] > 1]
+    return spatial[-1] if spatial else names[-1]

@@ -15,12 +15,10 @@ the paper's tanh and average subsampling in a few epochs (both available as opti
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.models.interface import ConvNet
-from convlens.models.lenet_kernels import conv_pool_relu
 from convlens.models.registry import register_model
 from convlens.models.tables import PAPERS
 
@@ -77,54 +75,6 @@ class LeNet5(ConvNet):
             raise self._input_size_error(x.shape[-2:])
         x = self.flatten(x)  # N x 120
         return self.act4(self.fc1(x))  # N x 84
-
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits of :meth:`forward`, computed with fewer and cheaper kernels (for training).
-
-        Same parameters, same function, same gradients (to float rounding); three rewrites, each
-        exact in real arithmetic, that together make a CPU training step ~2x faster:
-
-        - ReLU after max pooling instead of before. ReLU is monotone and the identity on positive
-          values, so ``pool(relu(x)) == relu(pool(x))`` exactly, and the gradient still reaches the
-          first maximum of each window (or nothing when the window is <= 0, as before). ReLU and its
-          gradient then touch a quarter of the C1/C3 values.
-        - C1 -> pooling -> ReLU and C3 -> pooling -> ReLU on CPU as one C kernel each, forward and
-          backward (:mod:`convlens.models.lenet_kernels`), where a C compiler is available:
-          oneDNN's kernels are made for many channels, and these blocks were most of the step.
-        - C5 as the linear layer it is: its 5x5 kernel covers the whole 5x5 S4 map, so the
-          convolution is one GEMM of the flattened map with the flattened kernel; oneDNN's
-          convolution kernels are several times slower for this shape.
-
-        It reads the layers' weights instead of calling the layers, so hooks on the submodules do
-        not fire: every inspection tool calls :meth:`forward`. Variants other than ReLU + max
-        pooling (the paper's tanh / average subsampling) run :meth:`forward` unchanged.
-        """
-        if not (isinstance(self.act1, nn.ReLU) and isinstance(self.pool1, nn.MaxPool2d)):
-            return self.forward(x)
-        c1, c3, c5 = self.conv1, self.conv2, self.conv3
-        block = conv_pool_relu(x, c1, self.pool1)  # one C pass, where it applies
-        if block is None:
-            x = F.conv2d(x, c1.weight, c1.bias, c1.stride, c1.padding)  # N x 6 x 28 x 28
-            x = F.max_pool2d(x, 2, 2).relu_()  # N x 6 x 14 x 14
-        else:
-            x = block
-        block = conv_pool_relu(x, c3, self.pool2)
-        if block is None:
-            x = F.conv2d(x, c3.weight, c3.bias)  # N x 16 x 10 x 10
-            x = F.max_pool2d(x, 2, 2).relu_()  # N x 16 x 5 x 5
-        else:
-            x = block
-        if x.shape[-2:] != c5.weight.shape[-2:]:
-            raise self._input_size_error(
-                (x.shape[-2] - c5.weight.shape[-2] + 1, x.shape[-1] - c5.weight.shape[-1] + 1)
-            )
-        # Flatten map and kernel in the same (H, W, C) order: free views when both are channels-last
-        # (the training layout), a small copy otherwise.
-        x = x.permute(0, 2, 3, 1).flatten(1)  # N x 400
-        w5 = c5.weight.permute(0, 2, 3, 1).flatten(1)  # 120 x 400
-        x = F.linear(x, w5, c5.bias).relu_()  # N x 120
-        x = F.linear(x, self.fc1.weight, self.fc1.bias).relu_()  # N x 84
-        return F.linear(x, self.fc2.weight, self.fc2.bias)  # N x classes
 
     def _input_size_error(self, c5_map: tuple[int, ...] | torch.Size) -> ConvlensError:
         side = 32 - 2 * self.padding

@@ -14,47 +14,23 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
 from convlens.errors import ConvlensError, did_you_mean
+from convlens.models.external import timm_info, timm_model, torchvision_info, torchvision_model
+from convlens.models.info import ModelInfo
+from convlens.models.weights import load_weights
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
 
 # Parameters every builder receives from `create`; all other keyword-only parameters are options.
 _COMMON = ("num_classes", "in_channels")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the registry knows of one architecture.
-
-    Attributes:
-        name: the registry name (``resnet20``).
-        family: the family it belongs to (``resnet-cifar``), one module per family.
-        paper: authors and year (``He et al. 2016``).
-        title: the paper's title.
-        input_size: the paper's input, ``(C, H, W)``.
-        num_classes: the paper's number of classes (the parameter counts of the papers use it).
-        description: one sentence on what the network is.
-        options: the builder's options and their defaults (``num_classes``/``in_channels`` excluded).
-    """
-
-    name: str
-    family: str
-    paper: str
-    title: str
-    input_size: tuple[int, int, int]
-    num_classes: int
-    description: str
-    options: dict[str, Any] = field(default_factory=dict)
-    builder: Callable[..., nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -150,12 +126,8 @@ def info(name: str) -> ModelInfo:
         ConvlensError: unknown name (the message lists close names).
     """
     if name.startswith(TORCHVISION_PREFIX):
-        from convlens.models.external import torchvision_info
-
         return torchvision_info(name[len(TORCHVISION_PREFIX) :])
     if name.startswith(TIMM_PREFIX):
-        from convlens.models.external import timm_info
-
         return timm_info(name[len(TIMM_PREFIX) :])
     if name not in _REGISTRY:
         raise _unknown(name)
@@ -245,8 +217,6 @@ def create(
     num_classes = _check_int("num_classes", num_classes)
     in_channels = _check_int("in_channels", in_channels)
     if name.startswith(TORCHVISION_PREFIX):
-        from convlens.models.external import torchvision_model
-
         return torchvision_model(
             name[len(TORCHVISION_PREFIX) :],
             num_classes=num_classes,
@@ -254,8 +224,6 @@ def create(
             **options,
         )
     if name.startswith(TIMM_PREFIX):
-        from convlens.models.external import timm_model
-
         return timm_model(
             name[len(TIMM_PREFIX) :], num_classes=num_classes, in_channels=in_channels, **options
         )
@@ -267,51 +235,6 @@ def create(
     if weights_path is not None:
         load_weights(model, weights_path, strict=True)
     return model
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local file: safetensors, or ``torch.load(weights_only=True)``.
-
-    A checkpoint that nests the weights under ``"state_dict"`` or ``"model"`` is unwrapped.
-
-    Raises:
-        ConvlensError: missing, corrupt or not a state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConvlensError(f"no weights file at {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors, pickle and zip errors all mean the same thing here
-        raise ConvlensError(f"{path} is not a readable weights file ({e})") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConvlensError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(state)
-
-
-def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
-    """Load a local state dict file into `model` (see :func:`read_state_dict`).
-
-    Raises:
-        ConvlensError: the file is unreadable or holds weights of another architecture.
-    """
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise ConvlensError(
-            f"{path} does not hold weights of {type(model).__name__} as built:\n{e}"
-        ) from None
 
 
 def num_parameters(
@@ -379,15 +302,15 @@ class _SkipInitOnMeta(TorchFunctionMode):
 
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    original = nn.Module.register_parameter
+    """Every parameter registered meanwhile moves to the meta device (torch's public global hook)."""
 
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
+    def to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> Any:
+        if param is None or param.device.type == "meta":
+            return None  # keep it as it is (a returned Parameter replaces the one registered)
+        return nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
 
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    handle = register_module_parameter_registration_hook(to_meta)
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        handle.remove()

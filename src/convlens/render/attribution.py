@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from convlens.render.common import overlay_heatmap, to_hwc
+from convlens.render.common import overlay_heatmap, subplots, to_hwc
 
 
 def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -54,7 +53,7 @@ def attribution_figure(
     """
     imgs, m = _np(images), _np(maps)
     n = len(imgs)
-    fig, axes = plt.subplots(n, 2, figsize=(2 * cell_inches, n * cell_inches + 0.4), squeeze=False)
+    fig, axes = subplots(n, 2, figsize=(2 * cell_inches, n * cell_inches + 0.4), squeeze=False)
     for i in range(n):
         a0, a1 = axes[i]
         a = to_hwc(images[i])
@@ -97,7 +96,7 @@ def occlusion_figure(
         att = att[:, 0]
     n = len(imgs)
     H, W = imgs.shape[2:]
-    fig, axes = plt.subplots(n, 3, figsize=(3 * cell_inches, n * cell_inches + 0.4), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(3 * cell_inches, n * cell_inches + 0.4), squeeze=False)
     for i in range(n):
         a0, a1, a2 = axes[i]
         a = to_hwc(images[i])

@@ -1,7 +1,9 @@
 """Shared drawing helpers: image grids, heat-map overlays, saving figures atomically.
 
 Everything here takes NumPy arrays or CPU tensors and returns matplotlib figures; nothing computes
-model outputs. The Agg backend is forced so drawing works without a display.
+model outputs. Figures are plain :class:`~matplotlib.figure.Figure` objects drawn by the Agg canvas
+(:func:`new_figure`, :func:`subplots`), never pyplot's global figure manager: importing or calling
+convlens changes no matplotlib backend, and works without a display.
 """
 
 from __future__ import annotations
@@ -9,13 +11,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from convlens.fileio import atomic_write_bytes
@@ -31,6 +32,21 @@ def to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return a
 
 
+def new_figure(**kwargs: Any) -> Figure:
+    """A figure on its own Agg canvas (`Figure`'s keyword arguments, e.g. `figsize`)."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def subplots(
+    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any
+) -> tuple[Figure, Any]:
+    """`pyplot.subplots` without pyplot: a :func:`new_figure` and its axes (`Figure.subplots`)."""
+    fig = new_figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def image_grid(
     images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor,
     *,
@@ -44,7 +60,7 @@ def image_grid(
     n = len(images)
     ncols = ncols or min(n, 8) or 1
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         nrows, ncols, figsize=(ncols * cell_inches, nrows * cell_inches + (0.4 if suptitle else 0)),
         squeeze=False,
     )  # fmt: skip
@@ -63,7 +79,7 @@ def image_grid(
 
 
 def overlay_heatmap(
-    ax: plt.Axes,
+    ax: Axes,
     image: torch.Tensor | np.ndarray,
     heat: np.ndarray,
     *,
@@ -83,15 +99,15 @@ def overlay_heatmap(
 
 
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
-    """Render `fig` to PNG bytes and close it."""
+    """Render `fig` to PNG bytes (a figure outside pyplot needs no closing: it is freed with its
+    last reference)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write `fig` as a PNG atomically, close it, and return the path."""
+    """Write `fig` as a PNG atomically and return the path."""
     path = Path(path)
     atomic_write_bytes(path, figure_png(fig, dpi=dpi))
     return path

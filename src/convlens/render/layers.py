@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from convlens.render.common import to_hwc
+from convlens.render.common import new_figure, subplots, to_hwc
 
 Array = np.ndarray | torch.Tensor
 
@@ -24,7 +25,7 @@ def _np(a: Array) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def _show(ax: plt.Axes, image: Array) -> None:
+def _show(ax: Axes, image: Array) -> None:
     """Draw one uint8 `(C, H, W)` image (grey for one channel) without axes."""
     a = to_hwc(image)
     ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
@@ -65,7 +66,7 @@ def filters_figure(
     )
     if c_in == 3:
         rows, cols = _grid_shape(len(w))
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.5), squeeze=False)
+        fig, axes = subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.5), squeeze=False)
         for i, ax in enumerate(axes.flat):
             ax.set_axis_off()
             if i < len(w):
@@ -80,9 +81,7 @@ def filters_figure(
         rows, cols = len(w), min(c_in, max_inputs)
         cells = [(i, j) for i in range(rows) for j in range(cols)]
     size = 0.7 if c_in > 1 else 0.9
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * size + 1.0, rows * size + 0.5), squeeze=False
-    )
+    fig, axes = subplots(rows, cols, figsize=(cols * size + 1.0, rows * size + 0.5), squeeze=False)
     im = None
     for ax in axes.flat:
         ax.set_axis_off()
@@ -134,7 +133,7 @@ def activations_figure(
         else _grid_shape(min(len(_np(a)), max_channels), cols)[0] + 0.35
         for _, a in layers
     ]
-    fig = plt.figure(figsize=(cols * 1.0, sum(heights)))
+    fig = new_figure(figsize=(cols * 1.0, sum(heights)))
     subs = list(
         np.ravel(np.asarray(fig.subfigures(len(heights), 1, height_ratios=heights), dtype=object))
     )
@@ -209,7 +208,7 @@ def neighbors_figure(
     fi, pi = _np(feature_images), _np(pixel_images)
     nq, k = fi.shape[:2]
     cols = 1 + k + 1 + k  # query | feature neighbours | gap | pixel neighbours
-    fig, axes = plt.subplots(nq, cols, figsize=(cols * 1.05, nq * 1.2 + 0.6), squeeze=False)
+    fig, axes = subplots(nq, cols, figsize=(cols * 1.05, nq * 1.2 + 0.6), squeeze=False)
     for r in range(nq):
         for ax in axes[r]:
             ax.set_axis_off()
@@ -250,8 +249,8 @@ def tsne_scatter(
         point_size: marker area in points^2.
     """
     c, y = _np(coords), _np(labels).astype(int)
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    fig, ax = subplots(figsize=(7.5, 6.5))
     for k, name in enumerate(classes):
         sel = y == k
         if sel.any():
@@ -289,7 +288,7 @@ def tsne_image_grid(
             if g[r, c] >= 0:
                 canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = to_hwc(images[int(g[r, c])])
     side = 9.0
-    fig, ax = plt.subplots(figsize=(side, side * rows / cols + 0.4))
+    fig, ax = subplots(figsize=(side, side * rows / cols + 0.4))
     ax.imshow(
         canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
     )
@@ -321,7 +320,7 @@ def top_patches_figure(
     """
     p, v = _np(crops), _np(values)
     k, n = p.shape[:2]
-    fig, axes = plt.subplots(k, n + 1, figsize=((n + 1) * 0.95, k * 1.0 + 0.5), squeeze=False)
+    fig, axes = subplots(k, n + 1, figsize=((n + 1) * 0.95, k * 1.0 + 0.5), squeeze=False)
     for r in range(k):
         for ax in axes[r]:
             ax.set_axis_off()
@@ -356,7 +355,7 @@ def top_images_figure(
     """
     im, b, v = _np(images), _np(boxes), _np(values)
     k, n = im.shape[:2]
-    fig, axes = plt.subplots(k, n + 1, figsize=((n + 1) * 0.95, k * 1.0 + 0.5), squeeze=False)
+    fig, axes = subplots(k, n + 1, figsize=((n + 1) * 0.95, k * 1.0 + 0.5), squeeze=False)
     for r in range(k):
         for ax in axes[r]:
             ax.set_axis_off()
@@ -423,7 +422,7 @@ def erf_figure(
     t, left, btm, right = rf_box
     theory = np.zeros_like(e)
     theory[max(t, 0) : max(min(btm, h), 0), max(left, 0) : max(min(right, w), 0)] = 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.3))
+    fig, axes = subplots(1, 2, figsize=(8.5, 4.3))
     im0 = axes[0].imshow(e, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     axes[1].imshow(theory, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     for ax in axes:

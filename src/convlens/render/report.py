@@ -162,7 +162,7 @@ def build_report(
         t = time.perf_counter()
         out = SectionOutcome(spec.id, spec.title, spec.intro, "ok")
         try:
-            with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng():
+            with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=[]):
                 warnings.simplefilter("always")
                 torch.manual_seed(ctx.options.seed)  # each section's randomness, reproducible alone
                 result = spec.build(ctx)

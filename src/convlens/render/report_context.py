@@ -100,33 +100,13 @@ class ReportContext:
         """Name of the first conv layer."""
         return next(iter(self.conv_layers()))
 
-    def last_conv(self) -> str:
-        """Name of the last conv layer (the default layer of most inspection methods)."""
-        self.conv_layers()
-        from convlens import models
-
-        return str(models.default_layer(self.model))
-
     def spatial_conv(self) -> str:
-        """The last conv layer whose output is a map larger than 1x1.
-
-        The usual default (the last conv layer) can be a 1x1 map, as LeNet-5's C5: every unit then sees
-        the whole image, and Grad-CAM, top patches and the receptive field say nothing about *where*.
-        """
+        """The default layer of every method: :func:`convlens.models.default_layer` (the last conv
+        layer whose output is a map larger than 1x1; LeNet-5's C5 is 1x1)."""
         if "spatial_conv" not in self._cache:
-            convs = self.conv_layers()
-            choice = self.last_conv()
-            try:
-                rows = self.summary().layers
-                spatial = [
-                    r.name
-                    for r in rows
-                    if r.name in convs and len(r.output_shape) == 3 and min(r.output_shape[1:]) > 1
-                ]
-                choice = spatial[-1] if spatial else choice
-            except Unavailable:
-                pass
-            self._cache["spatial_conv"] = choice
+            from convlens import models
+
+            self._cache["spatial_conv"] = models.default_layer(self.model, self.input_shape)
         return str(self._cache["spatial_conv"])
 
     # -- images -------------------------------------------------------------------------------------

@@ -328,10 +328,10 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
     ds = ctx.images()
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
-        acts = activations(ctx.model, ctx.normalize(ds.images[i : i + 1])[0], max_layers=6)
+        batch = activations(ctx.model, ctx.normalize(ds.images[i : i + 1]), max_layers=6)
         acts = {
-            k: v for k, v in acts.items() if v.shape[-1] > 1 or v.shape[-2] > 1
-        }  # maps, not vectors
+            k: v[0] for k, v in batch.items() if v.shape[-1] > 1 or v.shape[-2] > 1
+        }  # (C, H, W) maps, not vectors
         if not acts:
             raise Unavailable("no layer of the model produces a spatial feature map.")
         label = ctx.image_title(ds, i)

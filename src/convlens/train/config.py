@@ -7,6 +7,7 @@ checkpoint, so a run can be resumed and reproduced from its directory alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConvlensError` naming the first option that makes no sense."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConvlensError(f"{f.name.replace('_', ' ')} must be a finite number, not {v}")
         if self.epochs < 1:
             raise ConvlensError(f"epochs must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
@@ -84,6 +89,21 @@ class TrainConfig:
             raise ConvlensError(f"label smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.weight_decay < 0 or self.warmup < 0 or self.momentum < 0:
             raise ConvlensError("weight decay, warm-up and momentum cannot be negative")
+        if self.momentum >= 1:
+            what = "AdamW's beta1 (--momentum)" if self.optimizer == "adamw" else "SGD momentum"
+            raise ConvlensError(f"{what} must be in [0, 1), not {self.momentum}")
+        if self.warmup > self.epochs:
+            raise ConvlensError(
+                f"the warm-up ({self.warmup:g} epochs) is longer than the training "
+                f"({self.epochs} epoch{'' if self.epochs == 1 else 's'}): the learning rate would never reach its peak; "
+                "shorten --warmup or train for more --epochs"
+            )
+        if not 0 <= self.seed < 2**63:
+            raise ConvlensError(f"seed must be in [0, 2**63), not {self.seed}")
+        if not self.checkpoint_every_s > 0:
+            raise ConvlensError(
+                f"checkpoint interval must be a positive number of seconds, not {self.checkpoint_every_s}"
+            )
         for a in self.augmentations:
             if a not in AUGMENTS:
                 raise ConvlensError(

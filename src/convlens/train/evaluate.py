@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def evaluate(
         ConvlensError: the data set does not fit the run's model; `flip` for a run trained without flips.
     """
     from convlens import data as datasets
+    from convlens.data import DataNotice
 
     if not isinstance(run, Run):
         run = load_run(run, device=device)
@@ -124,6 +126,20 @@ def evaluate(
     if ds.num_classes != k:
         raise ConvlensError(
             f"{name} has {ds.num_classes} classes, but {run.path}'s model tells {k} apart"
+        )
+    if list(ds.classes) != list(run.data.classes):
+        differ = [(a, b) for a, b in zip(ds.classes, run.data.classes, strict=True) if a != b]
+        raise ConvlensError(
+            f"{name}'s classes differ from those {run.path} was trained on "
+            f"(label {ds.classes.index(differ[0][0])}: {differ[0][0]!r} here, {differ[0][1]!r} "
+            "in the run): its accuracy would be meaningless"
+        )
+    if run.data.name == "sample" and name == "fashion-mnist" and split == "test":
+        warnings.warn(
+            "the sample data set is drawn from Fashion-MNIST's test split, so this run was trained "
+            "on some of these test images: the accuracy overstates how well it generalises",
+            DataNotice,
+            stacklevel=2,
         )
     if tta not in TTAS:
         raise ConvlensError(

@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from convlens.errors import ConvlensError
-from convlens.fileio import atomic_write_json, atomic_write_text
+from convlens import interrupts
+from convlens.errors import ConvlensError, Interrupted
+from convlens.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from convlens.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convlens.train.config import RESUMABLE_CHANGES, TrainConfig
+from convlens.train.lock import run_lock
 from convlens.train.progress import Reporter
 from convlens.train.recipes import recipe
 from convlens.train.run_dir import (
@@ -100,13 +102,28 @@ def fit(
 
     Raises:
         ConvlensError: bad options, data that does not fit the model, a directory holding another
-            run, a missing or corrupt checkpoint; :class:`TrainingDiverged` on a NaN/inf loss.
+            run (or being written by another process), a missing or corrupt checkpoint;
+            :class:`TrainingDiverged` on a NaN/inf loss.
+        Interrupted: Ctrl-C (or the CLI's SIGTERM) stopped the run at a batch boundary after writing
+            a checkpoint there; the message says how to resume.
     """
     out = Path(out)
     saved: dict[str, Any] | None = None
     if resume:
         saved = _check_resumable(out, model, data, model_options)
         if saved["raw"].get("status") == "complete" and (out / WEIGHTS).is_file():
+            old = saved["config"].to_dict()
+            changed = sorted(
+                k
+                for k, v in (overrides or {}).items()
+                if k not in RESUMABLE_CHANGES and old.get(k) != v
+            )
+            if changed:
+                raise ConvlensError(
+                    f"{out} is a finished run; --resume cannot change "
+                    f"{', '.join(k.replace('_', '-') for k in changed)}. "
+                    "Train a new run into another --out instead"
+                )
             if progress:
                 (console or Console(stderr=True)).print(f"{out} is already complete; nothing to do")
             return load_run(out)
@@ -131,17 +148,20 @@ def fit(
         cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, threads=cfg.threads
     )
     try:
-        _train(
-            rt,
-            model,
-            data,
-            out=out,
-            cfg=cfg,
-            model_options=dict(model_options or {}),
-            data_root=None if data_root is None else str(data_root),
-            checkpoint=saved["checkpoint"] if saved else None,
-            reporter_args={"enabled": progress and rt.is_main, "console": console},
-        )
+        # One writer per run directory; a signal stops the loop at the next batch boundary.
+        lock = run_lock(out) if rt.is_main else contextlib.nullcontext()
+        with lock, interrupts.deferred():
+            _train(
+                rt,
+                model,
+                data,
+                out=out,
+                cfg=cfg,
+                model_options=dict(model_options or {}),
+                data_root=None if data_root is None else str(data_root),
+                checkpoint=saved["checkpoint"] if saved else None,
+                reporter_args={"enabled": progress and rt.is_main, "console": console},
+            )
         rt.barrier()  # the other ranks read what rank 0 wrote
     finally:
         rt.close()
@@ -293,6 +313,7 @@ def _train(
     test = datasets.load(data_name, split="test", root=data_root)
     # Limits take images from every class (class-ordered folders such as CIFAR-10's JPEG tree).
     train_x, train_y = train.head(cfg.limit_train)
+    _check_classes(data_name, train.classes, train_y, cfg.limit_train)
     # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.
     test_x, test_y = (t[rt.rank :: rt.world_size] for t in test.head(cfg.limit_test))
     if cfg.batch_size % rt.world_size:
@@ -425,6 +446,15 @@ def _train(
             atomic_write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": msg})
         return TrainingDiverged(msg)
 
+    def interrupted(where: str) -> Interrupted:
+        """Mark the run interrupted; the exception says where it stopped and how to go on."""
+        if rt.is_main:
+            atomic_write_json(out / RUN_JSON, {**run_json, "status": "interrupted"})
+        return interrupts.stop(
+            f"{where}; checkpoint saved. Resume with: "
+            f"convlens train {model_name} --data {data_name} --out {out} --resume"
+        )
+
     reporter = Reporter(
         epochs=cfg.epochs,
         tensorboard_dir=out / "tensorboard" if rt.is_main else None,
@@ -433,7 +463,8 @@ def _train(
     if checkpoint is not None:
         reporter.print(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
     reporter.print(
-        f"training {model_name} on {data_name}: {len(train_x):,} images, {cfg.epochs} epochs, "
+        f"training {model_name} on {data_name}: {len(train_x):,} images, "
+        f"{_plural(cfg.epochs, 'epoch')}, "
         f"batch {global_batch}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
         f"augment {cfg.augment}, {rt.device}"
         + (f" x {rt.world_size} processes" if rt.world_size > 1 else "")
@@ -481,13 +512,18 @@ def _train(
                     # Ranks agree on whether a loss went bad and whether a checkpoint is due.
                     local_loss = sums[0]
                     due = time.monotonic() - last_checkpoint >= cfg.checkpoint_every_s
+                    stop = interrupts.requested() is not None
                     flags = torch.stack(
-                        [(~torch.isfinite(local_loss)).double(), local_loss.new_tensor(float(due))]
+                        [
+                            (~torch.isfinite(local_loss)).double(),
+                            local_loss.new_tensor(float(due)),
+                            local_loss.new_tensor(float(stop)),
+                        ]
                     )
-                    bad, due = (bool(v > 0) for v in rt.sum(flags).tolist())
+                    bad, due, stop = (bool(v > 0) for v in rt.sum(flags).tolist())
                     if bad:
                         raise diverged(f"in epoch {epoch + 1}, step {pos.step}")
-                    if due and pos.batch < steps_per_epoch:
+                    if (due or stop) and pos.batch < steps_per_epoch:
                         # The checkpoint holds global sums; a resume restores them on rank 0 only.
                         total = rt.sum(sums)
                         _check_finite(total, model, diverged, f"in epoch {epoch + 1}")
@@ -496,6 +532,11 @@ def _train(
                         if rt.is_main:
                             save_checkpoint(out / CHECKPOINT, state_dict())
                         last_checkpoint = time.monotonic()
+                        if stop:
+                            raise interrupted(
+                                f"in epoch {epoch + 1}/{cfg.epochs} after batch "
+                                f"{pos.batch}/{steps_per_epoch}"
+                            )
                 now = time.perf_counter()
                 if reporter.enabled and now - last_refresh > 0.25:
                     last_refresh = now
@@ -535,17 +576,18 @@ def _train(
                 _write_metrics(out, pos.history)
             last_checkpoint = time.monotonic()
             reporter.end_epoch(row)
+            asked = torch.tensor([float(interrupts.requested() is not None)], device=rt.device)
+            if epoch + 1 < cfg.epochs and bool(rt.sum(asked)[0] > 0):
+                raise interrupted(f"after epoch {epoch + 1}/{cfg.epochs}")
     finally:
         reporter.close()
 
     if rt.is_main:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # save_file writes in place; write beside, then rename, so a crash never leaves half a file.
-        tmp = out / f".{WEIGHTS}.tmp"
-        save_file(weights, str(tmp))
-        tmp.replace(out / WEIGHTS)
+        # Serialised in memory, then written beside and renamed: never half a file, mode 0644.
+        atomic_write_bytes(out / WEIGHTS, save(weights))
         last = pos.history[-1] if pos.history else {}
         atomic_write_json(
             out / RUN_JSON,
@@ -561,9 +603,30 @@ def _train(
             },
         )
         reporter.print(
-            f"done: test accuracy {last.get('test_acc', float('nan')):.2%} after "
-            f"{len(pos.history)} epochs, {last.get('elapsed_s', 0.0):.0f} s -> {out}"
+            f"done: {_plural(len(pos.history), 'epoch')} in {last.get('elapsed_s', 0.0):.0f} s"
         )
+
+
+def _check_classes(data: str, classes: list[str], labels: torch.Tensor, limit: int | None) -> None:
+    """A classifier needs two classes or more, and training images of every class it names."""
+    if len(classes) < 2:
+        raise ConvlensError(
+            f"{data} has {len(classes)} class{'' if len(classes) == 1 else 'es'} "
+            f"({', '.join(classes) or 'none'}); a classifier needs at least two"
+        )
+    counts = torch.bincount(labels.long(), minlength=len(classes))  # (K,) images per class
+    empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+    if empty:
+        why = f" within --limit-train {limit}" if limit is not None else ""
+        raise ConvlensError(
+            f"class {empty[0]!r} of {data} has no training images{why}"
+            + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + "; add images to it, or remove the empty class folder"
+        )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _check_finite(sums: torch.Tensor, model: nn.Module, diverged: Any, where: str) -> None:

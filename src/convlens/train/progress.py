@@ -55,12 +55,14 @@ class Reporter:
         """Open a transient bar for epoch `epoch` (0-based) of `batches` batches, `done` already run."""
         if not self.enabled or not self.console.is_terminal:
             return  # a bar in a log file is noise; the per-epoch lines say enough
+        # Fixed text takes ~60 columns ("epoch 10/10 1234/1234 loss 0.1234 acc  95.00% 12,345 img/s
+        # 0:01:02 ETA 0:00:10"); the bar gets what is left, so nothing is cut at 80 columns.
+        bar_width = max(5, min(40, self.console.width - 64))
         self._progress = Progress(
             TextColumn(f"epoch {epoch + 1}/{self.epochs}"),
-            BarColumn(),
+            BarColumn(bar_width=bar_width),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:6.2%}"),
-            TextColumn("{task.fields[ips]:>8,.0f} img/s"),
+            TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -68,14 +70,14 @@ class Reporter:
             transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task(
-            "train", total=batches, completed=done, loss=float("nan"), acc=0.0, ips=0.0
-        )
+        # No loss or accuracy until the first batches are in (not "loss nan acc 0.00%").
+        self._task = self._progress.add_task("train", total=batches, completed=done, stats="")
 
     def update(self, done: int, *, loss: float, acc: float, images_per_s: float) -> None:
         """Move the bar to `done` batches with the running loss and accuracy of the epoch."""
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=done, loss=loss, acc=acc, ips=images_per_s)
+            stats = f"loss {loss:.4f} acc {acc:6.2%} {images_per_s:>6,.0f} img/s"
+            self._progress.update(self._task, completed=done, stats=stats)
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         """Close the bar and print the epoch's summary line; log its scalars."""

@@ -132,6 +132,12 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
 
     path = Path(path)
     raw = read_run_json(path)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConvlensError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConvlensError(f"device {device}: PyTorch sees no CUDA device here; use cpu")
     m = raw["model"]
     model = models.create(m["name"], **m.get("options", {}))
     wfile = path / WEIGHTS

@@ -18,7 +18,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -140,23 +139,13 @@ class Runtime:
     def prepare(self, model: nn.Module, *, compile: bool = False) -> nn.Module:
         """Move `model` to the device (in place) and return the module to call in training.
 
-        The returned module may be a DDP wrapper and/or compiled, or, on one CPU process, a wrapper
-        that calls the model's ``forward_fused`` when it has one (the same function in cheaper
-        kernels, see :meth:`convlens.models.lenet.LeNet5.forward_fused`). Keep a reference to
-        `model` itself to save weights and to evaluate.
+        The returned module may be a DDP wrapper and/or compiled; it always runs the model's own
+        ``forward``. Keep a reference to `model` itself to save weights and to evaluate.
         """
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         wrapped: nn.Module = model
-        # Measured on CPU only; DDP must see its own forward and torch.compile traces `forward`.
-        if (
-            self.device.type == "cpu"
-            and self.world_size == 1
-            and not compile
-            and callable(getattr(model, "forward_fused", None))
-        ):
-            return FusedForward(model)
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -203,23 +192,3 @@ class Runtime:
         yield
         if self.is_main:
             self.barrier()
-
-
-class FusedForward(nn.Module):
-    """Calls ``model.forward_fused(x)``: what the training loop runs for models that offer one.
-
-    ``forward_fused`` computes the same function as ``forward`` but bypasses the submodules' calls
-    (so their hooks do not fire); the loop only needs the logits and their gradients.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, classes)`` of ``model`` for ``x`` ``(B, C, H, W)``."""
-        return cast(_HasForwardFused, self.model).forward_fused(x)
-
-
-class _HasForwardFused(Protocol):
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor: ...

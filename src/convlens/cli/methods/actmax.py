@@ -55,12 +55,12 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
         raise ConvlensError(
             f"--objective {objective!r} is not one of {', '.join(OBJECTIVES)}"
         )  # fmt: skip
-    # logit without --layer: the model's output, the class scores
-    layer = req.layer or (None if objective == "logit" else default_layer(model))
     c, h, _ = run.image_shape
     size = req.size if req.size is not None else h
     if size < 1:
         raise ConvlensError(f"--size must be a positive number of pixels, not {size}")
+    # logit without --layer: the model's output, the class scores
+    layer = req.layer or (None if objective == "logit" else default_layer(model, (c, size, size)))
     if req.steps is not None and req.steps < 0:
         raise ConvlensError(f"--steps must be >= 0, not {req.steps}")
     n = output_channels(model, layer, (c, size, size), device=req.device)

@@ -123,11 +123,12 @@ def run_guided_backprop(req: VisualizeRequest) -> list[Path]:
 
 @method("gradcam", help="Grad-CAM (Selvaraju et al. 2017) of --layer (default: last conv).")
 def run_gradcam(req: VisualizeRequest) -> list[Path]:
-    from convlens.inspect.attribution import default_cam_layer, grad_cam
+    from convlens.inspect.attribution import grad_cam
+    from convlens.models import default_layer
     from convlens.render.attribution import attribution_figure
 
     imgs, x, titles, target = _inputs(req)
-    layer = req.layer or default_cam_layer(req.subject.model, x)
+    layer = req.layer or default_layer(req.subject.model, tuple(x.shape[1:]))
     cam = grad_cam(req.subject.model, x, target, layer)
     fig = attribution_figure(imgs, cam, method=f"Grad-CAM {layer}", titles=titles)
     return _write(req, req.out / "gradcam.png", fig, cam)
@@ -135,11 +136,12 @@ def run_gradcam(req: VisualizeRequest) -> list[Path]:
 
 @method("guided-gradcam", help="Guided Grad-CAM: guided backprop times Grad-CAM of --layer.")
 def run_guided_gradcam(req: VisualizeRequest) -> list[Path]:
-    from convlens.inspect.attribution import default_cam_layer, guided_grad_cam
+    from convlens.inspect.attribution import guided_grad_cam
+    from convlens.models import default_layer
     from convlens.render.attribution import attribution_figure
 
     imgs, x, titles, target = _inputs(req)
-    layer = req.layer or default_cam_layer(req.subject.model, x)
+    layer = req.layer or default_layer(req.subject.model, tuple(x.shape[1:]))
     g = guided_grad_cam(req.subject.model, x, target, layer)
     fig = attribution_figure(
         imgs, g, method=f"guided Grad-CAM {layer}", titles=titles, signed_image=True

@@ -95,8 +95,9 @@ def run_activations(req: VisualizeRequest) -> list[Path]:
     x = run.normalize(images)
     max_channels = _positive(req.count, 32, "--count")
     paths = []
+    batch = activations(run.model, x, _layers_option(req))  # {layer: (N, C, H, W)}
     for i, (img, title) in enumerate(zip(images, titles, strict=True)):
-        acts = activations(run.model, x[i], _layers_option(req))  # {layer: (C, H, W)}
+        acts = {name: a[i] for name, a in batch.items()}  # {layer: (C, H, W)}
         fig = activations_figure(img, acts, title=title, max_channels=max_channels)
         paths.append(save_figure(fig, req.out / f"activations_{i}.png"))
         if req.save_data:
@@ -254,7 +255,7 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
     from convlens.render.layers import top_images_figure, top_patches_figure
 
     run = req.subject
-    layer = _single_layer(req) or models.default_layer(run.model)
+    layer = _single_layer(req) or models.default_layer(run.model, run.image_shape)
     channels: int | list[int] = (
         req.parsed_channels([]) if req.channels else _positive(req.count, 8, "--count")
     )
@@ -313,7 +314,7 @@ def run_erf(req: VisualizeRequest) -> list[Path]:
     from convlens.render.layers import erf_figure
 
     run = req.subject
-    layer = _single_layer(req) or models.default_layer(run.model)
+    layer = _single_layer(req) or models.default_layer(run.model, run.image_shape)
     n = _positive(req.count, 32, "--count")
     with console.status(f"effective receptive field of {layer} ({n} random inputs)"):
         erf = effective_receptive_field(run.model, layer, run.image_shape, n=n, seed=req.seed)

@@ -21,22 +21,8 @@ infinity); 1/2 instead of 2 keeps the entries small, which matters in float32: o
 error is ~4e-6 of the output's largest value (direct convolution: ~1e-6); tiles of 5 or more
 reach 1e-5-5e-4 and are not offered.
 
-The tile transforms run as generated C kernels (:mod:`convlens.inspect.ckernels`: one pass each,
-no padded copy, output written in place) where a C compiler is available, else as small
-Kronecker-product GEMMs on chunks of tiles that stay in cache. Buffers are reused across calls
-(fresh large tensors page-fault). Measured on this project's 2-core CPU (one process, difference
-form; repeating one layer keeps its weights in cache, which flatters mixed tiles, see
-:func:`plan`), per call on 104-125 occluded copies:
-
-==================  ============  ==================  =================
-map                 direct        torch transforms    C transforms
-==================  ============  ==================  =================
-7x7x512, 125        ~92 ms        64 ms               52 ms
-11x11x256 (valid)   50 ms         35 ms               28 ms
-28x28x128           91 ms         93 ms               65 ms
-==================  ============  ==================  =================
-
-With torch's transforms 128-channel layers gain nothing, with the compiled ones they do.
+The tile transforms run as small Kronecker-product GEMMs on chunks of tiles that stay in cache;
+buffers are reused across calls (fresh large tensors page-fault).
 """
 
 from __future__ import annotations
@@ -46,8 +32,6 @@ from functools import cache
 
 import numpy as np
 import torch
-
-from convlens.inspect import ckernels
 
 # Finite interpolation points per output tile size m (infinity is the last point).
 _POINTS: dict[int, tuple[float, ...]] = {
@@ -161,9 +145,6 @@ class Winograd3x3:
         # (mr, mc) -> (U, B, A) of that tile shape, see _transforms
         self._u: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._work = {} if workspace is None else workspace
-        # Compiled tile transforms (:mod:`convlens.inspect.ckernels`) when the channel counts suit
-        # their 16-float vectors; None: torch's transforms. Set it to None to compare the two.
-        self.kernels = ckernels.load() if self.C % 16 == 0 and self.K % 16 == 0 else None
 
     def _transforms(self, mr: int, mc: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For `mr x mc` tiles: `U (ar*ac, C, K)`, `B (ar*ac, ar*ac)`, `A (mr*mc, ar*ac)`, float32.
@@ -214,8 +195,6 @@ class Winograd3x3:
         """
         P, C, h, w = x.shape
         K = self.K
-        if self.kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu":
-            return self._call_compiled(x, (pad_top, pad_left), (out_h, out_w), x_ref, y_ref)
         runs_r, runs_c = plan(out_h, out_w, P)
         Hc = runs_r[-1][0] + runs_r[-1][1] * runs_r[-1][2]  # outputs the tiles cover (>= out_h)
         Wc = runs_c[-1][0] + runs_c[-1][1] * runs_c[-1][2]
@@ -252,63 +231,6 @@ class Winograd3x3:
         cropped = out[:, :out_h, :out_w]
         res = cropped.clone() if add is None else cropped + add
         return res.permute(0, 3, 1, 2)
-
-    def placed(
-        self,
-        d: torch.Tensor,
-        at: tuple[torch.Tensor, torch.Tensor],
-        window: tuple[int, int],
-        size: tuple[int, int],
-        y_ref: torch.Tensor,
-    ) -> torch.Tensor:
-        """`y_ref + conv(z)` for windows `z` of zeros holding a small rectangle each (compiled only).
-
-        `z[p]` is `(C, *window)`, zero but for `d[p]` `(C, h, w)` at row `at[0][p]`, column
-        `at[1][p]` (int32, may reach outside the window); the convolution is unpadded, of output
-        `size`. For occlusion: the change a patch makes, only inside its rectangle, is convolved
-        without building the windows.
-        """
-        return self._call_compiled(d, (0, 0), size, None, y_ref, window, at)
-
-    def _call_compiled(
-        self,
-        x: torch.Tensor,
-        pad: tuple[int, int],
-        size: tuple[int, int],
-        x_ref: torch.Tensor | None,
-        y_ref: torch.Tensor | None,
-        window: tuple[int, int] | None = None,
-        at: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """`__call__` (and `placed`) with the compiled transforms: no padded copy, output written
-        in place."""
-        assert self.kernels is not None
-        P, C = x.shape[:2]
-        out_h, out_w = size
-
-        def rows(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, H, W, C), C contiguous
-            t = t.permute(0, 2, 3, 1)
-            return t if t.stride(3) == 1 else t.contiguous()
-
-        xh = rows(x)
-        ref = None if x_ref is None else rows(x_ref.to(torch.float32))
-        add = None if y_ref is None else rows(y_ref.to(torch.float32))
-        bias = None if y_ref is not None or self.bias is None else self.bias.contiguous()
-        out = torch.empty(P, out_h, out_w, self.K, dtype=x.dtype)
-        runs_r, runs_c = plan(out_h, out_w, P)
-        for r0, qr, mr in runs_r:
-            for c0, qc, mc in runs_c:
-                u = self._transforms(mr, mc)[0]  # (points, C, K)
-                n = P * qr * qc
-                V = self._buffer("V", u.shape[0] * n * C).view(-1, n, C)
-                tiles = (qr, qc, mr, mc)
-                ckernels.input_transform(
-                    self.kernels, xh, ref, r0 - pad[0], c0 - pad[1], tiles, V, window, at
-                )
-                M = self._buffer("M", u.shape[0] * n * self.K).view(-1, n, self.K)
-                torch.bmm(V, u, out=M)
-                ckernels.output_transform(self.kernels, M, tiles, out, r0, c0, add, bias)
-        return out.permute(0, 3, 1, 2)  # (P, K, out_h, out_w), channels-last
 
     def _tiles(
         self,

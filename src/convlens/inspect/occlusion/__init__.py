@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (Zeiler & Fergus 2014), exact and fast.
+"""Occlusion sensitivity (Zeiler & Fergus 2014): one function, two paths behind it.
 
 Slide a window over the image, replace what it covers with a baseline value, and record how much the
 target class's score drops. Two forms come out of the same model evaluations:
@@ -12,19 +12,34 @@ target class's score drops. Two forms come out of the same model evaluations:
   image is covered, and the last window in each direction is cut off by the border when the stride
   does not divide `size - window` (so there are `ceil((size - window) / stride) + 1` positions).
 
-Speed: the occluded copies are evaluated by :class:`~convlens.inspect.incremental.IncrementalOcclusion`,
-which recomputes in each layer only the region a window can change (the KRYPTON idea), and on CPU
-runs the wide 3x3 layers that every window changes in full by Winograd's algorithm on the
-difference from the clean image (tile transforms in C where a compiler exists); ``engine="full"``
-evaluates whole copies instead, as every other library does. ResNet-18 at 224, window 16, stride 8:
-5.0-5.4x faster than Captum on a 2-core CPU, VGG-16 19x (``benchmarks/RESULTS.md``).
+The occluded copies are evaluated by one of two paths, and ``result.method`` says which ran:
+
+* ``"plain"`` (:mod:`.plain`): whole copies through the model, a batch at a time. The reference.
+* ``"incremental"`` (:mod:`.incremental`): the KRYPTON engine, which runs the model once on the
+  clean image and then recomputes, in each layer, only the rectangle a window can change.
+
+**Contract**: the incremental path equals the plain path to 1e-4 of the largest attribution (float
+rounding: other summation orders, BatchNorm folded into convolutions, Winograd's transforms). Tests
+hold both to Captum and to each other on LeNet-5, ResNet-18 and VGG-16.
+
+**Which path** (``method="auto"``, :func:`choose_method`): on a GPU always plain, since batched
+whole copies keep a GPU busy and the engine's many small gathers do not (it measured slower than
+Captum there); on a CPU the engine when the window covers at most a quarter of the image (its
+rectangles stay small in the early, expensive layers), plain otherwise, and plain for a model
+torch.fx cannot trace. ``method="plain"`` or ``"incremental"`` forces a path.
+
+**TF32 on CUDA**: both paths run with TF32 matrix products and cuDNN convolutions switched off (set
+for the call and restored after it): TF32 rounds inputs to 10-bit mantissas, which would swamp the
+small logit differences occlusion measures. Even in float32, GPU kernels sum in other orders, so on
+CUDA the two paths (and Captum) agree to 1e-3 of the largest attribution rather than 1e-4.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,9 +49,15 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.inspect.attribution import Target, eval_mode, resolve_targets
-from convlens.inspect.incremental import IncrementalOcclusion
+from convlens.inspect.occlusion.incremental import IncrementalOcclusion
+from convlens.inspect.occlusion.plain import occluded_outputs
 
-__all__ = ["OcclusionResult", "occlusion", "occlusion_positions"]
+__all__ = ["Method", "OcclusionResult", "choose_method", "occlusion", "occlusion_positions"]
+
+Method = Literal["plain", "incremental"]
+# The engine's rectangles stay small in the early layers only while a window covers at most this
+# fraction of the image; beyond it, nearly every layer is computed in full anyway.
+_INCREMENTAL_MAX_WINDOW_FRACTION = 0.25
 
 
 @dataclass
@@ -53,6 +74,7 @@ class OcclusionResult:
         logits: `(N, K)` clean logits.
         rows: `(gh, 2)` `[start, stop)` rows of each grid row's window.
         cols: `(gw, 2)` `[start, stop)` columns of each grid column's window.
+        method: which path computed it, "plain" or "incremental" (see :func:`choose_method`).
     """
 
     attribution: torch.Tensor
@@ -62,6 +84,7 @@ class OcclusionResult:
     logits: torch.Tensor
     rows: np.ndarray
     cols: np.ndarray
+    method: Method
 
     @property
     def probs(self) -> torch.Tensor:
@@ -87,12 +110,41 @@ def occlusion_positions(size: int, window: int, stride: int) -> np.ndarray:
     return np.stack([starts, np.minimum(starts + window, size)], axis=1)
 
 
+def choose_method(
+    device: torch.device | str, image_size: tuple[int, int], window: tuple[int, int]
+) -> Method:
+    """The path ``method="auto"`` takes: plain on CUDA; on CPU incremental for small windows.
+
+    Args:
+        device: where the model runs.
+        image_size: `(H, W)` of the images.
+        window: `(height, width)` of the occluding window.
+    """
+    if torch.device(device).type != "cpu":
+        return "plain"
+    fraction = (window[0] * window[1]) / (image_size[0] * image_size[1])
+    return "incremental" if fraction <= _INCREMENTAL_MAX_WINDOW_FRACTION else "plain"
+
+
 def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
     if isinstance(v, int):
         return v, v
     if len(v) != 2:
         raise ConvlensError(f"{what} must be an int or (height, width), got {v!r}")
     return int(v[0]), int(v[1])
+
+
+@contextmanager
+def tf32_off() -> Iterator[None]:
+    """Full float32 matrix products and convolutions on CUDA for the block, then as they were."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def occlusion(
@@ -103,11 +155,11 @@ def occlusion(
     stride: int | tuple[int, int] = 4,
     baseline: float | torch.Tensor = 0.0,
     *,
+    method: Literal["auto", "plain", "incremental"] = "auto",
     batch_size: int | None = None,
-    engine: Literal["incremental", "full"] = "incremental",
     progress: bool = False,
 ) -> OcclusionResult:
-    """Occlusion maps of `images` for `target`, computed incrementally (exact).
+    """Occlusion maps of `images` for `target`.
 
     The model is run in eval mode (its own training flags are restored afterwards) and without
     gradients. Example::
@@ -115,6 +167,7 @@ def occlusion(
         res = occlusion(model, x, window=16, stride=8)   # x: (N, C, H, W) normalised floats
         res.prob_drop[0]     # (gh, gw) Zeiler-Fergus grid for the predicted class of image 0
         res.attribution[0]   # (C, H, W) equals Captum's Occlusion
+        res.method           # "incremental" or "plain": the path that ran
 
     Args:
         model: a classifier returning `(N, K)` scores; any `nn.Module`.
@@ -124,9 +177,10 @@ def occlusion(
         stride: step between window positions, or (height, width); at most the window.
         baseline: value the occluded pixels take: a number, or a tensor broadcastable to
             `(N, C, H, W)` (e.g. the per-channel mean of the normalised data, `(C, 1, 1)`).
-        batch_size: occluded copies evaluated together (default: sized to keep each batch's
-            largest tensor around 24 MB).
-        engine: "incremental" (recompute only changed regions) or "full" (whole copies).
+        method: "auto" (:func:`choose_method`), or force "plain" or "incremental" (a model the
+            engine cannot trace then runs plain, with a warning).
+        batch_size: occluded copies evaluated together (default: the engine sizes batches to keep
+            each one's largest tensor near 24 MB; the plain path takes 64 on CPU, 256 on a GPU).
         progress: show a Rich progress bar on stderr.
 
     Returns:
@@ -135,6 +189,10 @@ def occlusion(
     if images.dim() != 4:
         raise ConvlensError(
             f"occlusion expects images (N, C, H, W), got shape {tuple(images.shape)}"
+        )
+    if method not in ("auto", "plain", "incremental"):
+        raise ConvlensError(
+            f"occlusion method must be 'auto', 'plain' or 'incremental', not {method!r}"
         )
     N, C, H, W = images.shape
     wh, ww = _pair(window, "window")
@@ -149,18 +207,20 @@ def occlusion(
         raise ConvlensError(
             f"baseline of shape {tuple(base.shape)} does not broadcast to the images {tuple(images.shape)}"
         ) from None
+    chosen: Method = choose_method(images.device, (H, W), (wh, ww)) if method == "auto" else method
+    cuda = images.device.type == "cuda"
 
-    with eval_mode(model), torch.inference_mode():
-        inc = (
-            IncrementalOcclusion(model, (C, H, W), rows, cols) if engine == "incremental" else None
-        )
-        if inc is not None and inc.gm is None:
-            warnings.warn(
-                f"occlusion: {inc.unsupported[0]}; every occluded copy is computed in full",
-                stacklevel=2,
-            )
-            inc = None
-        clean = model(images)
+    with eval_mode(model), torch.inference_mode(), tf32_off() if cuda else nullcontext():
+        engine = None
+        if chosen == "incremental":
+            engine = IncrementalOcclusion(model, (C, H, W), rows, cols)
+            if engine.gm is None:
+                warnings.warn(
+                    f"occlusion: {engine.unsupported[0]}; every occluded copy is computed in full",
+                    stacklevel=2,
+                )
+                engine, chosen = None, "plain"
+        clean = model(images)  # (N, K)
         if not isinstance(clean, torch.Tensor) or clean.dim() != 2 or clean.shape[0] != N:
             raise ConvlensError("occlusion needs a model that returns (N, classes) scores")
         tgt = resolve_targets(target, clean)
@@ -168,41 +228,18 @@ def occlusion(
         occluded_p = torch.empty_like(occluded)  # target probabilities
         with _progress(progress, N * gh * gw) as advance:
             for n in range(N):
-                x, b = images[n : n + 1], base[n : n + 1]
-                if inc is not None:
-                    cache, _ = inc.clean_pass(x)
-                    if n == 0 and inc.unsupported:
-                        warnings.warn(
-                            "occlusion: recomputed in full (not incrementally) for these ops: "
-                            + ", ".join(inc.unsupported),
-                            stacklevel=2,
-                        )
-                    # Batches whose largest tensor stays near 24 MB: bigger ones are mmap'd afresh
-                    # (page faults on every allocation) and run slower on CPU.
-                    per_patch = inc.bytes_per_patch(cache)
-                    bs = batch_size or int(np.clip((24 << 20) // per_patch, 16, 512))
-                    padded: dict[tuple[object, ...], torch.Tensor] = {}  # per image
-                    for patches in inc.iter_batches(gh * gw, bs):
-                        out = inc.run(cache, x, b, patches, padded)  # (P, K)
-                        flat = torch.as_tensor(
-                            patches[:, 0] * gw + patches[:, 1], device=out.device
-                        )
-                        occluded[n, flat] = out[:, tgt[n]]
-                        occluded_p[n, flat] = out.softmax(1)[:, tgt[n]]
-                        advance(len(patches))
-                    del cache, padded
+                x, b = images[n : n + 1], base[n : n + 1]  # (1, C, H, W) each
+                if engine is None:
+                    batches = occluded_outputs(
+                        model, x, b, rows, cols, batch_size or (256 if cuda else 64)
+                    )
                 else:
-                    bs = batch_size or 64
-                    for s in range(0, gh * gw, bs):
-                        idx = np.arange(s, min(s + bs, gh * gw))
-                        batch = x.repeat(len(idx), 1, 1, 1)
-                        for k, f in enumerate(idx):
-                            (r0, r1), (c0, c1) = rows[f // gw], cols[f % gw]
-                            batch[k, :, r0:r1, c0:c1] = b[0, :, r0:r1, c0:c1]
-                        out = model(batch)
-                        occluded[n, s : s + len(idx)] = out[:, tgt[n]]
-                        occluded_p[n, s : s + len(idx)] = out.softmax(1)[:, tgt[n]]
-                        advance(len(idx))
+                    batches = _incremental_outputs(engine, x, b, gh * gw, batch_size, first=n == 0)
+                for flat, out in batches:  # (P,) window indices, (P, K) outputs
+                    at = torch.as_tensor(flat, device=out.device)
+                    occluded[n, at] = out[:, tgt[n]]
+                    occluded_p[n, at] = out.softmax(1)[:, tgt[n]]
+                    advance(len(flat))
         ar = torch.arange(N, device=clean.device)
         logit_drop = (clean[ar, tgt][:, None] - occluded).reshape(N, gh, gw)
         prob_drop = (clean.softmax(1)[ar, tgt][:, None] - occluded_p).reshape(N, gh, gw)
@@ -216,7 +253,37 @@ def occlusion(
         logits=clean.clone(),
         rows=rows,
         cols=cols,
+        method=chosen,
     )
+
+
+def _incremental_outputs(
+    engine: IncrementalOcclusion,
+    image: torch.Tensor,
+    baseline: torch.Tensor,
+    n_windows: int,
+    batch_size: int | None,
+    first: bool,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """The engine's outputs for every occluded copy of one image: `(P,)` indices, `(P, K)` outputs."""
+    cache, _ = engine.clean_pass(image)
+    if first and engine.unsupported:
+        warnings.warn(
+            "occlusion: recomputed in full (not incrementally) for these ops: "
+            + ", ".join(engine.unsupported),
+            stacklevel=4,
+        )
+    # Batches whose largest tensor stays near 24 MB: bigger ones are mmap'd afresh (page faults on
+    # every allocation) and run slower on CPU.
+    per_patch = engine.bytes_per_patch(cache)
+    bs = batch_size or int(np.clip((24 << 20) // per_patch, 16, 512))
+    padded: dict[tuple[object, ...], torch.Tensor] = {}  # padded clean tensors, per image
+    gw = len(engine.cols)
+    for patches in engine.iter_batches(n_windows, bs):  # (P, 2) grid rows and columns
+        yield (
+            patches[:, 0] * gw + patches[:, 1],
+            engine.run(cache, image, baseline, patches, padded),
+        )
 
 
 def _per_pixel(
