@@ -290,7 +290,9 @@ def register(app: typer.Typer) -> None:
 
         check_request(req)
         so.check_subject_args(req.run_dir, model, weights)
-        if req.run_dir is not None:  # a missing or foreign folder fails before the device is touched
+        if (
+            req.run_dir is not None
+        ):  # a missing or foreign folder fails before the device is touched
             read_run_json(req.run_dir)
         checks.input_dir(data_dir, "--data-dir")
         req.device = checks.device(device)

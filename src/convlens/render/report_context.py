@@ -103,6 +103,7 @@ class ReportContext:
     def spatial_conv(self) -> str:
         """The default layer of every method: :func:`convlens.models.default_layer` (the last conv
         layer whose output is a map larger than 1x1; LeNet-5's C5 is 1x1)."""
+        self.conv_layers()  # a network without one says so first
         if "spatial_conv" not in self._cache:
             from convlens import models
 
