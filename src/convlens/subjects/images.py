@@ -76,6 +76,7 @@ def prepare(im: Image.Image, pre: Preprocess, name: str, notices: list[str]) -> 
         im = convert_mode(im, target)
     if pre.resize is None:
         if im.size != (w, h):
+            notices.append(f"{name}: resized {im.width}x{im.height} to {w}x{h}")
             im = im.resize((w, h), flt)
     else:
         rw, rh = _resized_size(im.width, im.height, pre.resize)
@@ -83,6 +84,10 @@ def prepare(im: Image.Image, pre: Preprocess, name: str, notices: list[str]) -> 
             raise InputError(
                 f"{name}: {im.width}x{im.height} is too elongated to resize its shorter side to "
                 f"{pre.resize} pixels ({rw}x{rh}); crop it first"
+            )
+        if (rw, rh, w, h) != (*im.size, *im.size):
+            notices.append(
+                f"{name}: resized {im.width}x{im.height} to {rw}x{rh}, centre {w}x{h} cropped"
             )
         if (rw, rh) != im.size:
             im = im.resize((rw, rh), flt)
