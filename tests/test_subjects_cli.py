@@ -99,14 +99,14 @@ def test_report_of_torchvision_alexnet_on_a_photo_folder(hub: Path, tmp_path: Pa
 def test_neither_or_both_is_one_clear_line(
     hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["report"]) == 1
-    assert "name the model" in flat(capsys.readouterr().err)
-    assert main(["report", str(tmp_path), "--model", "resnet20"]) == 1
+    assert main(["report"]) == 2
+    assert "Missing argument 'RUN_DIR'" in flat(capsys.readouterr().err)
+    assert main(["report", str(tmp_path), "--model", "resnet20"]) == 2
     assert "not both" in flat(capsys.readouterr().err)
-    assert main(["visualize", "gradcam"]) == 1
+    assert main(["visualize", "gradcam"]) == 2
     assert "name the model before gradcam" in flat(capsys.readouterr().err)
-    assert main(["visualize", "--model", "resnet20"]) == 1
-    assert "name a METHOD" in flat(capsys.readouterr().err)
+    assert main(["visualize", "--model", "resnet20"]) == 2
+    assert "Missing argument 'METHOD'" in flat(capsys.readouterr().err)
     assert main(["evaluate", "--model", "resnet20"]) == 1
     assert "--images" in flat(capsys.readouterr().err)
     assert main(["report", "--model", "torchvision:resnet18", "--weights", "DEFAULT"]) == 1

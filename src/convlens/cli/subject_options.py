@@ -106,17 +106,19 @@ def check_subject_args(run_dir: Path | None, model: str | None, weights: str | N
     Raises:
         InputError: what is wrong, in one line.
     """
+    from convlens.cli.checks import UsageError
+
     if run_dir is None and model is None:
-        raise InputError(
-            "name the model: a run directory (RUN_DIR), or --model SPEC (e.g. --model "
-            "torchvision:resnet18 --weights DEFAULT)"
+        raise UsageError(
+            "Missing argument 'RUN_DIR': name a run directory, or any model with --model SPEC "
+            "(e.g. --model torchvision:resnet18 --weights DEFAULT)"
         )
     if run_dir is not None and model is not None:
-        raise InputError(
+        raise UsageError(
             f"give RUN_DIR ({run_dir}) or --model ({model}), not both; a run directory is its own model"
         )
     if model is None and weights is not None:
-        raise InputError("--weights goes with --model; a run directory has its own weights")
+        raise UsageError("--weights goes with --model; a run directory has its own weights")
     if run_dir is not None and not run_dir.is_dir():
         raise InputError(
             f"no run directory at {run_dir}; train one with `convlens train MODEL --out {run_dir}`, "

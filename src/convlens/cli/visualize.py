@@ -268,14 +268,16 @@ def register(app: typer.Typer) -> None:
         """
         if method_name is None and model is not None:  # `visualize --model M gradcam`
             run_dir, method_name = None, run_dir
+        from convlens.cli import checks
+
         if method_name is None and run_dir in _load_methods():
-            raise ConvlensError(
-                f"name the model before {run_dir}: a run directory (RUN_DIR) or --model SPEC"
+            raise checks.UsageError(
+                f"Missing argument 'RUN_DIR': name the model before {run_dir}, a run directory or "
+                "--model SPEC"
             )
         if method_name is None:
-            raise ConvlensError(
-                "name a METHOD after RUN_DIR (or after --model ...): "
-                + ", ".join(sorted(_load_methods()))
+            raise checks.UsageError(
+                "Missing argument 'METHOD': one of " + ", ".join(sorted(_load_methods()))
             )
         req = VisualizeRequest(
             run_dir=Path(run_dir) if run_dir is not None else None, method=method_name, out=out,
@@ -285,7 +287,6 @@ def register(app: typer.Typer) -> None:
             k=k, count=count, metric=metric, simple=simple, precision=precision, objective=objective,
             save_data=save_data, device=device, seed=seed, data_dir=data_dir,
         )  # fmt: skip
-        from convlens.cli import checks
         from convlens.train.run_dir import read_run_json
 
         check_request(req)
