@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError, InputError, did_you_mean
+from convlens.models.weights import read_state_dict
 from convlens.subjects.core import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from convlens.subjects.weights import read_state_dict
 
 
 def _torchvision() -> Any:

@@ -39,6 +39,13 @@ import torch
 from torch import nn
 
 from convlens.errors import InputError, did_you_mean
+from convlens.models.weights import (
+    classifier_and_input_sizes,
+    is_torchscript,
+    load_into,
+    load_torchscript,
+    read_state_dict,
+)
 from convlens.subjects import hub
 from convlens.subjects.core import (
     IMAGENET_MEAN,
@@ -49,13 +56,6 @@ from convlens.subjects.core import (
     num_outputs,
 )
 from convlens.subjects.images import common_size, is_labelled, load_image_set
-from convlens.subjects.weights import (
-    classifier_and_input_sizes,
-    is_torchscript,
-    load_into,
-    load_torchscript,
-    read_state_dict,
-)
 
 _USER_CODE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w.]*):(?P<fn>[A-Za-z_]\w*)$")
 
