@@ -10,8 +10,10 @@ most 60 s.
 3. The report once more in this process, with the seconds each section took.
 
 `resnet18`. Target on a 2-core CPU: `convlens report --model torchvision:resnet18 --weights DEFAULT
---images DIR` with 64 photos at 224x224 in at most 120 s, every section shown. The photos are crops
-of scikit-learn's two bundled sample photos (china, flower), resized to 224x224; the weights file is
+--images DIR` with 64 photos at 224x224 in at most 120 s, every section shown (but the training
+curves: a model that is not a run has none). The photos are crops of scikit-learn's two bundled
+sample photos (china, flower), resized to 224x224, in class folders named as ImageNet's classes
+(palace/, daisy/) so that the confusion matrix applies; the weights file is
 a random-init ResNet-18 saved where torch hub keeps the real one (no network here; the time does not
 depend on the weights' values). One subprocess, exactly as a user runs it: wall time from start to
 exit, and the seconds of each section as the command prints them.
@@ -46,14 +48,21 @@ def convlens(*args: str) -> float:
     return time.perf_counter() - t
 
 
+# The two sample photos show a palace and a flower: class folders named as ImageNet's classes, so
+# that the confusion matrix applies too.
+PHOTO_CLASSES = ("palace", "daisy")
+
+
 def make_photos(folder: Path, n: int, seed: int = 0) -> None:
-    """`n` 224x224 JPEGs: random square crops (160-420 px) of the two bundled sample photos."""
+    """`n` 224x224 JPEGs in class folders: random square crops (160-420 px) of the two bundled
+    sample photos (china.jpg in palace/, flower.jpg in daisy/)."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images  # two (427, 640, 3) uint8 photos
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    for name in PHOTO_CLASSES:
+        (folder / name).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         a = photos[i % 2]
         s = int(rng.integers(160, 421))
@@ -61,7 +70,7 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> None:
         crop = Image.fromarray(a[y : y + s, x : x + s]).resize(
             (224, 224), Image.Resampling.BILINEAR
         )
-        crop.save(folder / f"photo{i:03d}.jpg", quality=92)
+        crop.save(folder / PHOTO_CLASSES[i % 2] / f"photo{i:03d}.jpg", quality=92)
 
 
 def resnet18_report(n_photos: int) -> None:
