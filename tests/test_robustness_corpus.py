@@ -438,11 +438,13 @@ def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
 def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
     ws: Path, tmp_path: Path
 ) -> None:
-    from convlens.render.report import open_run_dir
+    from convlens.errors import ConvlensError
+    from convlens.subjects import open_subject
 
     run = tmp_path / "run"
     shutil.copytree(ws / RUN, run)
     (run / "model.safetensors").write_bytes(b"\0" * 100)  # corrupt; checkpoint.pt is intact
-    ctx = open_run_dir(run)
-    assert not any("is missing" in p for p in ctx.problems), ctx.problems
-    assert any("model.safetensors could not be used" in p for p in ctx.problems), ctx.problems
+    with pytest.raises(ConvlensError) as err:
+        open_subject(str(run))  # what `convlens report RUN` opens
+    assert "missing" not in str(err.value)
+    assert "model.safetensors" in str(err.value) and "corrupt" in str(err.value)
