@@ -448,3 +448,20 @@ def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
         open_subject(str(run))  # what `convlens report RUN` opens
     assert "missing" not in str(err.value)
     assert "model.safetensors" in str(err.value) and "corrupt" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["attribution", "occlusion"])
+def test_cli_heat_maps_draw_uint8_images_as_the_report_does(kind: str) -> None:
+    """The CLI's figures once drew uint8 images cast to float (0..255, clipped to white)."""
+    from convlens.render.attribution import attribution_figure, occlusion_figure
+    from convlens.render.common import to_hwc
+
+    images = torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8)
+    heat = torch.rand(1, 8, 8)
+    if kind == "attribution":
+        fig = attribution_figure(images, heat, method="Grad-CAM")
+    else:
+        cells = np.array([[0, 4], [4, 8]])
+        fig = occlusion_figure(images, heat, torch.rand(1, 2, 2), cells, cells)
+    under_heat = fig.axes[1].get_images()[0].get_array()  # the image drawn below the heat map
+    np.testing.assert_allclose(np.asarray(under_heat), to_hwc(images[0]), atol=1e-6)
