@@ -131,7 +131,9 @@ def device(name: str, option: str = "--device") -> str:
         return name
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ConvlensError(f"{option} {name}: no CUDA device is available here; use cpu")
+            raise ConvlensError(
+                f"{option} {name}: this machine has no CUDA device; use {option} cpu"
+            )
         index = name.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise ConvlensError(

@@ -117,7 +117,7 @@ def train(
         None, "--threads", min=1, help="CPU threads (default: physical cores)."
     ),
     checkpoint_every: float | None = typer.Option(
-        None, "--checkpoint-every", min=0.001, help="Seconds between mid-epoch checkpoints."
+        None, "--checkpoint-every", min=0.0, help="Seconds between mid-epoch checkpoints."
     ),
     limit_train: int | None = typer.Option(
         None,
@@ -167,6 +167,10 @@ def train(
     given = {k: v for k, v in overrides.items() if v is not None}
     model_options = _parse_options(option)
     checks.input_dir(data_dir, "--data-dir")
+    if cutout is not None and augment is not None and "cutout" not in augment.lower():
+        raise checks.UsageError(
+            f"--cutout applies with --augment ...,cutout; --augment {augment!r} has no cutout"
+        )
     where = checks.device(device or "auto")
     if amp and where == "cpu":
         err_console.print(

@@ -250,7 +250,8 @@ def register(app: typer.Typer) -> None:
         ),
         simple: bool = typer.Option(False, help="actmax: plain Keras-style gradient ascent."),
         precision: str = typer.Option(
-            "auto", help="actmax: auto (bf16 on an AMX CPU for wide convolutions), bf16 or fp32."
+            "auto",
+            help="actmax: auto (float32, as fp32) or bf16 (autocast; faster where bf16 units exist).",
         ),
         save_data: bool = typer.Option(False, help="Also write the raw numbers (.npy / .json)."),
         device: str = typer.Option("cpu", help="cpu or cuda."),

@@ -100,9 +100,9 @@ class TrainConfig:
             )
         if not 0 <= self.seed < 2**63:
             raise ConvlensError(f"seed must be in [0, 2**63), not {self.seed}")
-        if not self.checkpoint_every_s > 0:
+        if not self.checkpoint_every_s >= 0:  # 0: at every check (tests)
             raise ConvlensError(
-                f"checkpoint interval must be a positive number of seconds, not {self.checkpoint_every_s}"
+                f"checkpoint interval must be 0 or more seconds, not {self.checkpoint_every_s}"
             )
         for a in self.augmentations:
             if a not in AUGMENTS:

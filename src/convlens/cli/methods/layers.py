@@ -127,7 +127,7 @@ def run_neighbors(req: VisualizeRequest) -> list[Path]:
     def caption(idx: torch.Tensor, dist: torch.Tensor) -> list[list[str]]:
         return [
             [
-                f"{cls[int(train.labels[i])]} {d:.2f}"
+                f"{cls[int(train.labels[i])]} {d:.3g}"  # 0.0042, not 0.00
                 for i, d in zip(row_i.tolist(), row_d.tolist(), strict=True)
             ]
             for row_i, row_d in zip(idx, dist, strict=True)
