@@ -438,11 +438,11 @@ def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
 def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
     ws: Path, tmp_path: Path
 ) -> None:
-    from convlens.render.report import open_run_dir
+    from convlens.render.report import write_report
 
     run = tmp_path / "run"
     shutil.copytree(ws / RUN, run)
     (run / "model.safetensors").write_bytes(b"\0" * 100)  # corrupt; checkpoint.pt is intact
-    ctx = open_run_dir(run)
-    assert not any("is missing" in p for p in ctx.problems), ctx.problems
-    assert any("model.safetensors could not be used" in p for p in ctx.problems), ctx.problems
+    with pytest.raises(ConvlensError, match="model.safetensors is truncated or corrupt"):
+        write_report(run)  # the report loads the run with load_run: an error, not a fallback
+    assert not (run / "report.html").exists()
