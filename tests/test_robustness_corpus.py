@@ -443,6 +443,6 @@ def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
     run = tmp_path / "run"
     shutil.copytree(ws / RUN, run)
     (run / "model.safetensors").write_bytes(b"\0" * 100)  # corrupt; checkpoint.pt is intact
-    with pytest.raises(ConvlensError, match="model.safetensors is truncated or corrupt"):
+    with pytest.raises(ConvlensError, match=r"model\.safetensors is truncated or corrupt"):
         write_report(run)  # the report loads the run with load_run: an error, not a fallback
     assert not (run / "report.html").exists()
