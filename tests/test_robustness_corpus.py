@@ -69,7 +69,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ("--batch-size", "0"), ("--batch-size", "-64"), ("--momentum", "5"),
             ("--momentum", "-0.1"), ("--weight-decay", "-1"), ("--warmup", "-1"),
             ("--label-smoothing", "2"), ("--cutout", "0"), ("--seed", "-1"),
-            ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"),
+            ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"), ("--threads", "2147483648"), ("--epochs", str(2**63)),
             ("--checkpoint-every", "-1"), ("--checkpoint-every", "-0.5"), ("--limit-train", "0"),
             ("--limit-test", "-5"), ("--lr", "abc"),
         ]
@@ -438,11 +438,30 @@ def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
 def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
     ws: Path, tmp_path: Path
 ) -> None:
-    from convlens.render.report import write_report
+    from convlens.errors import ConvlensError
+    from convlens.subjects import open_subject
 
     run = tmp_path / "run"
     shutil.copytree(ws / RUN, run)
     (run / "model.safetensors").write_bytes(b"\0" * 100)  # corrupt; checkpoint.pt is intact
-    with pytest.raises(ConvlensError, match=r"model\.safetensors is truncated or corrupt"):
-        write_report(run)  # the report loads the run with load_run: an error, not a fallback
-    assert not (run / "report.html").exists()
+    with pytest.raises(ConvlensError) as err:
+        open_subject(str(run))  # what `convlens report RUN` opens
+    assert "missing" not in str(err.value)
+    assert "model.safetensors" in str(err.value) and "corrupt" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["attribution", "occlusion"])
+def test_cli_heat_maps_draw_uint8_images_as_the_report_does(kind: str) -> None:
+    """The CLI's figures once drew uint8 images cast to float (0..255, clipped to white)."""
+    from convlens.render.attribution import attribution_figure, occlusion_figure
+    from convlens.render.common import to_hwc
+
+    images = torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8)
+    heat = torch.rand(1, 8, 8)
+    if kind == "attribution":
+        fig = attribution_figure(images, heat, method="Grad-CAM")
+    else:
+        cells = np.array([[0, 4], [4, 8]])
+        fig = occlusion_figure(images, heat, torch.rand(1, 2, 2), cells, cells)
+    under_heat = fig.axes[1].get_images()[0].get_array()  # the image drawn below the heat map
+    np.testing.assert_allclose(np.asarray(under_heat), to_hwc(images[0]), atol=1e-6)

@@ -26,6 +26,7 @@ EXIT_SIGTERM = 143
 # Bounds of model-shape options: beyond them a model would not fit in memory (or mean anything).
 MAX_CLASSES = 100_000
 MAX_CHANNELS = 1024
+MAX_THREADS = 4096  # as convlens.train.config.MAX_THREADS (not imported: it would load torch)
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage error (bad option or value), "

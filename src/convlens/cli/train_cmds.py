@@ -73,10 +73,10 @@ def train(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
     epochs: int | None = typer.Option(
-        None, "--epochs", min=1, help="Passes over the training data."
+        None, "--epochs", min=1, max=1_000_000, help="Passes over the training data."
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Images per step, over all processes."
+        None, "--batch-size", min=1, max=1_000_000, help="Images per step, over all processes."
     ),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: str | None = typer.Option(None, "--optimizer", help="sgd or adamw."),
@@ -100,6 +100,7 @@ def train(
         None,
         "--cutout",
         min=1,
+        max=10_000,
         help="Side of the Cutout square in pixels (with --augment ...,cutout).",
     ),
     seed: int | None = typer.Option(
@@ -114,7 +115,11 @@ def train(
         None, "--channels-last/--no-channels-last", help="NHWC memory format (GPU)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: physical cores)."
+        None,
+        "--threads",
+        min=1,
+        max=checks.MAX_THREADS,
+        help="CPU threads (default: physical cores).",
     ),
     checkpoint_every: float | None = typer.Option(
         None, "--checkpoint-every", min=0.0, help="Seconds between mid-epoch checkpoints."
