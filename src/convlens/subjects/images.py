@@ -21,12 +21,14 @@ class (ImageFolder: class = sub-folder name in sorted order; labelled).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -101,23 +103,23 @@ def prepare(im: Image.Image, pre: Preprocess, name: str, notices: list[str]) -> 
     return np.asarray(im, dtype=np.uint8)
 
 
-def _open(path: Path, pre: Preprocess, notices: list[str]) -> Image.Image:
-    """Open `path`, applying the pixel limit before any pixel is decoded."""
+def _open(src: Path | IO[bytes], name: str, pre: Preprocess, notices: list[str]) -> Image.Image:
+    """Open an image file, applying the pixel limit before any pixel is decoded."""
     try:
-        im = Image.open(path)
+        im = Image.open(src)
     except Image.DecompressionBombError as e:
         raise InputError(
-            f"{path} is refused: {e}. Shrink it below {MAX_PIXELS / 1e6:.0f} megapixels first"
+            f"{name} is refused: {e}. Shrink it below {MAX_PIXELS / 1e6:.0f} megapixels first"
         ) from None
     except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path} is not an image Pillow can read ({e})") from None
+        raise InputError(f"{name} is not an image Pillow can read ({e})") from None
     pixels = im.width * im.height
     if pixels > MAX_PIXELS:
         mp = f"{im.width}x{im.height} ({pixels / 1e6:.0f} megapixels)"
         if im.format != "JPEG":
             im.close()
             raise InputError(
-                f"{path} is {mp}, above convlens's limit of {MAX_PIXELS / 1e6:.0f} megapixels for "
+                f"{name} is {mp}, above convlens's limit of {MAX_PIXELS / 1e6:.0f} megapixels for "
                 f"{im.format or 'this format'} images (only JPEG decodes at reduced scale); shrink "
                 "it first"
             )
@@ -125,8 +127,8 @@ def _open(path: Path, pre: Preprocess, notices: list[str]) -> Image.Image:
         need = _resized_size(im.width, im.height, pre.resize) if pre.resize else (w, h)
         im.draft(im.mode if im.mode in ("L", "RGB") else None, need)
         notices.append(
-            f"{path.name}: {mp} is above the {MAX_PIXELS / 1e6:.0f}-megapixel limit; decoded at "
-            f"reduced scale ({im.size[0]}x{im.size[1]}) by the JPEG decoder"
+            f"{Path(name).name}: {mp} is above the {MAX_PIXELS / 1e6:.0f}-megapixel limit; decoded "
+            f"at reduced scale ({im.size[0]}x{im.size[1]}) by the JPEG decoder"
         )
     return im
 
@@ -143,18 +145,34 @@ def load_image(path: str | Path, pre: Preprocess) -> tuple[torch.Tensor, list[st
     notices: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # replaced by MAX_PIXELS
-        arr = _decode(path, pre, notices)
+        arr = _decode(path, str(path), pre, notices)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy()), notices  # Pillow's buffer is read-only
 
 
-def _decode(path: Path, pre: Preprocess, notices: list[str]) -> np.ndarray:
-    with _open(path, pre, notices) as im:
+def _decode(src: Path | IO[bytes], name: str, pre: Preprocess, notices: list[str]) -> np.ndarray:
+    with _open(src, name, pre, notices) as im:
         try:
             im.load()
-            return prepare(im, pre, path.name, notices)
+            return prepare(im, pre, Path(name).name, notices)
         except (OSError, ValueError, SyntaxError) as e:
-            raise InputError(f"{path} is truncated or corrupt ({e})") from None
+            raise InputError(f"{name} is truncated or corrupt ({e})") from None
+
+
+def decode_image(data: bytes, pre: Preprocess, name: str = "the image") -> torch.Tensor:
+    """The bytes of an image file (an upload) -> uint8 ``(C, H, W)`` prepared by `pre`.
+
+    The same rules as :func:`load_image`: pixel limit before decoding, EXIF orientation, modes.
+
+    Raises:
+        InputError: not an image, truncated, or too large.
+    """
+    notices: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # replaced by MAX_PIXELS
+        arr = _decode(io.BytesIO(data), name, pre, notices)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
 
 
 def load_images(paths: Sequence[str | Path], pre: Preprocess) -> tuple[torch.Tensor, list[str]]:
@@ -179,7 +197,7 @@ def load_images(paths: Sequence[str | Path], pre: Preprocess) -> tuple[torch.Ten
     per_file: list[list[str]] = [[] for _ in files]
 
     def work(i: int) -> None:
-        arr = _decode(files[i], pre, per_file[i])
+        arr = _decode(files[i], str(files[i]), pre, per_file[i])
         out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
     # One filter for the whole pool: Pillow's bomb warning is replaced by MAX_PIXELS.
