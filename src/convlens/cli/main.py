@@ -25,6 +25,7 @@ from convlens import __version__, interrupts
 from convlens.cli import (
     anatomy_cmds,
     data_cmds,
+    experiment_cmds,
     model_cmds,
     report_cmds,
     serve_cmds,
@@ -73,6 +74,7 @@ for _module in (
     visualize,
     report_cmds,
     serve_cmds,
+    experiment_cmds,
 ):
     _module.register(app)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 # Importing the family modules registers their builders, in this order (the listing order).
 # isort: off
 from convlens.models import lenet, alexnet, vgg, googlenet, resnet, cifar_resnet  # noqa: F401
+from convlens.models import experiment_nets  # noqa: F401
 
 # isort: on
 from convlens.models.info import ModelInfo

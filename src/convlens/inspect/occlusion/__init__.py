@@ -48,9 +48,10 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.attribution import Target, eval_mode, resolve_targets
+from convlens.inspect.attribution import Target, resolve_targets
 from convlens.inspect.occlusion.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion.plain import occluded_outputs
+from convlens.models.hooks import evaluating
 from convlens.progress import progress_bar
 
 __all__ = ["Method", "OcclusionResult", "choose_method", "occlusion", "occlusion_positions"]
@@ -214,7 +215,7 @@ def occlusion(
     chosen: Method = choose_method(images.device, (H, W), (wh, ww)) if method == "auto" else method
     cuda = images.device.type == "cuda"
 
-    with eval_mode(model), torch.inference_mode(), tf32_off() if cuda else nullcontext():
+    with evaluating(model), torch.inference_mode(), tf32_off() if cuda else nullcontext():
         engine = None
         if chosen == "incremental":
             engine = IncrementalOcclusion(model, (C, H, W), rows, cols)

@@ -1,0 +1,243 @@
+"""The experiment page and its figures: a claim, the verdicts, the measured tables and the evidence.
+
+Like the run report (:mod:`convlens.render.report`, whose small HTML helpers it uses), the page is
+one self-contained file: figures are ``data:`` PNGs, the style sheet is inline, a
+Content-Security-Policy forbids every request. Everything here takes plain numbers and arrays (the
+experiments compute them); nothing trains or runs a model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from convlens.render.common import figure_png
+from convlens.render.report_base import esc, fmt_int, img, para, table
+
+_CSS = """
+:root { --ink:#1d232b; --muted:#5b6573; --line:#d9dee5; --wash:#f4f6f9; --ok:#1f7a3a; --no:#b03030; }
+* { box-sizing: border-box; }
+body { margin:0; color:var(--ink); line-height:1.5;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; }
+main { max-width: 1080px; margin: 0 auto; padding: 1.5rem 1.25rem 4rem; }
+h1 { font-size: 1.8rem; margin: 0 0 .3rem; }
+h2 { font-size: 1.3rem; margin: 2rem 0 .4rem; padding-top: .5rem; border-top: 1px solid var(--line); }
+.claim { font-size: 1.1rem; border-left: 4px solid var(--ink); padding: .3rem .9rem; background: var(--wash); }
+.note { color: var(--muted); font-size: .9rem; }
+dl.facts { display:grid; grid-template-columns:max-content 1fr; gap:.15rem 1.25rem; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
+ul.verdicts { list-style: none; padding: 0; }
+ul.verdicts li { margin: .5rem 0; padding: .4rem .8rem; border-left: 4px solid var(--line); }
+ul.verdicts li.held { border-color: var(--ok); } ul.verdicts li.not { border-color: var(--no); }
+.status { font-weight: 700; } li.held .status { color: var(--ok); } li.not .status { color: var(--no); }
+figure { margin: .75rem 0 1.25rem; } figure img { max-width: 100%; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: .88rem; max-width: 52rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .88rem; margin: .5rem 0 .4rem; }
+th, td { border-bottom: 1px solid var(--line); padding: .22rem .6rem; text-align: left; }
+th { background: var(--wash); } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+footer { margin-top: 3rem; border-top: 1px solid var(--line); padding-top: .75rem; color: var(--muted); font-size: .85rem; }
+"""
+
+
+def _cell(v: Any) -> str:
+    """A table value as text: integers with separators, floats with 4 significant digits."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "n/a"
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return fmt_int(v)
+
+
+def experiment_page(
+    *,
+    title: str,
+    claim: str,
+    source: str,
+    facts: Sequence[tuple[str, str]],
+    budget_note: str,
+    verdicts: Sequence[Mapping[str, Any]],
+    tables: Sequence[Mapping[str, Any]],
+    pictures: Sequence[tuple[bytes, str, str]],
+    notes: Sequence[str] = (),
+    version: str = "",
+) -> str:
+    """The self-contained HTML page of one experiment.
+
+    Args:
+        title: heading.
+        claim: the claim, in the notes' words.
+        source: paper and section.
+        facts: (label, value) pairs (data, budget, command ...).
+        budget_note: what the budget trained (images, epochs); shown under the claim.
+        verdicts: ``{"claim", "held", "status", "evidence"}`` per claim.
+        tables: ``{"title", "headers", "rows", "note"}`` per table.
+        pictures: ``(png, caption, alt)`` per figure.
+        notes: remarks shown at the end.
+        version: convlens's version, for the footer.
+    """
+    parts = [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="claim">{esc(claim)}</p>',
+        para(f"Source: {source}.", "note"),
+        '<dl class="facts">'
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+        + "</dl>",
+        para(budget_note, "note"),
+        "<h2>Verdicts</h2>",
+        para(
+            "Each verdict is computed from the numbers below by the rule it states; none was tuned "
+            "after the fact. A claim that did not hold is reported as such.",
+            "note",
+        ),
+        '<ul class="verdicts">'
+        + "".join(
+            f'<li class="{"held" if v["held"] else "not"}"><span class="status">'
+            f"{esc(v['status'])}</span>: {esc(v['claim'])}<br>"
+            f'<span class="note">{esc(v["evidence"])}</span></li>'
+            for v in verdicts
+        )
+        + "</ul>",
+        "<h2>Measurements</h2>",
+    ]
+    for t in tables:
+        rows = [[_cell(v) for v in r] for r in t["rows"]]
+        numeric = [
+            all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in t["rows"])
+            for i in range(len(t["headers"]))
+        ]
+        parts.append(f"<h3>{esc(t['title'])}</h3>")
+        parts.append(table(t["headers"], rows, numeric=numeric))
+        if t.get("note"):
+            parts.append(para(t["note"], "note"))
+    if pictures:
+        parts.append("<h2>Figures</h2>")
+        parts += [img(png, alt or caption, caption) for png, caption, alt in pictures]
+    if notes:
+        parts.append("<h2>Notes</h2>")
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    parts.append(f"<footer>convlens {esc(version)}, {esc(created)}</footer>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "img-src data:; style-src 'unsafe-inline'\">"
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>"
+        + "\n".join(parts)
+        + "</main></body></html>\n"
+    )
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def error_curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Training and test error (%) against epochs, one line per run (He et al. 2016, Fig. 1/6 style).
+
+    Args:
+        curves: label -> ``{"epoch": [...], "train_err": [...], "test_err": [...]}``; labels that
+            start with "plain" are drawn dashed.
+    """
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    for k, (label, c) in enumerate(curves.items()):
+        style = "--" if label.lower().startswith("plain") else "-"
+        epochs = [e + 1 for e in c["epoch"]]
+        for ax, key in zip(axes, ("train_err", "test_err"), strict=True):
+            ax.plot(epochs, c[key], style, color=colours[k % len(colours)], label=label, marker=".")
+    for ax, what in zip(axes, ("training error (%)", "test error (%)"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def noise_figure(levels: Sequence[float], accuracy: Mapping[str, Sequence[float]]) -> Figure:
+    """Test accuracy (%) against the standard deviation of added Gaussian noise, one line per run."""
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.subplots()
+    for label, acc in accuracy.items():
+        ax.plot(levels, [100 * a for a in acc], marker="o", label=label)
+    ax.set_xlabel("noise standard deviation (pixel values in [0, 1])")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def filter_rows_figure(
+    rows: Sequence[tuple[str, np.ndarray]], *, max_filters: int = 16, title: str = ""
+) -> Figure:
+    """Rows of filters ``(F, C, k, k)``, one row per label, each row on its own symmetric scale.
+
+    Three-channel filters are drawn in colour as ``0.5 + 0.5 w / max|w|`` (mid-grey is zero, opposing
+    colours show as such); one-channel filters with a diverging map (blue negative, red positive).
+    """
+    n = max(min(len(w), max_filters) for _, w in rows)
+    fig = Figure(figsize=(2.4 + 0.62 * n, 0.7 * len(rows) + 0.5))
+    axes = fig.subplots(len(rows), n + 1, squeeze=False, width_ratios=[4.0] + [1] * n)
+    for r, (label, w) in enumerate(rows):
+        w = np.asarray(w, dtype=np.float32)[:max_filters]
+        m = float(np.abs(w).max()) or 1.0
+        axes[r, 0].text(1.0, 0.5, label, ha="right", va="center", fontsize=8)
+        for c in range(n + 1):
+            axes[r, c].set_axis_off()
+        for i, f in enumerate(w):
+            ax = axes[r, i + 1]
+            if f.shape[0] == 3:
+                ax.imshow(0.5 + 0.5 * f.transpose(1, 2, 0) / m, interpolation="nearest")
+            else:
+                ax.imshow(f[0], cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def measure_strips_figure(
+    values: Mapping[str, Mapping[str, np.ndarray]],
+    measures: Sequence[str],
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+) -> Figure:
+    """One panel per measure: each filter's value as a dot, trained and untrained per network.
+
+    Args:
+        values: group label (``"lenet5 trained"``) -> measure name -> ``(F,)`` values.
+        measures: which measures, in panel order.
+        thresholds: group label -> measure -> a value drawn as a short bar (e.g. untrained 95th pct).
+    """
+    fig = Figure(figsize=(5 * len(measures), 0.45 * len(values) + 1.2))
+    axes = fig.subplots(1, len(measures), squeeze=False)[0]
+    labels = list(values)
+    rng = np.random.default_rng(0)  # vertical jitter only, to separate the dots
+    for ax, measure in zip(axes, measures, strict=True):
+        for y, label in enumerate(labels):
+            v = np.asarray(values[label][measure])
+            colour = "tab:grey" if "untrained" in label else "tab:blue"
+            ax.scatter(v, y + rng.uniform(-0.15, 0.15, len(v)), s=9, color=colour, alpha=0.7)
+            ax.plot([np.median(v)] * 2, [y - 0.3, y + 0.3], color="k", lw=1.5)
+            t = (thresholds or {}).get(label, {}).get(measure)
+            if t is not None:
+                ax.plot([t] * 2, [y - 0.35, y + 0.35], color="tab:red", lw=1, ls=":")
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel(measure)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a figure (closed)."""
+    return figure_png(fig, dpi=dpi)

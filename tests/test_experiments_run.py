@@ -1,0 +1,150 @@
+"""Every experiment end to end at the tiny budget (256 training images, one epoch), its page, resume.
+
+What is checked against something independent: the tables' parameter counts against the formulas
+(27C², 49C²) and the summary, the page's verdicts against the tables' own numbers by the stated
+rules, and that the page is self-contained. The verdicts' truth at this budget is not asserted:
+one epoch on 256 images proves nothing either way.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from convlens import experiments
+from convlens.cli.main import main
+from convlens.errors import ConvlensError
+from convlens.experiments.runner import ExperimentResult
+
+
+def _check_page(result: ExperimentResult) -> str:
+    html = result.page.read_text()
+    assert "http://" not in html and "https://" not in html  # nothing fetched from anywhere
+    assert html.count('src="data:image/png;base64,') == len(result.findings.pictures)
+    for v in result.verdicts:
+        assert isinstance(v.held, bool)
+        assert v.status in ("held", "did not hold at this budget")
+        assert v.status in html
+    assert (result.out / "results.json").is_file()
+    return html
+
+
+@pytest.fixture(scope="module")
+def stack_result(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> ExperimentResult:
+    out = tmp_path_factory.mktemp("exp") / "stack"
+    return experiments.run(
+        "stack", out=out, budget="tiny", device="cpu", settings={"width": 8}, progress=False
+    )
+
+
+def test_stack_table_against_formulas(stack_result: ExperimentResult) -> None:
+    _check_page(stack_result)
+    t = stack_result.findings.table("The block")
+    params = dict(zip(t.column("block"), t.column("block parameters (summary)"), strict=True))
+    assert params == {"three 3x3": 27 * 8 * 8, "one 7x7": 49 * 8 * 8}
+    assert t.column("RF (summary)") == [7, 7]
+    assert t.column("RF (brute force, trained)") == [7, 7]
+    assert t.column("non-linearities") == [3, 1]
+    v = stack_result.verdicts
+    assert v[0].held and v[1].held  # arithmetic: holds at any budget
+    acc = t.column("test acc. %")
+    assert v[2].held == (acc[0] >= acc[1])  # the rule the page states
+
+
+def test_resume_skips_finished_runs_and_report_redraws(stack_result: ExperimentResult) -> None:
+    out = stack_result.out
+    weights = out / "runs" / "three3x3" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    with pytest.raises(ConvlensError, match="--resume"):
+        experiments.run("stack", out=out, budget="tiny", settings={"width": 8}, progress=False)
+    with pytest.raises(ConvlensError, match="differ"):
+        experiments.run("stack", out=out, budget="small", resume=True, progress=False)
+    again = experiments.run(
+        "stack", out=out, budget="tiny", resume=True, settings={"width": 8}, progress=False
+    )
+    assert weights.stat().st_mtime_ns == before  # nothing retrained
+    assert [v.held for v in again.verdicts] == [v.held for v in stack_result.verdicts]
+    stack_result.page.unlink()
+    assert main(["experiment", "stack", "--report", str(out)]) == 0
+    assert stack_result.page.is_file()
+    assert main(["experiment", "pooling", "--report", str(out)]) == 1  # another experiment's dir
+
+
+def test_interrupted_experiment_resumes_the_unfinished_runs(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convlens.experiments import runner
+
+    real_fit = runner.fit
+    calls: list[str] = []
+
+    def fit_then_die(model: str, *args: object, **kwargs: object) -> object:
+        calls.append(model)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second run
+        return real_fit(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "fit", fit_then_die)
+    out = tmp_path / "pooling"
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run("pooling", out=out, budget="tiny", device="cpu", progress=False)
+    with pytest.raises(ConvlensError, match="not finished"):
+        experiments.report(out)
+    first = (out / "runs" / "max" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(runner, "fit", real_fit)
+    result = experiments.run("pooling", out=out, budget="tiny", resume=True, progress=False)
+    assert (out / "runs" / "max" / "model.safetensors").stat().st_mtime_ns == first
+    _check_page(result)
+    t = result.tables[0]
+    assert [r[0] for r in t.rows] == ["max pooling", "average pooling", "stride-2 convolution"]
+    drops = t.column("mean drop (points)")
+    assert result.verdicts[1].held == (drops[0] <= drops[1])
+
+
+def test_sharing_parameters_against_the_summary(tmp_path: Path, data_root: Path) -> None:
+    result = experiments.run("sharing", out=tmp_path / "s", budget="tiny", progress=False)
+    _check_page(result)
+    t = result.tables[0]
+    layer = t.column("layer parameters")
+    unshared = t.column("params_unshared (summary)")
+    assert layer == [16 * 25 + 16, 24 * 24 * 16 * 26]
+    assert unshared == [layer[1], layer[1]]
+    assert result.verdicts[0].held
+    train, test = t.column("train acc. %"), t.column("test acc. %")
+    assert min(train + test) >= 0 and max(train + test) <= 100
+
+
+def test_first_filters_and_degradation_run(tmp_path: Path, data_root: Path) -> None:
+    ff = experiments.run("first-filters", out=tmp_path / "ff", budget="tiny", progress=False)
+    _check_page(ff)
+    assert [r[1] for r in ff.tables[0].rows] == [6, 32, 32]  # first-layer filters per network
+    assert main(
+        ["experiment", "degradation", "--budget", "tiny", "--depths", "20,32",
+         "--device", "cpu", "--out", str(tmp_path / "deg")]
+    ) == 0  # fmt: skip
+    deg = experiments.report(tmp_path / "deg")
+    _check_page(deg)
+    t = deg.tables[0]
+    assert t.column("network") == ["plain-20", "resnet-20", "plain-32", "resnet-32"]
+    params = t.column("parameters")
+    assert params[0] == params[1] == 269_722 and params[2] == params[3]  # He et al.: 0.27M
+    err = dict(zip(t.column("network"), t.column("training error %"), strict=True))
+    assert deg.verdicts[0].held == (err["plain-32"] > err["plain-20"])
+
+
+def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "stacks", "--out", str(tmp_path / "x")]) == 1
+    assert "stack" in capsys.readouterr().err
+    assert main(["experiment", "stack", "--budget", "huge", "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(["experiment", "first-filters", "--data", "mnist", "--out", str(tmp_path / "x")]) == 1
+    )
+    assert main(["experiment", "stack", "--depths", "20,56", "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(["experiment", "degradation", "--depths", "56,20", "--out", str(tmp_path / "x")]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"small or paper", err)
