@@ -26,14 +26,9 @@ FORBIDDEN = {
     "a C compiler call": r"-march=native|\bgcc\b|\bclang\b|-shared\b.*-fPIC",
 }
 
-# Uses that other helpers of issue 15 remove (owner in brackets); a new one anywhere fails.
+# Uses that another helper of issue 15 removes; a new one anywhere fails.
 KNOWN = {
-    (
-        "anatomy/trace.py",
-        "an underscore module or attribute of torch (torch._C, torch._dynamo, ...)",
-    ),
-    ("cli/main.py", "an underscore module of another package"),
-    ("inspect/actmax.py", "AMX probing"),
+    ("inspect/actmax.py", "AMX probing"),  # torch.cpu._is_amx_tile_supported, for bf16 by default
 }
 
 
