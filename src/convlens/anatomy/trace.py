@@ -107,8 +107,7 @@ def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         found.append((prefix, module))
         children = [
             (f"{prefix}.{name}" if prefix else name, child)
-            for name, child in module._modules.items()
-            if child is not None
+            for name, child in module.named_children()
         ]
         todo.extend(reversed(children))
     return found
