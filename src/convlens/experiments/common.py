@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from convlens import models
 from convlens.errors import ConvlensError
 from convlens.train import Run, TrainConfig
 
@@ -191,6 +195,17 @@ def error_pct(acc: float | None) -> float:
 def last(run: Run, key: str) -> float:
     """The last epoch's value of a metric (NaN when the run has no history)."""
     return float(run.history[-1][key]) if run.history else float("nan")
+
+
+def initial_model(model: str, options: dict[str, Any], seed: int) -> nn.Module:
+    """The network `fit` started from: built with the run's options after seeding with its seed.
+
+    :func:`convlens.train.fit` seeds torch with the config's seed and then creates the model, so
+    this gives the very initial weights of a run (the global RNG is left untouched).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return models.create(model, **options)
 
 
 def image_shape(run: Run) -> tuple[int, int, int]:

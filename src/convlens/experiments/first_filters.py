@@ -25,11 +25,11 @@ network.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 from torch import nn
 
-from convlens import models
 from convlens.experiments.common import (
     Context,
     Experiment,
@@ -39,6 +39,7 @@ from convlens.experiments.common import (
     RunSpec,
     Table,
     Verdict,
+    initial_model,
     last,
     small_config,
     tiny,
@@ -98,12 +99,9 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def untrained_filters(model: str, options: dict, seed: int) -> np.ndarray:
+def untrained_filters(model: str, options: dict[str, Any], seed: int) -> np.ndarray:
     """First-layer filters of `model` as built with `seed` (what :func:`convlens.train.fit` starts from)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = models.create(model, **options)
-    return first_conv(net).weight.detach().numpy()
+    return first_conv(initial_model(model, options, seed)).weight.detach().numpy()
 
 
 def plan(budget: str, data: str) -> Plan:

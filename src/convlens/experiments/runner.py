@@ -24,9 +24,16 @@ from typing import Any
 from rich.console import Console
 
 from convlens.errors import ConvlensError
-from convlens.experiments.common import Context, Experiment, Findings, Plan, check_budget
+from convlens.experiments.common import (
+    Context,
+    Experiment,
+    Findings,
+    Plan,
+    RunSpec,
+    check_budget,
+)
 from convlens.fileio import atomic_write_json, atomic_write_text
-from convlens.train import Run, fit, load_run
+from convlens.train import Run, TrainConfig, fit, load_run
 from convlens.train.run_dir import CHECKPOINT, RUN_JSON, WEIGHTS, read_run_json
 
 EXPERIMENT_JSON = "experiment.json"
@@ -78,6 +85,25 @@ def _plan(exp: Experiment, budget: str, data: str, settings: dict[str, Any]) -> 
             f"its settings: {', '.join(exp.settings) or 'none'}"
         )
     return exp.plan(budget, data, **{**exp.settings, **settings})
+
+
+def _saved_plan(exp: Experiment, saved: dict[str, Any]) -> Plan:
+    """The plan an experiment directory was started with (its runs' recipes as saved)."""
+    current = _plan(exp, saved["budget"], saved["data"], saved["settings"])
+    try:
+        runs = [
+            RunSpec(
+                r["name"], r["label"], r["model"], r["options"], TrainConfig.from_dict(r["train"])
+            )
+            for r in saved["runs"]
+        ]
+    except (KeyError, TypeError) as e:
+        raise ConvlensError(f"the runs listed in {EXPERIMENT_JSON} are incomplete ({e})") from None
+    return Plan(
+        runs=runs,
+        budget_note=saved.get("budget_note", current.budget_note),
+        params=saved.get("params", current.params),
+    )
 
 
 def _run_state(run_dir: Path) -> str:
@@ -151,7 +177,8 @@ def run(
         raise ConvlensError(f"{out} exists and is not empty; choose another --out")
     data = data or exp.default_data
     exp.check_data(data)
-    plan = _plan(exp, budget, data, settings)
+    # A resumed experiment trains and reads what it was started with, whatever the code says now.
+    plan = _saved_plan(exp, saved) if saved_file.is_file() else _plan(exp, budget, data, settings)
     root = None if data_root is None else str(data_root)
     atomic_write_json(
         saved_file,
@@ -162,6 +189,8 @@ def run(
             "data": data,
             "data_root": root,
             "settings": {k: _jsonable(v) for k, v in {**exp.settings, **settings}.items()},
+            "budget_note": plan.budget_note,
+            "params": plan.params,
             "runs": [s.to_dict() for s in plan.runs],
         },
     )
@@ -216,7 +245,7 @@ def report(
     exp = get(saved["name"])
     if name is not None and get(name).name != exp.name:
         raise ConvlensError(f"{out} holds the {exp.name} experiment, not {name}")
-    plan = _plan(exp, saved["budget"], saved["data"], saved["settings"])
+    plan = _saved_plan(exp, saved)
     unfinished = [s.name for s in plan.runs if _run_state(out / "runs" / s.name) != "complete"]
     if unfinished:
         raise ConvlensError(

@@ -25,13 +25,14 @@ from convlens.experiments.common import (
     Table,
     Verdict,
     image_shape,
+    initial_model,
     last,
     seconds_per_epoch,
     small_config,
     tiny,
 )
 from convlens.models.locally_connected import LocallyConnected2d
-from convlens.render.experiment import filter_rows_figure, png
+from convlens.render.experiment import filter_rows_figure, png, position_map_figure
 from convlens.train import evaluate
 
 
@@ -130,7 +131,7 @@ def analyse(ctx: Context) -> Findings:
             f"against {100 * un['gap']:.2f} points.",
         ),
     ]
-    return Findings([table], verdicts, [_filters_picture(ctx)])
+    return Findings([table], verdicts, [_filters_picture(ctx), _change_picture(ctx)])
 
 
 def _filters_picture(ctx: Context) -> Picture:
@@ -156,6 +157,28 @@ def _filters_picture(ctx: Context) -> Picture:
         f"Across positions, filter k's weights have a mean cosine similarity of {spread:.2f} "
         "with filter k at the centre: unshared filters learn each place on its own.",
         "first-layer filters, shared and unshared",
+    )
+
+
+def _change_picture(ctx: Context) -> Picture:
+    spec, run = ctx.spec("unshared"), ctx.runs["unshared"]
+    local = run.model.get_submodule("layer1")
+    start = initial_model(spec.model, run.model_options, spec.config.seed).get_submodule("layer1")
+    assert isinstance(local, LocallyConnected2d) and isinstance(start, LocallyConnected2d)
+    w, w0 = local.weight.detach(), start.weight.detach()  # (L, F, P) each
+    change = ((w - w0).norm(dim=(1, 2)) / w0.norm(dim=(1, 2))).reshape(local.output_size).numpy()
+    h, wd = change.shape
+    border = np.ones_like(change, dtype=bool)
+    border[2:-2, 2:-2] = False  # the outer two rows and columns
+    centre = change[h // 4 : h - h // 4, wd // 4 : wd - wd // 4]
+    return Picture(
+        png(position_map_figure(change, "relative change of the filters in training")),
+        f"How far training moved the locally-connected layer's filters at each of its {h}x{wd} "
+        "positions: |w - w_initial| / |w_initial| of the position's filters. Mean "
+        f"{change[border].mean():.3f} on the outer two rows and columns, where the images are "
+        f"mostly background, against {centre.mean():.3f} in the central half. Each position "
+        "learns only from what appears there; a convolution shares what any position learns.",
+        "change of the unshared filters per position",
     )
 
 

@@ -205,6 +205,18 @@ def filter_rows_figure(
     return fig
 
 
+def position_map_figure(values: np.ndarray, label: str) -> Figure:
+    """A ``(H, W)`` map of one value per output position, with a colour bar."""
+    fig = Figure(figsize=(4.6, 3.8))
+    ax = fig.subplots()
+    im = ax.imshow(values, cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("output column")
+    ax.set_ylabel("output row")
+    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+    fig.tight_layout()
+    return fig
+
+
 def measure_strips_figure(
     values: Mapping[str, Mapping[str, np.ndarray]],
     measures: Sequence[str],
