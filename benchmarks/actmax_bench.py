@@ -6,24 +6,24 @@ a time, the network cut at the layer (a graph truncated with torchvision's
 are not used), the mean activation of the filter, its gradient with respect to the input only,
 divided by its L2 norm, plain ascent, 20 steps from grey plus noise.
 
-Ours runs the same steps, size and layer, with its defaults (`precision="auto"`: bfloat16 autocast
-on a CPU with AMX tiles, float32 elsewhere; on a CPU, chunks of images sized to the cache), which is
-what `convlens visualize RUN actmax` runs:
+Ours runs the same steps, size and layer, with its defaults (float32; on a CPU, chunks of images
+sized to the cache), which is what `convlens visualize RUN actmax` runs:
 
 * `simple=True`: the same algorithm, all channels batched (the fair comparison; the headline ratio);
 * the readable default (Fourier parameterisation, colour decorrelation, random transforms, Adam),
   also batched, with the same number of steps;
-* extra lines that separate the levers: ours `simple` in float32 (batching alone), and the Keras
+* extra lines that separate the levers: ours `simple` under `precision="bf16"`, and the Keras
   loop itself under bfloat16 autocast (what bf16 alone gives the one-filter-at-a-time loop).
 
-Cases (issue 7): 64 channels of ResNet-20's `layer3` at 32x32 and of VGG-16's `features.10`
-(conv3_1) at 64x64. Random weights, eval mode: the time does not depend on the training.
+Cases: `--channels` (default 16, issue 15) channels of ResNet-20's `layer3` at 32x32 and of
+VGG-16's `features.10` (conv3_1) at 64x64. Random weights, eval mode: the time does not depend on the training.
 Prints channels per second for each and the ratios; for `simple` it also checks that ours and the
 reference produce the same images (largest absolute pixel difference).
 
 Usage::
 
-    .venv/bin/python benchmarks/actmax_bench.py [--cases resnet20,vgg16] [--threads 2] [--device cpu]
+    .venv/bin/python benchmarks/actmax_bench.py [--cases resnet20,vgg16] [--channels 16]
+        [--threads 2] [--device cpu] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from convlens import models
 from convlens.inspect import activation_maximization
-from convlens.inspect.actmax import use_bf16
 
 CASES = {  # model: (layer, image size)
     "resnet20": ("layer3", 32),
     "vgg16": ("features.10", 64),
 }
-CHANNELS = 64
 STEPS = 20
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10
 
@@ -99,12 +97,15 @@ def main() -> None:
     ap.add_argument("--cases", default="resnet20,vgg16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--channels", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every case")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    n = args.channels
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}; "
-          f"{CHANNELS} channels, {STEPS} steps")  # fmt: skip
-    channels = list(range(CHANNELS))
-    for name in args.cases.split(","):
+          f"{n} channels, {STEPS} steps")  # fmt: skip
+    channels = list(range(n))
+    for name in args.cases.split(",") * args.repeat:
         layer, size = CASES[name]
         torch.manual_seed(0)
         model = models.create(name, num_classes=10, in_channels=3).to(args.device).eval()
@@ -118,7 +119,7 @@ def main() -> None:
         cut = cut_at(model, layer)
         keras_loop(cut, [0, 1], size, args.device)
         keras_loop(cut, [0, 1], size, args.device, bf16=True)
-        for precision in ("auto", "fp32"):
+        for precision in ("fp32", "bf16"):
             warm = {**common, "steps": 1}
             activation_maximization(
                 model, layer, channels, simple=True, precision=precision, **warm
@@ -127,24 +128,22 @@ def main() -> None:
         ours = partial(activation_maximization, model, layer, channels, **common)
         simple, t_simple = timed(partial(ours, simple=True))
         _, t_read = timed(ours)
-        simple32, t_simple32 = timed(partial(ours, simple=True, precision="fp32"))
+        simple16, t_simple16 = timed(partial(ours, simple=True, precision="bf16"))
         _, t_ref16 = timed(partial(keras_loop, cut, channels, size, args.device, bf16=True))
-        bf16 = use_bf16("auto", torch.device(args.device), torch.float32)
-        print(f"\n{name} {layer} at {size}x{size} (default precision here: "
-              f"{'bf16' if bf16 else 'fp32'}):")  # fmt: skip
+        print(f"\n{name} {layer} at {size}x{size}:")
         rows = [
             ("Keras-style loop, one channel at a time", t_ref),
             ("ours, simple (same algorithm, batched)", t_simple),
             ("ours, readable (Fourier+transforms+Adam)", t_read),
-            ("extra: ours, simple, precision=fp32", t_simple32),
+            ("extra: ours, simple, precision=bf16", t_simple16),
             ("extra: Keras-style loop under bf16 autocast", t_ref16),
         ]
         for label, t in rows:
-            print(f"  {label:44s} {CHANNELS / t:8.2f} channels/s  {t:7.1f} s  {t_ref / t:5.1f}x")
+            print(f"  {label:44s} {n / t:8.2f} channels/s  {t:7.1f} s  {t_ref / t:5.1f}x")
         print(f"  ours simple (default) vs the bf16 loop: {t_ref16 / t_simple:.1f}x")
-        for label, imgs in [("default", simple.images), ("fp32", simple32.images)]:
-            diff = (imgs - ref).flatten(1).abs().amax(1)  # (64,) per channel
-            print(f"  simple ({label}) vs Keras loop: {int((diff <= 1e-3).sum())}/{CHANNELS} images "
+        for label, imgs in [("default", simple.images), ("bf16", simple16.images)]:
+            diff = (imgs - ref).flatten(1).abs().amax(1)  # (n,) per channel
+            print(f"  simple ({label}) vs Keras loop: {int((diff <= 1e-3).sum())}/{n} images "
                   f"within 1e-3 (median max-diff {float(diff.median()):.1e}); a rounding difference "
                   "that flips a ReLU is amplified by the normalised step")  # fmt: skip
 

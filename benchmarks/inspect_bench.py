@@ -34,8 +34,8 @@ from torch import nn
 from convlens import models
 from convlens.data import BatchLoader, load
 from convlens.inspect import extract_features, top_patches, tsne
-from convlens.inspect.features import batches, evaluating, to_input
-from convlens.inspect.hooks import truncated_forward
+from convlens.inspect.features import batches, to_input
+from convlens.models.hooks import evaluating, truncated_forward
 
 
 def train_lenet(

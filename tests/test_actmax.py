@@ -14,7 +14,7 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.inspect import activation_maximization
-from convlens.inspect.actmax import ForwardStats, output_channels, use_bf16
+from convlens.inspect.actmax import output_channels
 from convlens.inspect.param import (
     TransformConfig,
     color_correlation_sqrt,
@@ -362,31 +362,27 @@ def test_bf16_autocast_runs_and_stays_close_to_float32() -> None:
 
 
 def test_precision_choice() -> None:
-    cpu = torch.device("cpu")
-    assert use_bf16("bf16", cpu, torch.float32) and not use_bf16("fp32", cpu, torch.float32)
-    assert not use_bf16("auto", cpu, torch.float64)  # a float64 model keeps its precision
-    assert not use_bf16("auto", torch.device("cuda"), torch.float32)
-    amx = bool(torch.cpu._is_amx_tile_supported())
-    assert use_bf16("auto", cpu, torch.float32) == amx
-    # auto: bf16 only when at least half of the convolution work has >= 16 input channels
-    assert not use_bf16("auto", cpu, torch.float32, ForwardStats(1, conv_macs=10, wide_macs=4))
-    assert use_bf16("auto", cpu, torch.float32, ForwardStats(1, conv_macs=10, wide_macs=5)) == amx
-    # small_net (3 -> 8 -> 12 channels) is narrow: auto is the float32 run, bit for bit
+    # auto is the float32 run, bit for bit: bf16 only when asked (no hardware probing)
     common = dict(size=16, steps=3, mean=MEAN3, std=STD3, simple=True)
     auto = activation_maximization(small_net(), "3", [0, 1], **common)
     fp32 = activation_maximization(small_net(), "3", [0, 1], precision="fp32", **common)
     assert torch.equal(auto.images, fp32.images)
-    # a wide net: the CPU chooses bf16 where it has AMX (counted with a hook on the conv's input dtype)
+    # bf16: the steps run under autocast; the probe and the final values in float32
     torch.manual_seed(0)
     wide = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.Conv2d(32, 8, 3))
-    dtypes: list[torch.dtype] = []
-    handle = wide[2].register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
-    try:
-        activation_maximization(wide, "3", [0], size=16, steps=1, simple=True)
-    finally:
-        handle.remove()
-    # probe (float32), the one step, the final values (float32)
-    assert dtypes == [torch.float32, torch.bfloat16 if amx else torch.float32, torch.float32]
+    for precision, step_dtype in (("auto", torch.float32), ("bf16", torch.bfloat16)):
+        dtypes: list[torch.dtype] = []
+        handle = wide[2].register_forward_hook(
+            lambda _m, _a, out, seen=dtypes: seen.append(out.dtype)
+        )
+        try:
+            activation_maximization(
+                wide, "3", [0], size=16, steps=1, simple=True, precision=precision
+            )
+        finally:
+            handle.remove()
+        # probe (float32), the one step, the final values (float32)
+        assert dtypes == [torch.float32, step_dtype, torch.float32]
     with pytest.raises(ConvlensError, match="unknown precision 'fp16'"):
         activation_maximization(small_net(), "3", [0], size=16, precision="fp16")
     with pytest.raises(ConvlensError, match="batch_size must be >= 1"):

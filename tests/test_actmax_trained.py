@@ -146,14 +146,15 @@ def test_cli_simple_and_logit(trained_run: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["--layer", "conv9"], "no layer named 'conv9'"),
-        (["--layer", "conv2", "--channels", "10-20"], "16 is out of range"),
-        (["--layer", "conv2", "--channels", "a-b"], "expected e.g. 0-63"),
-        (["--objective", "max"], "--objective 'max' is not one of"),
-        (["--size", "0"], "--size must be a positive"),
-        (["--precision", "fp16"], "unknown precision 'fp16'"),
+        (["--layer", "conv9"], "no layer named 'conv9'", 1),
+        (["--layer", "conv2", "--channels", "10-20"], "16 is out of range", 1),
+        # Malformed or out-of-range option values are usage errors, refused while parsing (exit 2).
+        (["--layer", "conv2", "--channels", "a-b"], "expected e.g. 0-63", 2),
+        (["--objective", "max"], "--objective 'max' is not one of", 1),
+        (["--size", "0"], "Invalid value for '--size'", 2),
+        (["--precision", "fp16"], "unknown precision 'fp16'", 1),
     ],
 )
 def test_cli_errors_are_one_line(
@@ -162,11 +163,12 @@ def test_cli_errors_are_one_line(
     capsys: pytest.CaptureFixture[str],
     args: list[str],
     message: str,
+    code: int,
 ) -> None:
     rc = main(
         ["visualize", str(trained_run), "actmax", *args, "--steps", "1", "--out", str(tmp_path)]
     )
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == code
     assert message in " ".join(err.split())
     assert "Traceback" not in err

@@ -21,7 +21,7 @@ from torch import nn
 
 from convlens.anatomy.receptive_field import RF, clip_box, receptive_fields
 from convlens.errors import ConvlensError
-from convlens.inspect.hooks import truncated_forward
+from convlens.models.hooks import truncated_forward
 
 
 def _positive_average_copy(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from convlens.inspect.attribution import (
     guided_grad_cam,
     saliency,
 )
-from convlens.inspect.hooks import get_layer
+from convlens.models.hooks import get_layer
 
 # Captum warns that it sets requires_grad and hooks ReLUs; that is its business, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum.*")

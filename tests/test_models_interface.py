@@ -7,12 +7,15 @@ the arithmetic identity a grey image obeys under a channel-averaged first convol
 
 from __future__ import annotations
 
+import math
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torchinfo
 import torchvision
 from safetensors.torch import save_file
 from torch import nn
@@ -177,7 +180,7 @@ def test_weights_path_grey_input_sees_the_grey_rgb_response(
 def test_weights_path_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a tensor file")
-    with pytest.raises(ConvlensError, match="not a readable weights file"):
+    with pytest.raises(ConvlensError, match="truncated or corrupt"):
         models.create("resnet20", weights_path=bad)
     with pytest.raises(ConvlensError, match="no weights file"):
         models.create("resnet20", weights_path=tmp_path / "missing.pt")
@@ -227,3 +230,34 @@ def test_reset_classifier_on_ours_and_torchvision() -> None:
     models.reset_classifier(squeeze, 4)
     assert squeeze.classifier[1].out_channels == 4
     assert squeeze.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("build", "shape", "expected"),
+    [
+        (lambda: models.create("lenet5", in_channels=1), (1, 28, 28), "conv2"),  # C5 is 1x1
+        (lambda: models.create("resnet20"), (3, 32, 32), "layer3.2.conv2"),  # 8x8
+        (lambda: torchvision.models.resnet18(weights=None), (3, 224, 224), "layer4.1.conv2"),
+        (lambda: torchvision.models.vgg16(weights=None), (3, 224, 224), "features.28"),
+        (
+            lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False),
+            (3, 224, 224),
+            "inception5b.branch4.1.conv",
+        ),
+    ],
+)
+def test_default_layer_is_the_last_conv_with_a_map(
+    build: Callable[[], nn.Module], shape: tuple[int, int, int], expected: str
+) -> None:
+    model = build().eval()
+    layer = models.default_layer(model, shape)
+    assert layer == expected
+    # the oracle: torchinfo's output sizes give that layer a map larger than 1x1, and every later
+    # convolution (outside auxiliary heads) a 1x1 map or none at all (it did not run)
+    info = torchinfo.summary(model, input_size=(1, *shape), verbose=0, device="cpu")
+    sizes = {id(row.module): row.output_size for row in info.summary_list if row.executed}
+    convs = {n: m for n, m in models.conv_layers(model).items() if "aux" not in n}
+    names = list(convs)
+    area = {n: math.prod(sizes[id(m)][-2:]) for n, m in convs.items() if id(m) in sizes}
+    assert area[layer] > 1
+    assert all(area.get(n, 1) == 1 for n in names[names.index(layer) + 1 :])

@@ -30,7 +30,7 @@ from convlens.render.report import (
     Section,
     SectionSpec,
     build_report,
-    open_run_dir,
+    report_context,
     write_report,
 )
 from convlens.render.report_sections import SECTIONS
@@ -349,7 +349,7 @@ def test_not_a_run_directory_is_one_clear_line(
 def test_out_that_is_a_folder_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run, _ = make_run(tmp_path / "run", weights=False)
+    run, _ = make_run(tmp_path / "run")
     assert main(["report", str(run), "--out", str(tmp_path)]) == 1
     assert "is a folder" in flat(capsys.readouterr().err)
 
@@ -361,29 +361,30 @@ def test_bad_device_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert not (run / "report.html").exists()
 
 
-def test_missing_weights_and_metrics_report_what_exists(
+def test_missing_weights_are_an_error_saying_what_to_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run, _ = make_run(tmp_path / "run", weights=False, metrics=False, status="failed")
-    assert main(["report", str(run)]) == 0
-    out = capsys.readouterr()
-    assert out.out.strip().endswith(str(run / "report.html"))
-    html = (run / "report.html").read_text()
-    page = parse(html)
-    assert list(page.sections) == SECTION_IDS
-    assert "failed" not in page.sections.values()
-    assert all(s == "skipped" for s in page.sections.values())
-    assert "This report is incomplete" in html
-    assert (
-        "model.safetensors" in html and "metrics.jsonl is missing" in html and "status is" in html
-    )
-    assert "Neither model.safetensors nor checkpoint.pt exists" in html
-    assert "no weights yet" in section_html(html, "filters")
-    assert "no metrics.jsonl" in section_html(html, "training")
+    """The report loads a run with load_run: no weights (an interrupted run) is one clear line,
+    never a report quietly drawn from checkpoint.pt."""
+    run, _ = make_run(tmp_path / "run", weights=False, checkpoint=True, status="running")
+    assert main(["report", str(run)]) == 1
+    err = flat(capsys.readouterr().err)
+    assert "has no model.safetensors" in err and "--resume" in err and "Traceback" not in err
+    assert not (run / "report.html").exists()
+
+
+def test_missing_metrics_skip_only_the_curves(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path / "run", metrics=False, status="failed")
+    _, report = write_report(run, options=CHEAP, strict=True)
+    assert report.outcome("training").status == "skipped"
+    assert "no metrics.jsonl" in report.outcome("training").reason
+    assert report.outcome("filters").status == "ok"
+    assert any("metrics.jsonl is missing" in p for p in report.problems)
+    assert any("status is 'failed'" in p for p in report.problems)
 
 
 def test_torn_metrics_line_is_ignored(tmp_path: Path) -> None:
-    run, _ = make_run(tmp_path / "run", weights=False)
+    run, _ = make_run(tmp_path / "run")
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"epoch": 3, "train_lo')  # a crash mid-write
     _, report = write_report(run, options=CHEAP, strict=True)
@@ -391,42 +392,24 @@ def test_torn_metrics_line_is_ignored(tmp_path: Path) -> None:
     assert "3 epochs" in report.outcome("training").body
 
 
-@pytest.mark.slow
-def test_interrupted_run_uses_the_checkpoint(tmp_path: Path) -> None:
-    """Status running, no model.safetensors, no metrics.jsonl, but checkpoint.pt: the report shows
-    what the checkpoint's weights do (checked against their accuracy, computed independently)."""
-    run, model = make_run(
-        tmp_path / "run", weights=False, checkpoint=True, metrics=False, status="running", seed=3
-    )
-    ctx = open_run_dir(run, options=CHEAP)
-    wanted = ("summary", "training", "confusion", "filters", "attribution")
-    report = build_report(ctx, sections=[s for s in SECTIONS if s.id in wanted], strict=True)
-    statuses = {s.id: s.status for s in report.sections}
-    assert statuses == dict.fromkeys(wanted, "ok")
-    text = " ".join(report.problems)
-    assert "'running'" in text and "checkpoint.pt, saved after 3 finished epochs" in text
-    assert "history kept in checkpoint.pt" in text
-    acc, _ = oracle_accuracy(model)
-    assert f"Test accuracy {100 * acc:.2f} %" in report.outcome("confusion").body
-    assert "Weights" in report.html and "checkpoint.pt, saved after 3" in report.html
+@pytest.mark.parametrize("damage", ["truncated", "mismatched"])
+def test_unusable_weights_are_an_error_not_a_fallback(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Truncated or another model's weights stop the report with the reason, even when a readable
+    checkpoint.pt sits beside them (no quiet fallback)."""
+    from safetensors.torch import save_file
 
-
-def test_corrupt_checkpoint_is_reported_not_raised(tmp_path: Path) -> None:
-    run, _ = make_run(tmp_path / "run", weights=False, status="running")
-    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
-    _, report = write_report(run, options=CHEAP, strict=True)
-    assert any("checkpoint.pt could not be read" in p for p in report.problems)
-    assert report.outcome("training").status == "ok"
-    assert report.outcome("confusion").status == "skipped"
-
-
-def test_truncated_weights_are_reported(tmp_path: Path) -> None:
-    run, _ = make_run(tmp_path / "run")
-    data = (run / "model.safetensors").read_bytes()
-    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
-    _, report = write_report(run, options=CHEAP, strict=True)
-    assert any("truncated or corrupt" in p for p in report.problems)
-    assert report.outcome("summary").status == "skipped"
+    run, _ = make_run(tmp_path / "run", checkpoint=True)
+    w = run / "model.safetensors"
+    if damage == "truncated":
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    else:
+        save_file({"conv1.weight": torch.zeros(3, 1, 5, 5)}, str(w))
+    assert main(["report", str(run)]) == 1
+    err = flat(capsys.readouterr().err)
+    assert ("truncated or corrupt" if damage == "truncated" else "does not hold weights") in err
+    assert "Traceback" not in err and not (run / "report.html").exists()
 
 
 def test_data_that_cannot_be_found_skips_only_data_sections(
@@ -448,6 +431,7 @@ def test_data_that_cannot_be_found_skips_only_data_sections(
 def test_model_without_conv_layers_says_why(tmp_path: Path) -> None:
     """Any nn.Module: a fully-connected network gets every section that applies, and reasons for the rest."""
     from convlens.data import load
+    from convlens.subjects import from_run
     from convlens.train.run_dir import DataInfo, Run
 
     ds = load("sample", split="train")
@@ -462,8 +446,7 @@ def test_model_without_conv_layers_says_why(tmp_path: Path) -> None:
     run = Run(
         path=tmp_path, model=mlp, model_name="mlp", model_options={}, data=info, config={}, raw=raw
     )
-    ctx = open_run_dir(tmp_path, options=CHEAP, run=run)
-    report = build_report(ctx, strict=True)
+    report = build_report(report_context(from_run(run), options=CHEAP), strict=True)
     statuses = {s.id: s.status for s in report.sections}
     assert statuses["summary"] == statuses["confusion"] == "ok"
     for sid in ("filters", "activations", "top-patches", "actmax", "attribution", "erf"):
@@ -474,14 +457,17 @@ def test_model_without_conv_layers_says_why(tmp_path: Path) -> None:
 
 
 def test_a_failing_section_does_not_stop_the_report(tmp_path: Path) -> None:
-    run, _ = make_run(tmp_path / "run", weights=False)
+    from convlens.subjects import open_subject
+
+    run, _ = make_run(tmp_path / "run")
+    sub = open_subject(str(run))
 
     def broken(ctx: object) -> Section:
         raise RuntimeError("boom <b>")
 
     specs = [SectionSpec("broken", "Broken", "Fails on purpose.", broken), SECTIONS[1]]
-    report = build_report(open_run_dir(run, options=CHEAP), sections=specs)
+    report = build_report(report_context(sub, options=CHEAP), sections=specs)
     assert [s.status for s in report.sections] == ["failed", "ok"]
     assert "RuntimeError: boom &lt;b&gt;" in report.html  # escaped, shown in place of the section
     with pytest.raises(RuntimeError):
-        build_report(open_run_dir(run, options=CHEAP), sections=specs, strict=True)
+        build_report(report_context(sub, options=CHEAP), sections=specs, strict=True)

@@ -8,6 +8,7 @@ real-process cases are in test_robustness_signals.py); API cases call the librar
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,8 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
             ("--batch-size", "0"), ("--batch-size", "-64"), ("--momentum", "5"),
             ("--momentum", "-0.1"), ("--weight-decay", "-1"), ("--warmup", "-1"),
             ("--label-smoothing", "2"), ("--cutout", "0"), ("--seed", "-1"),
-            ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"),
-            ("--checkpoint-every", "-1"), ("--checkpoint-every", "0"), ("--limit-train", "0"),
+            ("--seed", str(2**64)), ("--seed", "99999999999999999999999"), ("--threads", "0"), ("--threads", "2147483648"), ("--epochs", str(2**63)),
+            ("--checkpoint-every", "-1"), ("--checkpoint-every", "-0.5"), ("--limit-train", "0"),
             ("--limit-test", "-5"), ("--lr", "abc"),
         ]
     ],
@@ -116,6 +117,7 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
     (["visualize", RUN, "neighbors", "--k", "100000"], 2, "--k 100000: at most 64"),
     (["visualize", RUN, "top-patches", "--k", "65"], 2, "--k 65: at most 64"),
     (["evaluate", RUN, "--split", "val"], 2, "--split must be test or train"),
+    (["train", "lenet5", "--augment", "flip", "--cutout", "8"], 2, "--cutout applies with"),
     (["evaluate", RUN, "--tta", "rotate"], 2, "--tta must be none or flip"),
     # -- output destinations, checked before any work
     (["summary", "lenet5", "--output", "dir"], 1, "--output dir is a folder"),
@@ -357,6 +359,8 @@ API: list[tuple[str, object, type[Exception], str]] = [
     ("tsne with NaN", lambda: _tsne(np.full((20, 4), np.nan)), InputError, "NaN"),
     ("tsne of a list", lambda: _tsne([[1.0, 2.0]] * 20), InputTypeError, "features must be"),
     ("tsne of 1-D", lambda: _tsne(np.zeros(20)), InputError, "features must be (N, D)"),
+    ("features of 10x10 images", lambda: _features(10), InputError,
+     "the model cannot take images of shape (1, 10, 10)"),
     ("neighbors k = 0", lambda: _neighbors(k=0), ConvlensError, "k must be at least 1"),
 ]
 # fmt: on
@@ -367,6 +371,14 @@ def _tsne(x: object) -> object:
     from convlens.inspect.tsne import tsne
 
     return tsne(x)  # type: ignore[arg-type]
+
+
+def _features(side: int) -> object:
+    from convlens.inspect import extract_features
+
+    net = convlens.models.create("lenet5", in_channels=1)  # type: ignore[attr-defined]
+    images = torch.randint(0, 255, (2, 1, side, side), dtype=torch.uint8)
+    return extract_features(net, images, mean=(0.5,), std=(0.5,))
 
 
 def test_neighbors_k_is_bounded_by_the_pool() -> None:
@@ -398,3 +410,58 @@ def test_dataset_repr_is_short() -> None:
 
 def test_corpus_is_large_enough() -> None:
     assert len(BAD_CLI) + len(GOOD_CLI) + len(API) >= 150
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["explain", "conv", "--input", "227x227x3", "--kernel", "11", "--filters", "96"],
+     ["explain", "pool", "--input", "55x55x96", "--kernel", "3"], ["train", "--help"]],
+)  # fmt: skip
+def test_light_commands_do_not_import_torch(argv: list[str]) -> None:
+    """Start-up: torch (~1.5 s, ~900 MB) loads only in the commands that compute."""
+    import subprocess
+
+    from robustness_helpers import subprocess_env
+
+    code = (
+        "import sys\nfrom convlens.cli.main import main\n"
+        f"rc = main({argv!r})\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules)\n"
+        "print('HEAVY', rc, heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY 0 []", done.stdout + done.stderr
+
+
+def test_report_on_corrupt_weights_does_not_fall_back_to_the_checkpoint(
+    ws: Path, tmp_path: Path
+) -> None:
+    from convlens.errors import ConvlensError
+    from convlens.subjects import open_subject
+
+    run = tmp_path / "run"
+    shutil.copytree(ws / RUN, run)
+    (run / "model.safetensors").write_bytes(b"\0" * 100)  # corrupt; checkpoint.pt is intact
+    with pytest.raises(ConvlensError) as err:
+        open_subject(str(run))  # what `convlens report RUN` opens
+    assert "missing" not in str(err.value)
+    assert "model.safetensors" in str(err.value) and "corrupt" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["attribution", "occlusion"])
+def test_cli_heat_maps_draw_uint8_images_as_the_report_does(kind: str) -> None:
+    """The CLI's figures once drew uint8 images cast to float (0..255, clipped to white)."""
+    from convlens.render.attribution import attribution_figure, occlusion_figure
+    from convlens.render.common import to_hwc
+
+    images = torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8)
+    heat = torch.rand(1, 8, 8)
+    if kind == "attribution":
+        fig = attribution_figure(images, heat, method="Grad-CAM")
+    else:
+        cells = np.array([[0, 4], [4, 8]])
+        fig = occlusion_figure(images, heat, torch.rand(1, 2, 2), cells, cells)
+    under_heat = fig.axes[1].get_images()[0].get_array()  # the image drawn below the heat map
+    np.testing.assert_allclose(np.asarray(under_heat), to_hwc(images[0]), atol=1e-6)

@@ -135,7 +135,7 @@ def _png(size: tuple[int, int] = (40, 30)) -> bytes:
     [
         (b"", 400, ["empty"]),
         (b"just some text, not an image\n" * 10, 400, ["not an image"]),
-        (_png()[:60], 400, ["not an image"]),  # a truncated PNG
+        (_png()[:60], 400, ["truncated or corrupt"]),  # a truncated PNG
         (b"\x89PNG\r\n\x1a\n" + b"\0" * (LIMIT + 10), 413, ["limit"]),
     ],
 )

@@ -12,8 +12,8 @@ from torch import nn
 
 from convlens import models
 from convlens.train import recipe
-from convlens.train.loop import _optimizer
 from convlens.train.runtime import Runtime
+from convlens.train.setup import optimizer
 
 
 def _grads(model: nn.Module, out: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,11 +44,11 @@ def test_fused_optimizer_steps_like_the_reference_loop(name: str) -> None:
     torch.manual_seed(0)
     model = models.create("lenet5", in_channels=1)
     cfg = recipe("lenet5", "fashion-mnist", optimizer=name, lr=0.05)
-    fused = _optimizer(model, cfg)
+    fused = optimizer(model, cfg)
     assert all(g["fused"] for g in fused.param_groups)
     twin = models.create("lenet5", in_channels=1)
     twin.load_state_dict(model.state_dict())
-    reference = _optimizer(twin, cfg)
+    reference = optimizer(twin, cfg)
     for g in reference.param_groups:
         g["fused"], g["foreach"] = False, False  # PyTorch's per-tensor Python loop
     for step in range(3):

@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from convlens.anatomy.summary import summary
-    from convlens.subjects import Subject, subject
+    from convlens.subjects import Subject, open_subject, subject
     from convlens.train.run_dir import load_run
 
-__all__ = ["Subject", "__version__", "load_run", "subject", "summary"]
+__all__ = ["Subject", "__version__", "load_run", "open_subject", "subject", "summary"]
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
         from convlens.train.run_dir import load_run
 
         return load_run
-    if name in ("subject", "Subject"):
+    if name in ("subject", "Subject", "open_subject"):
         from convlens import subjects
 
         return getattr(subjects, name)

@@ -26,7 +26,8 @@ from torch import nn
 
 from convlens.anatomy.receptive_field import RF
 from convlens.anatomy.trace import trace
-from convlens.errors import ConvlensError, did_you_mean
+from convlens.errors import ConvlensError
+from convlens.models.hooks import evaluating, get_layer, model_device, truncated_forward
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,7 @@ def effective_receptive_field(
         raise ConvlensError("n and batch_size must be positive and mass in (0, 1]")
     if weights not in ("model", "random"):
         raise ConvlensError(f"weights must be 'model' or 'random', not {weights!r}")
-    modules = dict(model.named_modules())
-    if layer not in modules or not layer:
-        raise ConvlensError(
-            f"no layer named {layer!r} in {type(model).__name__}.{did_you_mean(layer, modules)}"
-        )
+    get_layer(model, layer)  # a clear error for a wrong name, before any work
     geometry = [c for c in trace(model, input_size, warn=False).calls if c.name == layer]
     if not geometry or geometry[-1].rf is None or geometry[-1].output_shape is None:
         raise ConvlensError(f"layer {layer!r} produces no feature map to take a centre unit from")
@@ -102,23 +99,18 @@ def effective_receptive_field(
     oh, ow = (out_shape[-2], out_shape[-1]) if len(out_shape) == 4 else (1, 1)
     unit = (oh // 2, ow // 2)
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     total = torch.zeros(input_size[1:], dtype=torch.float64)  # (H, W)
     draws = n if weights == "random" else 1
     per_draw = 1 if weights == "random" else n
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with evaluating(model):
         for d in range(draws):
             net = model if weights == "model" else _reinitialised(model, seed * 100_003 + d)
-            net.eval()
             for start in range(0, per_draw, batch_size):
                 b = min(batch_size, per_draw - start)
                 x = torch.randn(b, *input_size, generator=gen).to(device).requires_grad_(True)
                 total += _unit_gradient(net, layer, x, unit)
-    finally:
-        for m, flag in flags:
-            m.training = flag
     if float(total.sum()) == 0.0:
         raise ConvlensError(
             f"the gradient of the centre unit of {layer!r} is zero for every sample (dead units?)"
@@ -141,7 +133,7 @@ def _unit_gradient(
     model: nn.Module, layer: str, x: torch.Tensor, unit: tuple[int, int]
 ) -> torch.Tensor:
     """Sum over the batch of |d(sum over channels of unit (i, j)) / dx|, channels summed: (H, W)."""
-    out = _forward_to(model, layer, x)  # (B, C, h, w) or (B, D)
+    out = truncated_forward(model, layer, x)  # (B, C, h, w) or (B, D)
     target = out[:, :, unit[0], unit[1]] if out.dim() == 4 else out
     # Each image's unit depends on its own image only (eval mode), so one backward of the sum
     # gives every image's gradient.
@@ -149,37 +141,9 @@ def _unit_gradient(
     return grad.detach().abs().sum(dim=(0, 1)).double().cpu()
 
 
-class _Stop(Exception):
-    pass
-
-
-def _forward_to(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """`layer`'s output (graph kept); later layers never run.
-
-    The same idea as :func:`convlens.inspect.hooks.truncated_forward`, restated here because
-    ``anatomy`` sits below ``inspect`` in the package's layers and must not import it.
-    """
-    found: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        found.append(out[0] if isinstance(out, tuple | list) else out)  # type: ignore[arg-type]
-        raise _Stop
-
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not found:
-        raise ConvlensError(f"layer {layer!r} did not run in the forward pass")
-    return found[0]
-
-
 def _reinitialised(model: nn.Module, seed: int) -> nn.Module:
     """A copy of `model` with every module's parameters drawn afresh (its ``reset_parameters``)."""
-    net = copy.deepcopy(model)
+    net = copy.deepcopy(model).eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in net.modules():

@@ -11,11 +11,12 @@ notes write volumes, width x height x depth (``227x227x3``). The counts come fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from convlens.anatomy import reference as ref
 from convlens.errors import ConvlensError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _n(v: int) -> str:
@@ -295,8 +296,13 @@ def explain_neuron(
     The input and filter values are small random integers (so every product can be checked by eye
     and the sums are exact); neuron (row, col) = `at` of filter `filter_index`.
     """
+    # Imported here, not at the top: `convlens explain` without --show-one needs neither NumPy
+    # nor torch, and starts in a fraction of a second.
+    import numpy as np
     import torch
     import torch.nn.functional as F
+
+    from convlens.anatomy import reference as ref
 
     ax_w, ax_h = _axes(volume, kernel, stride, padding)
     i, j = at

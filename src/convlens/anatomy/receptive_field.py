@@ -40,7 +40,7 @@ def receptive_fields(
     Returns:
         ``{module name: RF}`` in forward order, containers (e.g. ``"layer1"``) included. A module
         called more than once (torchvision's shared ``relu`` in a ResNet block) maps to its last call,
-        the output that :func:`convlens.inspect.hooks.capture` records.
+        the output that :func:`convlens.models.hooks.capture` records.
 
     Raises:
         ConvlensError: the input is too small for the network (names the layer that collapses).

@@ -280,9 +280,8 @@ def summary(
 
 
 def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """``list(module.parameters(recurse=False))``, without its generators."""
-    own = {id(p): p for p in module._parameters.values() if p is not None}
-    return list(own.values())
+    """The parameters `module` registers itself (not its children's), each once."""
+    return list(module.parameters(recurse=False))
 
 
 class _Layer(NamedTuple):
@@ -301,7 +300,7 @@ class _Layer(NamedTuple):
             type(module).__name__,
             sum(p.numel() for p in own),
             bool(own),
-            all(child is None for child in module._modules.values()),
+            next(module.children(), None) is None,
             _unshared_per_neuron(module),
         )
 

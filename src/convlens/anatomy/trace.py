@@ -41,6 +41,7 @@ from convlens.anatomy.geometry_mode import GeometryMode
 from convlens.anatomy.leaf_rules import leaf_rule
 from convlens.anatomy.trace_ops import FIELD_ATTR, META, Call, WritesRealTensor, iter_tensors
 from convlens.errors import ConvlensError
+from convlens.models.hooks import evaluating
 
 
 @dataclass
@@ -74,10 +75,8 @@ def trace(
     if min(c, h, w) < 1:
         raise ConvlensError(f"input size must be positive, got {c}x{h}x{w}")
     modules = named_modules(model)
-    training = [m.training for _, m in modules]
-    if any(training):
-        model.eval()  # BatchNorm on a 1x1 map and GoogLeNet's auxiliary heads want eval mode
-    try:
+    # Eval mode: BatchNorm on a 1x1 map and GoogLeNet's auxiliary heads want it.
+    with evaluating(model):
         result = None
         for how in ("meta", "meta-state"):
             try:
@@ -89,10 +88,6 @@ def trace(
                 continue  # the next way decides; the last one explains a failure
         if result is None:
             result = _trace_once(model, modules, input_size, "device", through_gates)
-    finally:
-        for (_, m), flag in zip(modules, training, strict=True):
-            if m.training != flag:
-                m.training = flag
     if warn:
         for note in result.notes:
             warnings.warn(f"receptive field: {note}", stacklevel=3)
@@ -112,8 +107,7 @@ def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         found.append((prefix, module))
         children = [
             (f"{prefix}.{name}" if prefix else name, child)
-            for name, child in module._modules.items()
-            if child is not None
+            for name, child in module.named_children()
         ]
         todo.extend(reversed(children))
     return found

@@ -26,6 +26,7 @@ EXIT_SIGTERM = 143
 # Bounds of model-shape options: beyond them a model would not fit in memory (or mean anything).
 MAX_CLASSES = 100_000
 MAX_CHANNELS = 1024
+MAX_THREADS = 4096  # as convlens.train.config.MAX_THREADS (not imported: it would load torch)
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success, 1 error, 2 usage error (bad option or value), "
@@ -131,7 +132,9 @@ def device(name: str, option: str = "--device") -> str:
         return name
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ConvlensError(f"{option} {name}: no CUDA device is available here; use cpu")
+            raise ConvlensError(
+                f"{option} {name}: this machine has no CUDA device; use {option} cpu"
+            )
         index = name.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise ConvlensError(

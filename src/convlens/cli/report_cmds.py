@@ -1,4 +1,4 @@
-"""`convlens report RUN_DIR` and `convlens demo`: the self-contained HTML report, and the one command
+"""`convlens report [RUN_DIR | --model SPEC --images DIR]` and `convlens demo`: the self-contained HTML report, and the one command
 that trains a small network and writes its report.
 
 Both only parse options, show progress and print paths; the report itself is built by
@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from convlens.cli import subject_options as so
 from convlens.errors import ConvlensError
 
 if TYPE_CHECKING:
     from convlens.render.report import Report, ReportOptions
+    from convlens.subjects import Subject
 
 console = Console(stderr=True, soft_wrap=True)  # long paths and reasons stay on one line
 
@@ -34,13 +36,13 @@ DEMO_EPOCHS: dict[str, int | None] = {"sample": None, "mnist": 3, "fashion-mnist
 
 
 def write_report_with_progress(
-    run_dir: Path,
+    run_dir: Path | Subject,
     out: Path | None,
     *,
     options: ReportOptions | None = None,
     data_root: str | None = None,
 ) -> tuple[Path, Report]:
-    """Write the report of `run_dir` with a Rich progress display, one step per section."""
+    """Write the report of `run_dir` (or a subject) with a Rich progress display, one step per section."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from convlens.render.report import SectionOutcome, write_report
@@ -93,34 +95,48 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report(
-        run_dir: Path = typer.Argument(..., help="A run directory written by `convlens train`."),
+        run_dir: Path | None = typer.Argument(
+            None,
+            help="A run directory written by `convlens train` (or name the model with --model).",
+        ),
         out: Path | None = typer.Option(
-            None, "--out", "-o", help="The HTML file to write (default RUN_DIR/report.html)."
+            None,
+            "--out",
+            "-o",
+            help="The HTML file to write (default RUN_DIR/report.html; with --model, report.html).",
         ),
         data_dir: Path | None = typer.Option(
             None, "--data-dir", help="Where the run's data set lives, if not where it was trained."
         ),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        model: str | None = so.model_option(),
+        weights: str | None = so.weights_option(),
+        images: Path | None = so.images_option(),
+        classes: Path | None = so.classes_option(),
+        download: bool = so.download_option(),
     ) -> None:
-        """Write one self-contained HTML page showing what the network of RUN_DIR learned.
+        """Write one self-contained HTML page showing what a network learned: a run directory, or any model with your images (--model torchvision:alexnet --weights DEFAULT --images photos/).
 
         Sections: model summary, training curves, confusion matrix, first-layer filters, activations, feature- against pixel-space neighbours, t-SNE map, top-activating patches, activation maximisation, occlusion / Grad-CAM / saliency, effective receptive field.
 
-        Images are embedded and the page makes no network request. A section that cannot apply says why instead; a run with missing files (an interrupted training) is reported as far as it goes.
+        Images are embedded and the page makes no network request. A section that cannot apply says why instead (no training history for a model that is not a run; no confusion matrix for unlabelled images). A run must have readable weights (model.safetensors); an interrupted run is finished with `convlens train ... --resume`.
         """
         from convlens.cli import checks
-        from convlens.render.report import ReportOptions
+        from convlens.render.report import REPORT_FILE, ReportOptions
         from convlens.train.run_dir import read_run_json
 
-        read_run_json(run_dir)  # checked, with the destination, before any work
-        checks.output_file(out if out is not None else run_dir / "report.html", "--out")
+        so.check_subject_args(run_dir, model, weights)
+        if run_dir is not None:
+            read_run_json(run_dir)  # checked, with the destination, before any work
+        default = run_dir / REPORT_FILE if run_dir is not None else Path(REPORT_FILE)
+        checks.output_file(out if out is not None else default, "--out")
         checks.input_dir(data_dir, "--data-dir")
-        path, rep = write_report_with_progress(
-            run_dir,
-            out,
-            options=ReportOptions(device=_device(device)),
-            data_root=str(data_dir) if data_dir else None,
-        )
+        dev = _device(device)
+        subject = so.open_cli_subject(
+            run_dir, model=model, weights=weights, images=images, classes=classes,
+            download=download, device=dev, data_dir=data_dir,
+        )  # fmt: skip
+        path, rep = write_report_with_progress(subject, out, options=ReportOptions(device=dev))
         _summarise(path, rep)
 
     @app.command("demo")

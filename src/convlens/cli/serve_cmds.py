@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
 
         if runs_dir is None and model is None:
             raise ConvlensError("give a run directory (or a folder of them) or --model; see --help")
-        served = [from_run_dir(p) for p in run_dirs(runs_dir)] if runs_dir is not None else []
+        root = str(data_dir) if data_dir else None
+        served = [from_run_dir(p, data_dir=root) for p in run_dirs(runs_dir)] if runs_dir else []
         if model is not None:
             from convlens import subjects
 
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
                 weights=weights,
                 images=str(images) if images else None,
                 classes=str(classes) if classes else None,
-                data_dir=str(data_dir) if data_dir else None,
+                data_dir=root,
             )
             served.append(from_subject(subject, name=model))
         cache = cache_dir or Path.home() / ".cache" / "convlens" / "serve"

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from convlens.cli import checks
+from convlens.cli import subject_options as so
 from convlens.errors import ConvlensError
 
 console = Console()
@@ -72,10 +73,10 @@ def train(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
     ),
     epochs: int | None = typer.Option(
-        None, "--epochs", min=1, help="Passes over the training data."
+        None, "--epochs", min=1, max=1_000_000, help="Passes over the training data."
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Images per step, over all processes."
+        None, "--batch-size", min=1, max=1_000_000, help="Images per step, over all processes."
     ),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
     optimizer: str | None = typer.Option(None, "--optimizer", help="sgd or adamw."),
@@ -99,6 +100,7 @@ def train(
         None,
         "--cutout",
         min=1,
+        max=10_000,
         help="Side of the Cutout square in pixels (with --augment ...,cutout).",
     ),
     seed: int | None = typer.Option(
@@ -113,10 +115,14 @@ def train(
         None, "--channels-last/--no-channels-last", help="NHWC memory format (GPU)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads (default: physical cores)."
+        None,
+        "--threads",
+        min=1,
+        max=checks.MAX_THREADS,
+        help="CPU threads (default: physical cores).",
     ),
     checkpoint_every: float | None = typer.Option(
-        None, "--checkpoint-every", min=0.001, help="Seconds between mid-epoch checkpoints."
+        None, "--checkpoint-every", min=0.0, help="Seconds between mid-epoch checkpoints."
     ),
     limit_train: int | None = typer.Option(
         None,
@@ -166,6 +172,10 @@ def train(
     given = {k: v for k, v in overrides.items() if v is not None}
     model_options = _parse_options(option)
     checks.input_dir(data_dir, "--data-dir")
+    if cutout is not None and augment is not None and "cutout" not in augment.lower():
+        raise checks.UsageError(
+            f"--cutout applies with --augment ...,cutout; --augment {augment!r} has no cutout"
+        )
     where = checks.device(device or "auto")
     if amp and where == "cpu":
         err_console.print(
@@ -202,7 +212,11 @@ def train(
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `convlens train`."),
+    run_dir: Path | None = typer.Argument(
+        None,
+        help="A run directory written by `convlens train` (or name the model with --model and "
+        "give labelled --images).",
+    ),
     data: str | None = typer.Option(
         None, "--data", "-d", help="Evaluate on this data set (default: the run's own)."
     ),
@@ -216,31 +230,52 @@ def evaluate(
         "none", "--tta", help="Test-time augmentation: none, or flip (image + mirror, averaged)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    model: str | None = so.model_option(),
+    weights: str | None = so.weights_option(),
+    images: Path | None = so.images_option(),
+    classes: Path | None = so.classes_option(),
+    download: bool = so.download_option(),
 ) -> None:
-    """Accuracy, per-class accuracy and the confusion matrix of a trained run."""
+    """Accuracy, per-class accuracy and the confusion matrix of a trained run, or of any model (--model) on class folders of images named as its classes (--images)."""
     if split not in ("test", "train"):
         raise checks.UsageError(f"--split must be test or train, not {split!r}")
     if tta not in ("none", "flip"):
         raise checks.UsageError(f"--tta must be none or flip, not {tta!r}")
     checks.input_dir(data_dir, "--data-dir")
-    from convlens.train import evaluate as run_evaluate
-    from convlens.train.run_dir import read_run_json
+    so.check_subject_args(run_dir, model, weights)
+    if model is None and images is None and run_dir is not None:
+        from convlens.train import evaluate as run_evaluate
+        from convlens.train.run_dir import read_run_json
 
-    read_run_json(run_dir)  # a missing or foreign folder fails before the device is touched
-    ev = run_evaluate(
-        run_dir,
-        data=data,
-        split=split,
-        root=None if data_dir is None else str(data_dir),
-        device=checks.device(device),
-        limit=limit,
-        tta=tta,
-    )
+        read_run_json(run_dir)  # a missing or foreign folder fails before the device is touched
+        who = str(run_dir)
+        ev = run_evaluate(
+            run_dir,
+            data=data,
+            split=split,
+            root=None if data_dir is None else str(data_dir),
+            device=checks.device(device),
+            limit=limit,
+            tta=tta,
+        )
+    else:
+        from convlens.subjects.evaluate import evaluate_subject
+
+        if images is None:
+            raise ConvlensError("--model needs --images: a folder with one sub-folder per class")
+        if data is not None or tta != "none":
+            raise ConvlensError("--data and --tta apply to a run's own data set, not to --images")
+        sub = so.open_cli_subject(
+            run_dir, model=model, weights=weights, images=images, classes=classes,
+            download=download, device=checks.device(device), data_dir=data_dir,
+        )  # fmt: skip
+        ev = evaluate_subject(sub, limit=limit)
+        who = sub.name
     if as_json:
         typer.echo(json.dumps(ev.to_dict(), indent=2))
         return
     console.print(
-        f"{run_dir} on {ev.data} ({ev.split}, {ev.count:,} images"
+        f"{who} on {ev.data} ({ev.split}, {ev.count:,} images"
         + (", flip TTA" if ev.tta == "flip" else "")
         + "): "
         f"accuracy [bold]{ev.accuracy:.2%}[/], loss {ev.loss:.4f}",
@@ -251,9 +286,14 @@ def evaluate(
     per_class.add_column("images", justify="right")
     per_class.add_column("accuracy", justify="right")
     support = ev.confusion.sum(1).tolist()
+    many = len(ev.classes) > 30  # ImageNet's 1,000: only the classes the images hold
     for name, n, acc in zip(ev.classes, support, ev.per_class_accuracy, strict=True):
-        per_class.add_row(name, f"{n:,}", "-" if n == 0 else f"{acc:.2%}")
+        if n or not many:
+            per_class.add_row(name, f"{n:,}", "-" if n == 0 else f"{acc:.2%}")
     console.print(per_class)
+    if many:
+        console.print(f"({len(ev.classes)} classes: --json prints the whole confusion matrix)")
+        return
     # Columns are numbered (class names do not fit side by side); rows name the class in full.
     cm = Table(title="confusion matrix (rows: true class, columns: predicted class number)")
     cm.add_column("true class")

@@ -1,8 +1,9 @@
-"""`convlens visualize RUN_DIR METHOD [options]`: one command, one runner per method.
+"""`convlens visualize [RUN_DIR | --model SPEC ...] METHOD [options]`: one command, one runner per method.
 
 Each method lives in its own module under :mod:`convlens.cli.methods` and registers a runner with
-:func:`method`. A runner receives a :class:`VisualizeRequest` (the parsed options plus the loaded run)
-and returns the paths it wrote. Runners call `convlens.inspect` for numbers and `convlens.render` for
+:func:`method`. A runner receives a :class:`VisualizeRequest` (the parsed options plus the subject:
+a run directory, or any model named by `--model`, see :mod:`convlens.cli.subject_options`) and
+returns the paths it wrote. Runners call `convlens.inspect` for numbers and `convlens.render` for
 pictures; they do no computation of their own.
 """
 
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from convlens.cli import subject_options as so
 from convlens.errors import ConvlensError, did_you_mean
 
 if TYPE_CHECKING:
     import torch
 
-    from convlens.train.run_dir import Run
+    from convlens.data.dataset import Dataset
+    from convlens.subjects import Subject
 
 console = Console(stderr=True)
 
@@ -32,7 +35,7 @@ console = Console(stderr=True)
 class VisualizeRequest:
     """The options of `convlens visualize`, as given (None = the method's default)."""
 
-    run_dir: Path
+    run_dir: Path | None
     method: str
     out: Path
     layer: str | None = None
@@ -53,33 +56,47 @@ class VisualizeRequest:
     device: str = "cpu"
     seed: int = 0
     data_dir: Path | None = None
-    _run: Run | None = None
+    model: str | None = None
+    weights: str | None = None
+    image_set: Path | None = None
+    classes: Path | None = None
+    download: bool = False
+    _subject: Subject | None = None
 
     @property
-    def run(self) -> Run:
-        """The run directory, loaded once."""
-        if self._run is None:
-            from convlens.train.run_dir import load_run
+    def subject(self) -> Subject:
+        """What the method looks at (RUN_DIR or --model), opened once."""
+        if self._subject is None:
+            self._subject = so.open_cli_subject(
+                self.run_dir, model=self.model, weights=self.weights, images=self.image_set,
+                classes=self.classes, download=self.download, device=self.device,
+                data_dir=self.data_dir,
+            )  # fmt: skip
+        return self._subject
 
-            self._run = load_run(self.run_dir, device=self.device)
-        return self._run
+    def dataset(self, split: str) -> Dataset:
+        """The `--images` set, else the run's `split` (see :meth:`Subject.data`)."""
+        return self.subject.data(split)
 
     def query_images(self, n_default: int = 4) -> tuple[torch.Tensor, list[str]]:
         """uint8 `(N, C, H, W)` query images and their labels for titles.
 
-        From `--image` files when given (converted to the run's input shape, with a notice for each
-        conversion), else the first `n_default` images of the run's test split.
+        From `--image` files when given (prepared as the subject's preprocessing says, with a notice
+        for each conversion), else the first `n_default` images of `--images` or the run's test split.
         """
-        from convlens.inspect.images import load_images
+        from convlens.subjects import load_images
 
-        run = self.run
+        sub = self.subject
         if self.images:
-            imgs, notices = load_images(self.images, run.data.image_shape)
+            imgs, notices = load_images(self.images, sub.preprocess)
             for n in notices:
-                console.print(f"[yellow]note:[/] {n}")
+                console.print(f"[yellow]note:[/] {n}", highlight=False)
             return imgs, [p.name for p in self.images]
-        ds = run.load_data("test", root=str(self.data_dir) if self.data_dir else None)
+        ds = self.dataset("test")
         images, labels = ds.head(n_default)  # from every class, where the split is class-ordered
+        if not ds.extra.get("labelled", True):
+            files = [Path(str(f)).name for f in ds.extra.get("files", [])]  # type: ignore[attr-defined]
+            return images, files[: len(images)] or [f"image {i}" for i in range(len(images))]
         return images, [ds.classes[int(y)] for y in labels]
 
     def parsed_channels(self, default: list[int]) -> list[int]:
@@ -199,9 +216,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("visualize")
     def visualize(
-        run_dir: Path = typer.Argument(..., help="A run directory written by `convlens train`."),
-        method_name: str = typer.Argument(
-            ...,
+        run_dir: str | None = typer.Argument(
+            None,
+            metavar="[RUN_DIR]",
+            help="A run directory written by `convlens train` (or name the model with --model).",
+        ),
+        method_name: str | None = typer.Argument(
+            None,
             metavar="METHOD",
             help="filters, activations, neighbors, tsne, top-patches, erf, occlusion, saliency, "
             "guided-backprop, gradcam, guided-gradcam, actmax.",
@@ -229,25 +250,52 @@ def register(app: typer.Typer) -> None:
         ),
         simple: bool = typer.Option(False, help="actmax: plain Keras-style gradient ascent."),
         precision: str = typer.Option(
-            "auto", help="actmax: auto (bf16 on an AMX CPU for wide convolutions), bf16 or fp32."
+            "auto",
+            help="actmax: auto (float32, as fp32) or bf16 (autocast; faster where bf16 units exist).",
         ),
         save_data: bool = typer.Option(False, help="Also write the raw numbers (.npy / .json)."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Random seed."),
         data_dir: Path | None = typer.Option(None, help="Where the run's data set lives."),
+        model: str | None = so.model_option(),
+        weights: str | None = so.weights_option(),
+        images: Path | None = so.images_option(),
+        classes: Path | None = so.classes_option(),
+        download: bool = so.download_option(),
     ) -> None:
-        """Draw what a trained network's layers look for; writes PNGs into --out."""
+        """Draw what a network's layers look for; writes PNGs into --out.
+
+        The network is a run directory (RUN_DIR) or any model named with --model, e.g. `convlens visualize --model torchvision:resnet50 --weights DEFAULT gradcam --image cat.jpg`.
+        """
+        if method_name is None and model is not None:  # `visualize --model M gradcam`
+            run_dir, method_name = None, run_dir
+        from convlens.cli import checks
+
+        if method_name is None and run_dir in _load_methods():
+            raise checks.UsageError(
+                f"Missing argument 'RUN_DIR': name the model before {run_dir}, a run directory or "
+                "--model SPEC"
+            )
+        if method_name is None:
+            raise checks.UsageError(
+                "Missing argument 'METHOD': one of " + ", ".join(sorted(_load_methods()))
+            )
         req = VisualizeRequest(
-            run_dir=run_dir, method=method_name, out=out, layer=layer, images=list(image),
+            run_dir=Path(run_dir) if run_dir is not None else None, method=method_name, out=out,
+            layer=layer, images=list(image), model=model, weights=weights, image_set=images,
+            classes=classes, download=download,
             target=target, window=window, stride=stride, channels=channels, steps=steps, size=size,
             k=k, count=count, metric=metric, simple=simple, precision=precision, objective=objective,
             save_data=save_data, device=device, seed=seed, data_dir=data_dir,
         )  # fmt: skip
-        from convlens.cli import checks
         from convlens.train.run_dir import read_run_json
 
         check_request(req)
-        read_run_json(run_dir)  # a missing or foreign folder fails before the device is touched
+        so.check_subject_args(req.run_dir, model, weights)
+        if (
+            req.run_dir is not None
+        ):  # a missing or foreign folder fails before the device is touched
+            read_run_json(req.run_dir)
         checks.input_dir(data_dir, "--data-dir")
         req.device = checks.device(device)
         for p in run_method(req):

@@ -10,7 +10,7 @@ Shared by `folder:PATH` and by CIFAR-10's JPEG tree. The rules:
   is an error naming the file: a data set must not shrink silently.
 - Channels: one (greyscale) when every image is greyscale (`1`, `L`, `LA`, `I`, `I;16`, `F`), else
   three (RGB). Palette, RGBA, CMYK and other modes are converted by Pillow; transparency is composited
-  on black (as `convlens.inspect.images` does for single images).
+  on black (as `convlens.subjects.images` does for single images).
 - Size: the one given, else the most common size; other images are resized (bilinear, aspect ratio
   not kept, as `torchvision.transforms.Resize((h, w))`) with a notice.
 """
@@ -255,7 +255,8 @@ def probe(sources: list[ImageSource]) -> tuple[bool, Counter[tuple[int, int]]]:
     return grey, sizes
 
 
-def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+def convert_mode(im: Image.Image, mode: str) -> Image.Image:
+    """`im` in `mode` (`L` or `RGB`): transparency composited on black, 16-bit scaled to 8 bits."""
     if im.mode == mode:
         return im
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
@@ -280,7 +281,7 @@ def decode_one(src: ImageSource, mode: str, size: tuple[int, int]) -> tuple[np.n
                 # to network size decode several times faster
                 im.draft(None, (w, h))
             im.load()
-            im2 = _to_mode(im, mode)
+            im2 = convert_mode(im, mode)
         except (OSError, ValueError, SyntaxError) as e:
             raise ConvlensError(
                 f"{src.name} is truncated or corrupt ({e}); remove or replace it"

@@ -35,10 +35,6 @@ __all__ = ["grad_cam", "guided_backprop", "guided_grad_cam", "saliency"]
 Target = int | torch.Tensor | list[int] | None
 
 
-# The one eval-mode helper, by the name the occlusion module imports.
-eval_mode = evaluating
-
-
 def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     """`(N,)` class indices: each image's argmax when `target` is None, else `target` checked."""
     N, K = logits.shape

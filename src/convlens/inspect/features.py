@@ -9,6 +9,7 @@ the size of the data set, and a model left in training mode is neither used nor 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
@@ -20,6 +21,10 @@ from convlens.errors import InputError
 from convlens.models.hooks import evaluating, get_layer, model_device, truncated_forward
 from convlens.progress import progress_bar
 from convlens.validate import check_images
+
+# torch's words for an input the layers cannot take ("Output size is too small", "shapes cannot be
+# multiplied", "expected input ... to have 3 channels").
+_SHAPE_ERROR = re.compile(r"size|shape|channels|dimension", re.IGNORECASE)
 
 
 def batches(
@@ -107,10 +112,18 @@ def extract_features(
     with evaluating(model), torch.inference_mode():
         for sl in batches(n, batch_size, description="features", progress=progress):
             x = to_input(images[sl], mean, std, dev)  # (B, C, H, W)
-            if layer is None:
-                f = models.forward_features(model, x)  # (B, D)
-            else:
-                f = truncated_forward(model, layer, x)  # (B, C', H', W') or (B, D)
+            try:
+                if layer is None:
+                    f = models.forward_features(model, x)  # (B, D)
+                else:
+                    f = truncated_forward(model, layer, x)  # (B, C', H', W') or (B, D)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if not _SHAPE_ERROR.search(first):
+                    raise  # a fault of the model itself, not of the images' shape
+                raise InputError(
+                    f"the model cannot take images of shape {tuple(x.shape[1:])} (C, H, W): {first}"
+                ) from None
             f = f.flatten(1).float().cpu()
             if out is None:
                 # Allocated once the width is known: the kept output, nothing else, grows with N.

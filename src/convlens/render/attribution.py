@@ -66,7 +66,7 @@ def attribution_figure(
             a1.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1)
             a1.set_axis_off()
         else:
-            overlay_heatmap(a1, imgs[i], m[i], alpha=0.55)
+            overlay_heatmap(a1, images[i], m[i], alpha=0.55)  # uint8 stays uint8: to_hwc scales it
         a1.set_title(method, fontsize=8)
     fig.tight_layout()
     return fig
@@ -104,7 +104,7 @@ def occlusion_figure(
         a0.set_axis_off()
         if titles is not None:
             a0.set_title(titles[i], fontsize=8)
-        overlay_heatmap(a1, imgs[i], att[i], alpha=0.6, symmetric=True)
+        overlay_heatmap(a1, images[i], att[i], alpha=0.6, symmetric=True)
         a1.set_title("logit drop per pixel", fontsize=8)
         m = float(np.abs(drop[i]).max()) or 1.0
         # Cell (i, j) drawn at its window's centre: the grid spans the first to the last centre.

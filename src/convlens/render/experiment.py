@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from convlens.render.common import figure_png
-from convlens.render.report import esc, fmt_int, img, para, table
+from convlens.render.report_base import esc, fmt_int, img, para, table
 
 _CSS = """
 :root { --ink:#1d232b; --muted:#5b6573; --line:#d9dee5; --wash:#f4f6f9; --ok:#1f7a3a; --no:#b03030; }

@@ -1,49 +1,42 @@
-"""The sections of the HTML report, in page order.
+"""The sections of the HTML report, in page order: the network, its training, its data.
 
 Each section is a function `(ctx) -> Section | Skipped` registered with :func:`section`, with the title
 and the one or two sentences that lead it on the page. Sections only orchestrate: numbers come from
-`convlens.anatomy` and `convlens.inspect`, pictures from matplotlib via `convlens.render`. Anything a
-section needs and cannot get raises :class:`~convlens.render.report.Unavailable` (shown as "Not shown:
-<reason>"), so one missing piece never stops the report. Sections about conv layers ask for their
-layer first, so a network without one says that rather than anything else.
+`convlens.anatomy` and `convlens.inspect`, pictures from matplotlib :class:`~matplotlib.figure.Figure`
+objects (no pyplot state). Anything a section needs and cannot get raises
+:class:`~convlens.render.report_base.Unavailable` (shown as "Not shown: <reason>"), so one missing
+piece never stops the report. Sections about conv layers ask for their layer first, so a network
+without one says that rather than anything else.
+
+The sections about what units look for and where the network looks (top patches, activation
+maximisation, attributions, receptive field) are in :mod:`convlens.render.report_units`;
+:data:`SECTIONS` lists them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from convlens.render.common import overlay_heatmap, subplots, to_hwc
-from convlens.render.report import (
-    ReportContext,
+from convlens.render import report_base, report_units
+from convlens.render.report_base import (
     Section,
     SectionSpec,
     Skipped,
     Unavailable,
-    esc,
     fmt_int,
     img,
     para,
     table,
 )
+from convlens.render.report_context import ReportContext
 
-SectionFn = Callable[[ReportContext], Section | Skipped]
 SECTIONS: list[SectionSpec] = []
-
-
-def section(id: str, title: str, intro: str) -> Callable[[SectionFn], SectionFn]:
-    """Register a section builder under `id` (unique), in page order."""
-
-    def register(fn: SectionFn) -> SectionFn:
-        if any(s.id == id for s in SECTIONS):
-            raise ValueError(f"duplicate report section {id!r}")
-        SECTIONS.append(SectionSpec(id, title, intro, fn))
-        return fn
-
-    return register
+section = functools.partial(report_base.section, SECTIONS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -62,9 +55,7 @@ MAX_SUMMARY_ROWS = 80
     "units can see (size) and how far apart neighbouring units look (jump).",
 )
 def summary_section(ctx: ReportContext) -> Section | Skipped:
-    from convlens.anatomy import summary
-
-    s = summary(ctx.model, ctx.input_shape, name=ctx.raw["model"]["name"], warn=False)
+    s = ctx.summary()
     rows = list(s.layers)
     headers = [
         "layer",
@@ -147,6 +138,11 @@ def summary_section(ctx: ReportContext) -> Section | Skipped:
 )
 def training_section(ctx: ReportContext) -> Section | Skipped:
     h = ctx.history
+    if ctx.subject.run is None:
+        return Skipped(
+            f"{ctx.subject.name} comes without training history: only a run directory written by "
+            "`convlens train` has loss and accuracy per epoch."
+        )
     if not h:
         return Skipped(
             "the run has no metrics.jsonl (no epoch finished), so there are no curves to draw."
@@ -154,7 +150,8 @@ def training_section(ctx: ReportContext) -> Section | Skipped:
     epochs = [
         int(r["epoch"]) + 1 if "epoch" in r else i for i, r in enumerate(h, 1)
     ]  # 0-based in the file
-    fig, axes = subplots(1, 3, figsize=(11, 3.1))
+    fig = Figure(figsize=(11, 3.1))
+    axes = fig.subplots(1, 3)
     marker = "o" if len(h) < 30 else None
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy (%)")):
         for split, style in (("train", "-"), ("test", "--")):
@@ -204,11 +201,17 @@ def training_section(ctx: ReportContext) -> Section | Skipped:
 @section(
     "confusion",
     "Confusion matrix and per-class accuracy",
-    "Row = true class, column = predicted class, on the whole test split; the diagonal holds the correct "
-    "answers. Bright cells off the diagonal are the pairs of classes the network confuses.",
+    "Row = true class, column = predicted class, on all the labelled images (a run's whole test "
+    "split); the diagonal holds the correct answers. Bright cells off the diagonal are the pairs of "
+    "classes the network confuses.",
 )
 def confusion_section(ctx: ReportContext) -> Section | Skipped:
-    ds = ctx.dataset("test")
+    ds = ctx.images()
+    if not ctx.labelled():
+        raise Unavailable(
+            "the images carry no labels of the model's classes: put them in one sub-folder per "
+            "class, named as the model's classes (or pass --classes naming the outputs)."
+        )
     _, pred = ctx.predictions()
     k = max(len(ctx.classes), int(ds.labels.max()) + 1, int(pred.max()) + 1)
     from convlens.train import confusion_matrix
@@ -216,13 +219,21 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
     y = ds.labels.numpy()
     cm = confusion_matrix(ds.labels, pred, k).numpy()  # (K, K): rows true, columns predicted
     names = [ctx.class_name(i) for i in range(k)]
+    if k > 30:  # ImageNet's 1,000 classes: the true classes, and everything else in one column
+        shown = np.unique(y)
+        other = cm[shown].sum(1) - cm[np.ix_(shown, shown)].sum(1)  # (S,) predictions elsewhere
+        cm = np.concatenate([cm[np.ix_(shown, shown)], other[:, None]], axis=1)  # (S, S + 1)
+        names = [names[i] for i in shown]
+        k = len(shown)
     size = min(8.0, 1.6 + 0.42 * k)  # 5.8 inches for 10 classes: readable beside the table
-    fig, ax = subplots(figsize=(size + 1.0, size))
+    fig = Figure(figsize=(size + 1.0, size))
+    ax = fig.subplots()
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    cols = cm.shape[1]  # k, or k + 1 with the "other" column
     if k <= 20:
         for i in range(k):
-            for j in range(k):
+            for j in range(cols):
                 if cm[i, j]:
                     ax.text(
                         j,
@@ -233,7 +244,9 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
                         fontsize=7 if k > 10 else 8,
                         color="white" if rates[i, j] > 0.5 else "black",
                     )
-        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(cols), names + ["other"] * (cols - k), rotation=45, ha="right", fontsize=8
+        )
         ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -246,10 +259,11 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
         off = cm[i].copy()
         off[i] = 0
         j = int(off.argmax())
-        confused = f"{names[j]} ({off[j]})" if off[j] else "-"
+        confused = f"{([*names, 'another class'])[j]} ({off[j]})" if off[j] else "-"
         rows.append([names[i], fmt_int(n), f"{100 * cm[i, i] / n:.1f} %" if n else "-", confused])
+    what = "test images" if ctx.is_run else "images"
     per_class = table(
-        ["class", "test images", "accuracy", "most often mistaken for"],
+        ["class", what, "accuracy", "most often mistaken for"],
         rows,
         numeric=[False, True, True, False],
     )
@@ -257,8 +271,8 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
         '<div class="row">'
         + img(
             fig,
-            "confusion matrix of the test split",
-            f"Test accuracy {100 * acc:.2f} % on {fmt_int(len(y))} images.",
+            "confusion matrix of the labelled images",
+            f"{'Test accuracy' if ctx.is_run else 'Accuracy'} {100 * acc:.2f} % on {fmt_int(len(y))} images.",
         )
         + f"<div>{per_class}</div></div>"
     )
@@ -301,7 +315,7 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
 
 @section(
     "activations",
-    "Activations for a few test images",
+    "Activations for a few images",
     "What each stage of the network computes for one image: every small square is one channel's feature "
     "map (bright = strong response), one grid per layer, from the input down. Early layers still look like the "
     "image (edges, strokes); deeper layers are coarser, and more of their channels stay dark.",
@@ -311,7 +325,7 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
     from convlens.inspect import activations
     from convlens.render.layers import activations_figure
 
-    ds = ctx.dataset("test")
+    ds = ctx.images()
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
         batch = activations(ctx.model, ctx.normalize(ds.images[i : i + 1]), max_layers=6)
@@ -320,18 +334,18 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
         }  # (C, H, W) maps, not vectors
         if not acts:
             raise Unavailable("no layer of the model produces a spatial feature map.")
-        label = ctx.class_name(int(ds.labels[i]))
+        label = ctx.image_title(ds, i)
         fig = activations_figure(
             ds.images[i],
             acts,
-            title=f"(test image {i}, {label})",
+            title=f"(image {i}, {label})",
             max_channels=ctx.options.max_channels,
         )
         figures.append(
             img(
                 fig,
-                f"activations of test image {i}",
-                f"Test image {i}, a {label}: the first "
+                f"activations of image {i}",
+                f"Image {i}, {label}: the first "
                 f"{ctx.options.max_channels} channels of each stage, one colour scale per layer.",
             )
         )
@@ -346,35 +360,48 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
 @section(
     "neighbors",
     "Nearest neighbours: feature space against pixel space",
-    "For each test image on the left, the training images closest to it in the network's penultimate "
-    "feature space (middle) and closest in raw pixels (right). Feature-space neighbours share the class "
-    "even when they look different; pixel-space neighbours merely overlap in brightness and position.",
+    "For each image on the left, the images closest to it in the network's penultimate feature space "
+    "(middle) and closest in raw pixels (right), among a run's training images or the other given "
+    "images. Feature-space neighbours share the class even when they look different; pixel-space "
+    "neighbours merely overlap in brightness and position.",
 )
 def neighbors_section(ctx: ReportContext) -> Section | Skipped:
     from convlens.inspect import neighbors
     from convlens.render.layers import neighbors_figure
 
-    test, train = ctx.dataset("test"), ctx.dataset("train")
     o = ctx.options
-    pool, pool_labels = train.head(o.neighbor_pool)  # from every class (Dataset.head)
-    q, qy = test.head(o.neighbor_queries)
-    d = ctx.raw["data"]
+    if ctx.is_run:
+        pool, pool_labels = ctx.pool().head(o.neighbor_pool)  # from every class (Dataset.head)
+        q, qy = ctx.images().head(o.neighbor_queries)
+        where = "training images"
+    else:  # the first images ask, the others answer
+        ds = ctx.images()
+        if len(ds) <= o.neighbor_queries + 1:
+            raise Unavailable(f"only {len(ds)} images: neighbours need a few more to search.")
+        q, qy = ds.images[: o.neighbor_queries], ds.labels[: o.neighbor_queries]
+        pool = ds.images[o.neighbor_queries : o.neighbor_queries + o.neighbor_pool]
+        pool_labels = ds.labels[o.neighbor_queries : o.neighbor_queries + o.neighbor_pool]
+        where = "other images"
+    labelled = bool(ctx.images().extra.get("labelled", True))
+    names = ctx.images().classes
+    pre = ctx.subject.preprocess
     nb = neighbors(
         ctx.model,
         q,
         pool,
-        o.neighbors_k,
+        min(o.neighbors_k, len(pool)),
         metric="cosine",
-        mean=tuple(d["mean"]),
-        std=tuple(d["std"]),
+        mean=pre.mean,
+        std=pre.std,
         batch_size=o.batch_size,
     )
 
     def titles(indices: torch.Tensor) -> list[list[str]]:
+        if not labelled:
+            return [["" for _ in row] for row in indices.tolist()]
         return [
             [
-                ctx.class_name(int(pool_labels[j]))
-                + ("" if int(pool_labels[j]) == int(qy[r]) else " (x)")
+                names[int(pool_labels[j])] + ("" if int(pool_labels[j]) == int(qy[r]) else " (x)")
                 for j in row
             ]
             for r, row in enumerate(indices.tolist())
@@ -384,7 +411,7 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
         q,
         pool[nb.feature_indices],
         pool[nb.pixel_indices],
-        query_titles=[ctx.class_name(int(y)) for y in qy],
+        query_titles=[names[int(y)] if labelled else f"image {i}" for i, y in enumerate(qy)],
         feature_titles=titles(nb.feature_indices),
         pixel_titles=titles(nb.pixel_indices),
         metric=nb.metric,
@@ -392,10 +419,12 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
     same_f = int((pool_labels[nb.feature_indices] == qy[:, None]).sum())
     same_p = int((pool_labels[nb.pixel_indices] == qy[:, None]).sum())
     total = int(nb.feature_indices.numel())
-    caption = (
-        f"Searched over {fmt_int(len(pool))} training images; (x) marks a neighbour of another class. "
-        f"Same class as the query: {same_f} of {total} in feature space, {same_p} of {total} in pixel space."
-    )
+    caption = f"Searched over {fmt_int(len(pool))} {where}."
+    if labelled:
+        caption += (
+            f" (x) marks a neighbour of another class. Same class as the query: {same_f} of "
+            f"{total} in feature space, {same_p} of {total} in pixel space."
+        )
     return Section(img(fig, "nearest neighbours in feature and pixel space", caption))
 
 
@@ -407,7 +436,7 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
 @section(
     "tsne",
     "t-SNE map of the features",
-    "Each test image's penultimate feature vector, placed in 2-D by t-SNE so that images the network "
+    "Each image's penultimate feature vector, placed in 2-D by t-SNE so that images the network "
     "finds similar land close together. Well separated islands of one colour mean the classes are easy "
     "to tell apart from these features; the image grid shows which images sit where on the map.",
 )
@@ -415,26 +444,22 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     from convlens.inspect import extract_features, tsne, tsne_grid
     from convlens.render.layers import tsne_image_grid, tsne_scatter
 
-    ds = ctx.dataset("test")
+    ds = ctx.images()
     n = min(ctx.options.tsne_images, len(ds))
     if n < 10:
-        raise Unavailable(f"the test split has only {n} images; t-SNE needs more.")
-    d = ctx.raw["data"]
+        raise Unavailable(f"there are only {n} images; t-SNE needs at least 10.")
     images, labels = ds.head(n)  # from every class, where the split is class-ordered
+    pre = ctx.subject.preprocess
     feats = extract_features(
-        ctx.model,
-        images,
-        mean=tuple(d["mean"]),
-        std=tuple(d["std"]),
-        batch_size=ctx.options.batch_size,
+        ctx.model, images, mean=pre.mean, std=pre.std, batch_size=ctx.options.batch_size
     )  # (n, D) penultimate features
     # One thread: openTSNE's threads gain little at this size and lose badly on a busy machine.
     emb = tsne(feats, seed=ctx.options.seed, n_jobs=1)
     scatter = tsne_scatter(
         emb.coords,
         labels,
-        ctx.classes or [str(i) for i in range(int(ds.labels.max()) + 1)],
-        title=f"t-SNE of {fmt_int(n)} test images' features",
+        ds.classes or [str(i) for i in range(int(ds.labels.max()) + 1)],
+        title=f"t-SNE of {fmt_int(n)} images' features",
         point_size=5.0,
     )
     cells = 24
@@ -443,8 +468,8 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
         '<div class="row">'
         + img(
             scatter,
-            "t-SNE scatter of test features, coloured by class",
-            f"{fmt_int(n)} test images coloured by true class (perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f}).",
+            "t-SNE scatter of the images' features, coloured by class",
+            f"{fmt_int(n)} images coloured by {'true class' if ds.extra.get('labelled', True) else 'nothing (unlabelled)'} (perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f}).",
         )
         + img(
             grid,
@@ -455,196 +480,4 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# 8. Top-activating patches
-# --------------------------------------------------------------------------------------------------
-
-
-@section(
-    "top-patches",
-    "Top-activating patches",
-    "For a few channels of the last convolution with a spatial map, the test images that excite that channel most, cropped to "
-    "the receptive field of the most excited unit: the part of the image the unit can see. One row per "
-    "channel; what the crops in a row share is what that channel detects.",
-)
-def top_patches_section(ctx: ReportContext) -> Section | Skipped:
-    layer = ctx.spatial_conv()
-    from convlens.inspect import crop_patches, top_patches
-    from convlens.render.layers import top_patches_figure
-
-    ds = ctx.dataset("test")
-    o = ctx.options
-    d = ctx.raw["data"]
-    k = min(o.top_channels, ctx.conv_layers()[layer].out_channels)
-    top = top_patches(
-        ctx.model,
-        layer,
-        ds.images,
-        k,
-        o.top_images,
-        mean=tuple(d["mean"]),
-        std=tuple(d["std"]),
-        batch_size=o.batch_size,
-    )
-    crops = crop_patches(ds.images, top)  # (K, n, C, h, w) uint8
-    fig = top_patches_figure(crops, top.values, top.channels, layer=layer, rf_size=top.rf_size)
-    rh, rw = top.rf_size
-    return Section(
-        img(
-            fig,
-            f"top-activating patches of layer {layer}",
-            f"Layer {layer}: {top.map_size[0]}x{top.map_size[1]} units per channel, each seeing {rh}x{rw} "
-            f"input pixels; searched over the {fmt_int(len(ds))} test images, the activation above each crop.",
-        )
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# 9. Activation maximisation
-# --------------------------------------------------------------------------------------------------
-
-
-@section(
-    "actmax",
-    "Activation maximisation: what a filter wants to see",
-    "Images synthesised by gradient ascent, starting from noise, to excite one channel of the last "
-    "spatial convolution as much as possible. They show the pattern the channel responds to, free of any "
-    "particular test image; repeated motifs mean the channel fires wherever its pattern appears.",
-)
-def actmax_section(ctx: ReportContext) -> Section | Skipped:
-    layer = ctx.spatial_conv()
-    from convlens.inspect import activation_maximization
-
-    o = ctx.options
-    n = min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
-    d = ctx.raw["data"]
-    c, h, w = ctx.input_shape
-    if h != w:
-        raise Unavailable(
-            f"activation maximisation synthesises square images; this model takes {h}x{w}."
-        )
-    res = activation_maximization(
-        ctx.model,
-        layer,
-        list(range(n)),
-        size=h,
-        steps=o.actmax_steps,
-        mean=tuple(d["mean"]),
-        std=tuple(d["std"]),
-        in_channels=c,
-        seed=o.seed,
-    )
-    from convlens.render.actmax import actmax_figure
-
-    fig = actmax_figure(res.images, labels=[f"ch {ch}" for ch in res.channels], values=res.values)
-    return Section(
-        img(
-            fig,
-            f"activation maximisation for layer {layer}",
-            f"Layer {layer}, channels 0-{n - 1}: {o.actmax_steps} gradient-ascent steps from noise (Fourier "
-            "parameterisation, small random shifts), all channels in one batch; each title gives the "
-            "channel's mean activation on the final image. A flat grey image is a channel that no input "
-            "the ascent found excites.",
-        )
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# 10. Attribution
-# --------------------------------------------------------------------------------------------------
-
-
-@section(
-    "attribution",
-    "Occlusion, Grad-CAM and saliency: where the network looks",
-    'Three answers to "which pixels made the network say this class?", for test images it got right and '
-    "for images it got wrong. Occlusion: how much the predicted class's score drops when a patch of the "
-    "mean colour hides each place (red = the network needs it). Grad-CAM: which regions of the last "
-    "spatial convolution's maps support the class. Saliency: how strongly each pixel moves the class score.",
-)
-def attribution_section(ctx: ReportContext) -> Section | Skipped:
-    layer = ctx.spatial_conv()
-    from convlens.inspect import grad_cam, saliency
-    from convlens.inspect.occlusion import occlusion
-
-    ds = ctx.dataset("test")
-    probs, pred = ctx.predictions()
-    right, wrong = ctx.example_indices()
-    c, h, w = ctx.input_shape
-    window = max(2, min(h, w) // 7)  # 4 pixels on 28x28: about a stroke's width
-    stride = max(1, window // 2)
-    parts = []
-    for title, idx in (("Correctly classified", right), ("Misclassified", wrong)):
-        if not idx:
-            parts.append(para(f"{title}: none in the test split."))
-            continue
-        sel = torch.tensor(idx)
-        images = ds.images[sel]  # (n, C, H, W) uint8
-        x = ctx.normalize(images)
-        target = pred[sel].to(x.device)  # explain the predicted class, right or wrong
-        # Baseline 0 in normalised units = the data set's mean colour.
-        occ = (
-            occlusion(ctx.model, x, target, window=window, stride=stride)
-            .attribution[:, 0]
-            .cpu()
-            .numpy()
-        )
-        cam = grad_cam(ctx.model, x, target, layer).detach().cpu().numpy()  # (n, H, W)
-        sal = saliency(ctx.model, x, target).detach().cpu().numpy()  # (n, H, W)
-        fig, axes = subplots(len(idx), 4, figsize=(7.2, 1.9 * len(idx) + 0.3), squeeze=False)
-        for r, i in enumerate(idx):
-            truth, guess = ctx.class_name(int(ds.labels[i])), ctx.class_name(int(pred[i]))
-            axes[r, 0].imshow(to_hwc(images[r]), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-            axes[r, 0].set_axis_off()
-            axes[r, 0].set_title(
-                f"true: {truth}\npredicted: {guess} ({100 * float(probs[i, pred[i]]):.0f} %)",
-                fontsize=7,
-            )
-            overlay_heatmap(axes[r, 1], images[r], occ[r], alpha=0.6, symmetric=True)
-            overlay_heatmap(axes[r, 2], images[r], cam[r], alpha=0.5)
-            overlay_heatmap(axes[r, 3], images[r], sal[r], alpha=0.6, cmap="hot")
-        for col, name in enumerate(("image", "occlusion", f"Grad-CAM ({layer})", "saliency")):
-            axes[0, col].set_title(axes[0, col].get_title() if col == 0 else name, fontsize=8)
-        fig.tight_layout()
-        parts.append(f"<h3>{esc(title)}</h3>")
-        parts.append(
-            img(
-                fig,
-                f"{title.lower()} test images with occlusion, Grad-CAM and saliency maps",
-                f"Every map explains the predicted class. Occlusion: {window}x{window} patches of the mean colour at "
-                f"stride {stride}, mean drop of the class score per pixel (red: hiding it lowers the score; blue: "
-                f"raises it). Grad-CAM at layer {layer}, upsampled. Saliency: |gradient|, max over channels.",
-            )
-        )
-    return Section("".join(parts))
-
-
-# --------------------------------------------------------------------------------------------------
-# 11. Effective receptive field
-# --------------------------------------------------------------------------------------------------
-
-
-@section(
-    "erf",
-    "Effective receptive field",
-    "How much each input pixel influences the centre unit of the last spatial convolution, averaged over random "
-    "inputs (Luo et al. 2016), drawn inside the theoretical receptive field (the box). The influence "
-    "concentrates near the centre and fades like a Gaussian: a unit effectively sees less than its "
-    "theoretical field.",
-)
-def erf_section(ctx: ReportContext) -> Section | Skipped:
-    layer = ctx.spatial_conv()
-    from convlens.anatomy import effective_receptive_field
-    from convlens.render.layers import erf_figure
-
-    erf = effective_receptive_field(
-        ctx.model, layer, ctx.input_shape, n=ctx.options.erf_samples, seed=ctx.options.seed
-    )
-    rf = erf.theoretical
-    fig = erf_figure(erf.map, rf.box(*erf.unit), layer=layer, rf_size=rf.size)
-    caption = (
-        f"Centre unit {erf.unit} of layer {layer}, {erf.samples} random inputs: "
-        f"{100 * erf.mass:.0f} % of the influence lies within {erf.radius:.1f} pixels of the centre, "
-        f"while the theoretical field is {rf.size[0]}x{rf.size[1]} pixels."
-    )
-    return Section(img(fig, f"effective receptive field of layer {layer}", caption))
+SECTIONS.extend(report_units.SECTIONS)  # then what units look for and where the network looks

@@ -132,15 +132,18 @@ def run_dirs(folder: str | Path) -> list[Path]:
     return runs
 
 
-def from_run_dir(path: Path, *, images: bool = True) -> Served:
-    """A run directory as a served subject, named after its folder; its test split as images."""
+def from_run_dir(path: Path, *, images: bool = True, data_dir: str | None = None) -> Served:
+    """A run directory as a served subject, named after its folder; its test split as images.
+
+    `data_dir`: where the run's data set lives when not where it was trained (default: as recorded).
+    """
 
     def load() -> Subject:
         run = load_run(path)
         data = None
         if images:
             try:
-                data = run.load_data("test")
+                data = run.load_data("test", root=data_dir)
             except ConvlensError:
                 data = None  # the data set is not on this machine: the views that need it say so
         return from_run(run, images=data)

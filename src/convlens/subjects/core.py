@@ -40,6 +40,8 @@ class Preprocess:
         resize: when set, the shorter side of an image is first resized to this many pixels and the
             centre ``size`` is cropped (torchvision's ImageNet evaluation transform); when None the
             image is resized straight to ``size``.
+        interpolation: Pillow's resampling filter for the resize: ``bilinear`` (torchvision's
+            default), ``bicubic`` or ``nearest``.
     """
 
     channels: int
@@ -47,6 +49,7 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: int | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -55,6 +58,10 @@ class Preprocess:
             raise ConvlensError(
                 f"mean {self.mean} and std {self.std} must have one value per channel "
                 f"({self.channels})"
+            )
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ConvlensError(
+                f"interpolation {self.interpolation!r}: use bilinear, bicubic or nearest"
             )
 
     @property
@@ -84,6 +91,7 @@ class Subject:
             none yet. Its images are uint8 at ``preprocess.image_shape``.
         run: the run directory it came from, when it came from one (history, training config).
         info: free-form facts for reports (weights file, source), shown as given.
+        data_root: where a run's data set lives when not where it was trained (``--data-dir``).
     """
 
     model: nn.Module
@@ -93,6 +101,8 @@ class Subject:
     images: Dataset | None = None
     run: Run | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    _splits: dict[str, Dataset] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -112,6 +122,33 @@ class Subject:
     def class_name(self, index: int) -> str:
         """The name of output `index` (its number when the subject has no name for it)."""
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+
+    def data(self, split: str = "test") -> Dataset:
+        """The images to look at: the user's images (for every split), else the run's `split`.
+
+        A run's split is loaded once (from `data_root`, else where the run was trained).
+
+        Raises:
+            ConvlensError: no images given and no run to load them from, or the data set is missing.
+        """
+        if self.images is not None:
+            return self.images
+        if self.run is None:
+            raise ConvlensError(
+                f"{self.name} has no images to look at; pass a file or folder of images "
+                "(--images PATH, or images= in Python)"
+            )
+        if split not in self._splits:
+            self._splits[split] = self.run.load_data(split, root=self.data_root)
+        return self._splits[split]
+
+    def labels_are_outputs(self, ds: Dataset) -> bool:
+        """Whether the labels of `ds` index this model's outputs (accuracy and confusion apply).
+
+        True for a run's own data set and for class folders named as the model's classes; False for
+        unlabelled images and for folders whose names are not the model's class names.
+        """
+        return bool(ds.extra.get("labelled", True)) and list(ds.classes) == list(self.classes)
 
 
 def subject(
@@ -139,7 +176,7 @@ def subject(
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
         preprocess = Preprocess(channels=c, size=(h, w), mean=mean, std=std)
     if classes is None:
-        classes = [str(i) for i in range(_num_outputs(model, preprocess))]
+        classes = [str(i) for i in range(num_outputs(model, preprocess))]
     if images is not None and images.image_shape != preprocess.image_shape:
         raise ConvlensError(
             f"the images are {images.image_shape} (C, H, W) but the model takes "
@@ -155,10 +192,11 @@ def subject(
     )
 
 
-def from_run(run: Run, *, images: Dataset | None = None) -> Subject:
+def from_run(run: Run, *, images: Dataset | None = None, data_root: str | None = None) -> Subject:
     """The subject of a loaded run directory (its model, normalisation and class names).
 
-    `images` default to none; load the run's test split with ``run.load_data("test")`` when wanted.
+    `images` default to none: :meth:`Subject.data` then loads the run's own splits (from
+    `data_root` when given, else where the run was trained).
     """
     c, h, w = run.data.image_shape
     pre = Preprocess(channels=c, size=(h, w), mean=run.data.mean, std=run.data.std)
@@ -170,11 +208,16 @@ def from_run(run: Run, *, images: Dataset | None = None) -> Subject:
         images=images,
         run=run,
         info={"model": run.model_name, "data": run.data.name},
+        data_root=data_root,
     )
 
 
-def _num_outputs(model: nn.Module, pre: Preprocess) -> int:
-    """The number of logits, read from one forward pass of a zero image."""
+def num_outputs(model: nn.Module, pre: Preprocess) -> int:
+    """The number of logits, read from one forward pass of a zero image.
+
+    Raises:
+        ConvlensError: the model does not return ``(N, classes)`` logits for that input.
+    """
     p = next(model.parameters(), None)
     x = torch.zeros(1, *pre.image_shape, device=p.device if p is not None else "cpu")
     was_training = model.training
@@ -182,6 +225,11 @@ def _num_outputs(model: nn.Module, pre: Preprocess) -> int:
     try:
         with torch.inference_mode():
             out = model(x)
+    except RuntimeError as e:  # a shape error deep inside: the input size is not the model's
+        raise ConvlensError(
+            f"{type(model).__name__} cannot run on a {pre.image_shape} (C, H, W) input "
+            f"({str(e).splitlines()[0]})"
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:

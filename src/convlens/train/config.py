@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step")
 AUGMENTS = ("crop", "flip", "lighting", "cutout")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_THREADS = 4096  # torch takes a C int; no machine has more cores
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,9 @@ class TrainConfig:
             )
         if not 0 <= self.seed < 2**63:
             raise ConvlensError(f"seed must be in [0, 2**63), not {self.seed}")
-        if not self.checkpoint_every_s > 0:
+        if not self.checkpoint_every_s >= 0:  # 0: at every check (tests)
             raise ConvlensError(
-                f"checkpoint interval must be a positive number of seconds, not {self.checkpoint_every_s}"
+                f"checkpoint interval must be 0 or more seconds, not {self.checkpoint_every_s}"
             )
         for a in self.augmentations:
             if a not in AUGMENTS:
@@ -115,6 +116,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConvlensError(f"{name.replace('_', '-')} must be at least 1, not {v}")
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ConvlensError(f"threads must be at most {MAX_THREADS}, not {self.threads}")
 
     @property
     def augmentations(self) -> list[str]:

@@ -1,7 +1,10 @@
-"""`fit`: train a registry model on a named data set into a run directory.
+"""`fit`: train a model (a registry name or your own module) on a data set into a run directory.
 
-The whole algorithm is in :func:`_train` and reads top to bottom; :class:`~convlens.train.runtime.Runtime`
-owns device, precision and distribution, :mod:`~convlens.train.checkpoint` the resumable state.
+The whole algorithm is in :func:`_train` and reads top to bottom; it calls the model's own
+``forward`` (``torch.compile`` of it with ``--compile``, the one speed switch).
+:class:`~convlens.train.runtime.Runtime` owns device, precision and distribution,
+:mod:`~convlens.train.setup` the model, data and optimiser, :mod:`~convlens.train.resume` the checks
+before continuing a run, :mod:`~convlens.train.checkpoint` the resumable state.
 
 Resuming is exact on CPU: the batches of epoch `e` from batch `b` on depend only on `(seed, e, b)`
 (see :class:`convlens.data.loader.BatchLoader`), the schedule only on the step, and the checkpoint
@@ -14,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +28,16 @@ from rich.console import Console
 from torch import nn
 
 from convlens import interrupts
+from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError, Interrupted
-from convlens.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from convlens.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from convlens.fileio import atomic_write_json, atomic_write_text
+from convlens.models.hooks import evaluating
+from convlens.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from convlens.train.config import RESUMABLE_CHANGES, TrainConfig
 from convlens.train.lock import run_lock
 from convlens.train.progress import Reporter
 from convlens.train.recipes import recipe
+from convlens.train.resume import check_resumable, resume_config
 from convlens.train.run_dir import (
     CHECKPOINT,
     METRICS,
@@ -40,12 +45,18 @@ from convlens.train.run_dir import (
     WEIGHTS,
     Run,
     load_run,
-    read_run_json,
+    write_final,
 )
 from convlens.train.runtime import Runtime
 from convlens.train.schedules import lr_factor
-
-FORMAT = 1
+from convlens.train.setup import (
+    build_model,
+    check_classes,
+    describe_run,
+    load_splits,
+    model_name,
+    optimizer,
+)
 
 
 class TrainingDiverged(ConvlensError):
@@ -67,10 +78,11 @@ class _Position:
 
 
 def fit(
-    model: str,
-    data: str,
+    model: str | nn.Module,
+    data: str | Dataset,
     *,
     out: str | Path,
+    test_data: Dataset | None = None,
     config: TrainConfig | None = None,
     overrides: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
@@ -81,9 +93,20 @@ def fit(
 ) -> Run:
     """Train `model` on `data` and write the run directory `out`; return it loaded.
 
+    Example (your own module and data)::
+
+        run = fit(MyNet(), train_split, test_data=test_split, out="runs/mine")
+        run = fit(MyNet(), train_split, test_data=test_split, out="runs/mine", resume=True)
+
     Args:
-        model: registry name (`lenet5`, `resnet20`, `torchvision:resnet18`, ...).
-        data: data set name (`mnist`, `fashion-mnist`, `cifar10`, `sample`, `folder:PATH`).
+        model: registry name (`lenet5`, `resnet20`, `torchvision:resnet18`, ...), or your own
+            ``nn.Module`` taking normalised `(N, C, H, W)` images and returning `(N, classes)`
+            scores; it is trained in place and run.json records it as `user:ClassName`. Such a
+            run cannot be rebuilt from its directory: resume it, or load it, by passing the same
+            module again (`load_run(out, model=MyNet())`).
+        data: data set name (`mnist`, `fashion-mnist`, `cifar10`, `sample`, `folder:PATH`), or
+            your own :class:`~convlens.data.Dataset` (uint8 images in memory, its mean and std).
+        test_data: the held-out split, with a Dataset as `data` (required then).
         out: the run directory to write (created; must not hold another run unless `resume`).
         config: hyper-parameters; None = :func:`convlens.train.recipes.recipe` for this model and data.
             With `resume`, None continues with the saved configuration; a given one must agree
@@ -91,7 +114,7 @@ def fit(
         overrides: TrainConfig fields to change on top of `config` (or of the recipe / the saved
             configuration); what the CLI's explicit options become.
         model_options: extra keyword arguments for `convlens.models.create` (`num_classes` and
-            `in_channels` default to the data set's).
+            `in_channels` default to the data set's); only with a registry name.
         data_root: folder holding the data sets (default: CONVLENS_DATA or the data module's default).
         resume: continue the run in `out` from its last complete checkpoint.
         progress: show the progress bar and per-epoch lines (rank 0 only in any case).
@@ -102,15 +125,19 @@ def fit(
 
     Raises:
         ConvlensError: bad options, data that does not fit the model, a directory holding another
-            run (or being written by another process), a missing or corrupt checkpoint;
-            :class:`TrainingDiverged` on a NaN/inf loss.
+            run (or being written by another process), a missing or corrupt checkpoint, a resume
+            with another module's architecture; :class:`TrainingDiverged` on a NaN/inf loss.
         Interrupted: Ctrl-C (or the CLI's SIGTERM) stopped the run at a batch boundary after writing
             a checkpoint there; the message says how to resume.
     """
     out = Path(out)
+    if isinstance(model, nn.Module) and model_options:
+        raise ConvlensError("model_options are for a registry name; build your module with them")
+    user_model = model if isinstance(model, nn.Module) else None
+    data_name = data if isinstance(data, str) else (data.name or "user")
     saved: dict[str, Any] | None = None
     if resume:
-        saved = _check_resumable(out, model, data, model_options)
+        saved = check_resumable(out, model, data, model_options)
         if saved["raw"].get("status") == "complete" and (out / WEIGHTS).is_file():
             old = saved["config"].to_dict()
             changed = sorted(
@@ -126,10 +153,10 @@ def fit(
                 )
             if progress:
                 (console or Console(stderr=True)).print(f"{out} is already complete; nothing to do")
-            return load_run(out)
+            return load_run(out, model=user_model)
         if overrides:
             config = (config or saved["config"]).replace(**overrides)
-        cfg = _resume_config(saved["config"], config)
+        cfg = resume_config(saved["config"], config)
         model_options = saved["raw"]["model"].get("options", {})
         data_root = data_root if data_root is not None else saved["raw"]["data"].get("root")
     else:
@@ -140,21 +167,25 @@ def fit(
             raise ConvlensError(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
-        cfg = config if config is not None else recipe(model, data)
+        cfg = config if config is not None else recipe(model_name(model), data_name)
         if overrides:
             cfg = cfg.replace(**overrides)
 
     rt = Runtime.setup(
         cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, threads=cfg.threads
     )
+    devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
     try:
-        # One writer per run directory; a signal stops the loop at the next batch boundary.
+        # One writer per run directory; a signal stops the loop at the next batch boundary. The
+        # run seeds and draws from torch's global generators (its checkpoints save their states
+        # for an exact resume); the caller's generators are as before afterwards.
         lock = run_lock(out) if rt.is_main else contextlib.nullcontext()
-        with lock, interrupts.deferred():
+        with lock, interrupts.deferred(), torch.random.fork_rng(devices=devices):
             _train(
                 rt,
                 model,
                 data,
+                test_data,
                 out=out,
                 cfg=cfg,
                 model_options=dict(model_options or {}),
@@ -165,7 +196,7 @@ def fit(
         rt.barrier()  # the other ranks read what rank 0 wrote
     finally:
         rt.close()
-    return load_run(out)
+    return load_run(out, model=user_model)
 
 
 def _env_rank() -> int:
@@ -176,127 +207,11 @@ def _env_rank() -> int:
         return 0
 
 
-def _check_resumable(
-    out: Path, model: str, data: str, model_options: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Read run.json and checkpoint.pt of `out`; refuse a directory of another model or data set."""
-    raw = read_run_json(out)
-    have_model, have_data = raw["model"]["name"], raw["data"]["name"]
-    if (have_model, have_data) != (model, data):
-        raise ConvlensError(
-            f"{out} holds a run of {have_model} on {have_data}, not {model} on {data}; "
-            f"resume it with `convlens train {have_model} --data {have_data} --out {out} --resume` "
-            "or choose another --out"
-        )
-    if model_options:
-        saved_opts = raw["model"].get("options", {})
-        diff = {k: v for k, v in model_options.items() if saved_opts.get(k) != v}
-        if diff:
-            raise ConvlensError(
-                f"{out} holds {have_model} with options {saved_opts}; these differ: {diff}"
-            )
-    ckpt = load_checkpoint(out / CHECKPOINT)
-    if ckpt.get("model_name") != model or ckpt.get("data_name") != data:
-        raise ConvlensError(
-            f"{out / CHECKPOINT} belongs to {ckpt.get('model_name')} on {ckpt.get('data_name')}, "
-            f"but run.json names {model} on {data}; the directory is inconsistent"
-        )
-    return {"raw": raw, "checkpoint": ckpt, "config": TrainConfig.from_dict(ckpt["config"])}
-
-
-def _resume_config(saved: TrainConfig, given: TrainConfig | None) -> TrainConfig:
-    """The saved configuration, with the given one's harmless changes (device, ...) applied."""
-    if given is None:
-        return saved
-    a, b = saved.to_dict(), given.to_dict()
-    bad = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES}
-    if bad:
-        listed = ", ".join(f"{k} {new!r} (saved {old!r})" for k, (old, new) in bad.items())
-        raise ConvlensError(
-            "--resume continues a run exactly as it was configured, but these options differ: "
-            f"{listed}; drop them, or start a new run in another --out"
-        )
-    return saved.replace(**{k: b[k] for k in RESUMABLE_CHANGES})
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    from convlens import __version__
-
-    return {
-        "convlens": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only: decaying biases and norm scales only hurts."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay)
-    # The fused kernels update all parameters of a group in one call: on a CPU the per-tensor loop
-    # costs ~5x more for LeNet-5's ten small tensors (0.55 ms of a ~5 ms step with two threads).
-    fused = all(p.dtype in (torch.float32, torch.float64) for g in groups for p in g["params"])
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), fused=fused)
-    return torch.optim.SGD(
-        groups,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        fused=fused,
-    )
-
-
-def _build_model(
-    name: str, options: dict[str, Any], image_shape: tuple[int, int, int], data: str, seed: int
-) -> nn.Module:
-    """Create the model (seeded) and check that one batch of this data set goes through it."""
-    from convlens import models
-
-    torch.manual_seed(seed)
-    net = models.create(name, **options)
-    probe = torch.zeros(2, *image_shape)
-    net.eval()
-    try:
-        with torch.no_grad():
-            logits = net(probe)
-    except (RuntimeError, ValueError, ConvlensError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        expected = ""
-        with contextlib.suppress(
-            Exception
-        ):  # not every model (torchvision:, timm:) declares a size
-            expected = f"; {name} expects {tuple(models.info(name).input_size)}"
-        raise ConvlensError(
-            f"{data} images of shape {tuple(image_shape)} do not fit {name}{expected} ({first})"
-        ) from None
-    if logits.ndim != 2 or logits.shape[1] != options["num_classes"]:
-        raise ConvlensError(
-            f"{name} gives outputs of shape {tuple(logits.shape)} for {data}, "
-            f"expected (N, {options['num_classes']}) class scores"
-        )
-    net.train()
-    return net
-
-
 def _train(
     rt: Runtime,
-    model_name: str,
-    data_name: str,
+    model_arg: str | nn.Module,
+    data_arg: str | Dataset,
+    test_arg: Dataset | None,
     *,
     out: Path,
     cfg: TrainConfig,
@@ -305,15 +220,16 @@ def _train(
     checkpoint: dict[str, Any] | None,
     reporter_args: dict[str, Any],
 ) -> None:
-    from convlens import data as datasets
     from convlens.data.loader import Augment, BatchLoader
 
     # ---- data: uint8 tensors in memory, on the device --------------------------------------------
-    train = datasets.load(data_name, split="train", root=data_root)
-    test = datasets.load(data_name, split="test", root=data_root)
+    splits = load_splits(data_arg, test_arg, data_root)
+    train, test, data_name = splits.train, splits.test, splits.name
+    # A resumed run keeps its name (a user's module is recognised by its architecture, not class).
+    name = str(checkpoint["model_name"]) if checkpoint is not None else model_name(model_arg)
     # Limits take images from every class (class-ordered folders such as CIFAR-10's JPEG tree).
     train_x, train_y = train.head(cfg.limit_train)
-    _check_classes(data_name, train.classes, train_y, cfg.limit_train)
+    check_classes(data_name, train.classes, train_y, cfg.limit_train)
     # Each rank measures test accuracy on its own disjoint slice; the sums are added over ranks.
     test_x, test_y = (t[rt.rank :: rt.world_size] for t in test.head(cfg.limit_test))
     if cfg.batch_size % rt.world_size:
@@ -361,14 +277,14 @@ def _train(
         "in_channels": train.image_shape[0],
         **model_options,
     }
-    model = _build_model(model_name, options, train.image_shape, data_name, cfg.seed)
+    model = build_model(model_arg, options, train.image_shape, data_name, cfg.seed)
     pos = _Position()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     net = rt.prepare(model, compile=cfg.compile)  # what we call; `model` is what we save
-    optimizer = _optimizer(model, cfg)
+    opt = optimizer(model, cfg)
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        opt.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"])
         part = checkpoint["partial"]
         pos = _Position(
@@ -387,24 +303,7 @@ def _train(
     warmup_steps = round(cfg.warmup * steps_per_epoch)
     global_batch = cfg.batch_size
 
-    run_json: dict[str, Any] = {
-        "format": FORMAT,
-        "status": "running",
-        "model": {"name": model_name, "options": options},
-        "data": {
-            "name": data_name,
-            "classes": list(train.classes),
-            "mean": list(train.mean),
-            "std": list(train.std),
-            "image_shape": list(train.image_shape),
-            "root": data_root,
-        },
-        "train": cfg.to_dict(),
-        "seed": cfg.seed,
-        "versions": _versions(),
-        "device": str(rt.device),
-        "world_size": rt.world_size,
-    }
+    run_json = describe_run(name, options, model, splits, data_root, cfg, rt.device, rt.world_size)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_JSON, run_json)
@@ -414,7 +313,7 @@ def _train(
         """Everything needed to continue from `pos` (rank 0 writes it)."""
         return {
             "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+            "optimizer": opt.state_dict(),
             "scheduler": {"name": cfg.schedule, "step": pos.step},
             "epoch": pos.epoch,
             "batch": pos.batch,
@@ -428,7 +327,7 @@ def _train(
             "history": pos.history,
             "rng": rng_state(),
             "config": cfg.to_dict(),
-            "model_name": model_name,
+            "model_name": name,
             "data_name": data_name,
         }
 
@@ -452,7 +351,11 @@ def _train(
             atomic_write_json(out / RUN_JSON, {**run_json, "status": "interrupted"})
         return interrupts.stop(
             f"{where}; checkpoint saved. Resume with: "
-            f"convlens train {model_name} --data {data_name} --out {out} --resume"
+            + (
+                f"convlens train {name} --data {data_name} --out {out} --resume"
+                if not isinstance(model_arg, nn.Module) and isinstance(data_arg, str)
+                else "fit(<the same module and data>, ..., resume=True)"
+            )
         )
 
     reporter = Reporter(
@@ -463,7 +366,7 @@ def _train(
     if checkpoint is not None:
         reporter.print(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
     reporter.print(
-        f"training {model_name} on {data_name}: {len(train_x):,} images, "
+        f"training {name} on {data_name}: {len(train_x):,} images, "
         f"{_plural(cfg.epochs, 'epoch')}, "
         f"batch {global_batch}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, "
         f"augment {cfg.augment}, {rt.device}"
@@ -491,14 +394,14 @@ def _train(
             last_refresh = t0
             for x, y in train_loader:
                 lr = cfg.lr * lr_factor(cfg.schedule, pos.step, total_steps, warmup_steps)
-                for g in optimizer.param_groups:
+                for g in opt.param_groups:
                     g["lr"] = lr
                 with rt.autocast():
                     logits = net(rt.to_input(x))  # (B, classes)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                opt.step()
                 pos.step += 1
                 pos.batch += 1
                 with torch.no_grad():
@@ -583,45 +486,10 @@ def _train(
         reporter.close()
 
     if rt.is_main:
-        from safetensors.torch import save
-
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # Serialised in memory, then written beside and renamed: never half a file, mode 0644.
-        atomic_write_bytes(out / WEIGHTS, save(weights))
+        write_final(out, model, run_json, pos.history)
         last = pos.history[-1] if pos.history else {}
-        atomic_write_json(
-            out / RUN_JSON,
-            {
-                **run_json,
-                "status": "complete",
-                "result": {
-                    "test_acc": last.get("test_acc"),
-                    "test_loss": last.get("test_loss"),
-                    "epochs": len(pos.history),
-                    "elapsed_s": last.get("elapsed_s"),
-                },
-            },
-        )
         reporter.print(
             f"done: {_plural(len(pos.history), 'epoch')} in {last.get('elapsed_s', 0.0):.0f} s"
-        )
-
-
-def _check_classes(data: str, classes: list[str], labels: torch.Tensor, limit: int | None) -> None:
-    """A classifier needs two classes or more, and training images of every class it names."""
-    if len(classes) < 2:
-        raise ConvlensError(
-            f"{data} has {len(classes)} class{'' if len(classes) == 1 else 'es'} "
-            f"({', '.join(classes) or 'none'}); a classifier needs at least two"
-        )
-    counts = torch.bincount(labels.long(), minlength=len(classes))  # (K,) images per class
-    empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
-    if empty:
-        why = f" within --limit-train {limit}" if limit is not None else ""
-        raise ConvlensError(
-            f"class {empty[0]!r} of {data} has no training images{why}"
-            + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else "")
-            + "; add images to it, or remove the empty class folder"
         )
 
 
@@ -641,15 +509,14 @@ def _check_finite(sums: torch.Tensor, model: nn.Module, diverged: Any, where: st
 @torch.inference_mode()
 def _test(rt: Runtime, model: nn.Module, loader: Any) -> tuple[float, float]:
     """Mean loss and accuracy on the test split (each rank its slice; sums added over ranks)."""
-    model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
-    for x, y in loader:
-        with rt.autocast():
-            logits = model(rt.to_input(x))
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        sums[1] += (logits.argmax(1) == y).sum()
-        sums[2] += y.shape[0]
-    model.train()
+    with evaluating(model):
+        for x, y in loader:
+            with rt.autocast():
+                logits = model(rt.to_input(x))
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += y.shape[0]
     loss_sum, correct, n = rt.sum(sums).tolist()
     return loss_sum / max(n, 1), correct / max(n, 1)
 

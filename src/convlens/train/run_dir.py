@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.fileio import atomic_write_bytes, atomic_write_json
 
 RUN_JSON = "run.json"
 WEIGHTS = "model.safetensors"
@@ -119,11 +120,21 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
+def load_run(
+    path: str | Path, *, device: str | torch.device = "cpu", model: nn.Module | None = None
+) -> Run:
     """Load a run directory: the model in eval mode with its final weights, data description, history.
 
+    Args:
+        path: the run directory.
+        device: where to put the model.
+        model: for a run of your own module (run.json's model is `user:ClassName`), a fresh
+            instance of it: its weights are replaced by the run's (the keys and shapes must match).
+            A registry model is rebuilt from its name and needs none.
+
     Raises:
-        ConvlensError: the directory, `run.json` or the weights are missing or belong to another model.
+        ConvlensError: the directory, `run.json` or the weights are missing or belong to another
+            model; a run of a user's module loaded without it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -139,7 +150,13 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConvlensError(f"device {device}: PyTorch sees no CUDA device here; use cpu")
     m = raw["model"]
-    model = models.create(m["name"], **m.get("options", {}))
+    if model is None:
+        if m.get("user_supplied") or str(m["name"]).startswith("user:"):
+            raise ConvlensError(
+                f"{path} holds a run of your own module {m.get('class', m['name'])}; it cannot be "
+                "rebuilt from a name: pass it, load_run(path, model=YourModule(...))"
+            )
+        model = models.create(m["name"], **m.get("options", {}))
     wfile = path / WEIGHTS
     if not wfile.is_file():
         raise ConvlensError(
@@ -177,3 +194,22 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> Run:
         status=str(raw.get("status", "complete")),
         raw=raw,
     )
+
+
+def write_final(
+    out: Path, model: nn.Module, run_json: dict[str, Any], history: list[dict[str, Any]]
+) -> None:
+    """Write the finished run: the final weights, then run.json marked complete with its result."""
+    from safetensors.torch import save
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Serialised in memory, then written beside and renamed: never half a file, mode 0644.
+    atomic_write_bytes(out / WEIGHTS, save(weights))
+    last = history[-1] if history else {}
+    result = {
+        "test_acc": last.get("test_acc"),
+        "test_loss": last.get("test_loss"),
+        "epochs": len(history),
+        "elapsed_s": last.get("elapsed_s"),
+    }
+    atomic_write_json(out / RUN_JSON, {**run_json, "status": "complete", "result": result})

@@ -31,7 +31,7 @@ def _color_matrix(req: VisualizeRequest) -> torch.Tensor | None:
     from convlens.inspect.param import color_correlation_sqrt
 
     try:
-        ds = req.run.load_data("test", root=str(req.data_dir) if req.data_dir else None)
+        ds = req.dataset("test")
     except ConvlensError as e:
         console.print(f"[yellow]note:[/] colours decorrelated with ImageNet's statistics ({e})")
         return None
@@ -48,14 +48,14 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
     from convlens.models import default_layer
     from convlens.render.actmax import actmax_figure
 
-    run = req.run
+    run = req.subject
     model = run.model
     objective = req.objective or "channel"
     if objective not in OBJECTIVES:
         raise ConvlensError(
             f"--objective {objective!r} is not one of {', '.join(OBJECTIVES)}"
         )  # fmt: skip
-    c, h, _ = run.data.image_shape
+    c, h, _ = run.image_shape
     size = req.size if req.size is not None else h
     if size < 1:
         raise ConvlensError(f"--size must be a positive number of pixels, not {size}")
@@ -77,12 +77,12 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
     console.print(f"actmax: {len(channels)} {what}, objective {objective}, {size}x{size}, {mode}")
     res = activation_maximization(
         model, layer, channels, size=size, steps=req.steps, objective=objective,
-        mean=run.data.mean, std=run.data.std, in_channels=c, seed=req.seed, color_matrix=cm,
+        mean=run.preprocess.mean, std=run.preprocess.std, in_channels=c, seed=req.seed, color_matrix=cm,
         simple=req.simple, device=req.device, progress=True, precision=req.precision,
     )  # fmt: skip
     steps = res.history.shape[0]
-    names = run.data.classes if layer is None else None
-    title = f"{run.model_name} {layer or 'output'}: {objective}, {steps} steps" + (
+    names = run.classes if layer is None else None
+    title = f"{run.name} {layer or 'output'}: {objective}, {steps} steps" + (
         ", Keras-style" if req.simple else ""
     )
     fig = actmax_figure(

@@ -2,7 +2,7 @@
 guided-gradcam.
 
 Query images come from `--image` files (any size and mode: converted to the model's channels and
-resized to its input, with a note for each conversion, see :mod:`convlens.inspect.images`) or else
+resized to its input, with a note for each conversion, see :mod:`convlens.subjects.images`) or else
 the first test images of the run's data set. `--target` picks the class explained (default: each
 image's predicted class). Each runner writes `<method>.png` (heat map over each image) into `--out`
 and, with `--save-data`, the raw map as `<method>.npy`.
@@ -35,7 +35,7 @@ def _save_npy(path: Path, array: torch.Tensor | np.ndarray) -> Path:
 def _inputs(req: VisualizeRequest) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
     """uint8 images, normalised model inputs on the device, titles, and the targets."""
     imgs, names = req.query_images()
-    run = req.run
+    run = req.subject
     x = run.normalize(imgs).to(req.device)
     with torch.no_grad():
         logits = run.model(x)
@@ -48,7 +48,7 @@ def _inputs(req: VisualizeRequest) -> tuple[torch.Tensor, torch.Tensor, list[str
         logits.argmax(1) if req.target is None else torch.full_like(logits[:, 0], req.target).long()
     )
     probs = logits.softmax(1)
-    classes = run.data.classes
+    classes = run.classes
 
     def cls(i: int) -> str:
         return classes[i] if i < len(classes) else str(i)
@@ -88,7 +88,7 @@ def run_occlusion(req: VisualizeRequest) -> list[Path]:
     if window < 1 or stride < 1:
         raise ConvlensError(f"--window and --stride must be at least 1 (got {window}, {stride})")
     console.print(f"occlusion: window {window} px, stride {stride} px, baseline = data mean")
-    res = occlusion(req.run.model, x, target, window=window, stride=stride, progress=True)
+    res = occlusion(req.subject.model, x, target, window=window, stride=stride, progress=True)
     fig = occlusion_figure(
         imgs, res.attribution[:, 0], res.prob_drop, res.rows, res.cols, titles=titles
     )
@@ -105,7 +105,7 @@ def run_saliency(req: VisualizeRequest) -> list[Path]:
     from convlens.render.attribution import attribution_figure
 
     imgs, x, titles, target = _inputs(req)
-    s = saliency(req.run.model, x, target)
+    s = saliency(req.subject.model, x, target)
     fig = attribution_figure(imgs, s, method="saliency |dy/dx|", titles=titles)
     return _write(req, req.out / "saliency.png", fig, s)
 
@@ -116,7 +116,7 @@ def run_guided_backprop(req: VisualizeRequest) -> list[Path]:
     from convlens.render.attribution import attribution_figure
 
     imgs, x, titles, target = _inputs(req)
-    g = guided_backprop(req.run.model, x, target)
+    g = guided_backprop(req.subject.model, x, target)
     fig = attribution_figure(imgs, g, method="guided backprop", titles=titles, signed_image=True)
     return _write(req, req.out / "guided_backprop.png", fig, g)
 
@@ -128,8 +128,8 @@ def run_gradcam(req: VisualizeRequest) -> list[Path]:
     from convlens.render.attribution import attribution_figure
 
     imgs, x, titles, target = _inputs(req)
-    layer = req.layer or default_layer(req.run.model, tuple(x.shape[1:]))
-    cam = grad_cam(req.run.model, x, target, layer)
+    layer = req.layer or default_layer(req.subject.model, tuple(x.shape[1:]))
+    cam = grad_cam(req.subject.model, x, target, layer)
     fig = attribution_figure(imgs, cam, method=f"Grad-CAM {layer}", titles=titles)
     return _write(req, req.out / "gradcam.png", fig, cam)
 
@@ -141,8 +141,8 @@ def run_guided_gradcam(req: VisualizeRequest) -> list[Path]:
     from convlens.render.attribution import attribution_figure
 
     imgs, x, titles, target = _inputs(req)
-    layer = req.layer or default_layer(req.run.model, tuple(x.shape[1:]))
-    g = guided_grad_cam(req.run.model, x, target, layer)
+    layer = req.layer or default_layer(req.subject.model, tuple(x.shape[1:]))
+    g = guided_grad_cam(req.subject.model, x, target, layer)
     fig = attribution_figure(
         imgs, g, method=f"guided Grad-CAM {layer}", titles=titles, signed_image=True
     )

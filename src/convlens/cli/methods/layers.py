@@ -52,7 +52,7 @@ def _single_layer(req: VisualizeRequest) -> str | None:
 
 
 def _dataset(req: VisualizeRequest, split: str) -> Any:
-    return req.run.load_data(split, root=str(req.data_dir) if req.data_dir else None)
+    return req.dataset(split)
 
 
 def _positive(value: int | None, default: int, option: str) -> int:
@@ -68,7 +68,7 @@ def run_filters(req: VisualizeRequest) -> list[Path]:
     from convlens.inspect.filters import filters, first_conv
     from convlens.render.layers import filters_figure
 
-    model = req.run.model
+    model = req.subject.model
     layer = _single_layer(req) or first_conv(model)
     w = filters(model, layer)  # (C_out, C_in, kH, kW)
     count = _positive(req.count, 64, "--count")
@@ -90,7 +90,7 @@ def run_activations(req: VisualizeRequest) -> list[Path]:
     from convlens.inspect.activations import activations
     from convlens.render.layers import activations_figure
 
-    run = req.run
+    run = req.subject
     images, titles = req.query_images(n_default=1)  # uint8 (N, C, H, W)
     x = run.normalize(images)
     max_channels = _positive(req.count, 32, "--count")
@@ -117,9 +117,9 @@ def run_neighbors(req: VisualizeRequest) -> list[Path]:
     k = _positive(req.k, 5, "--k")
     queries, qtitles = req.query_images(n_default=_positive(req.count, 4, "--count"))
     train = _dataset(req, "train")
-    run = req.run
+    run = req.subject
     nb = neighbors(
-        run.model, queries, train.images, k, metric=metric, mean=run.data.mean, std=run.data.std,
+        run.model, queries, train.images, k, metric=metric, mean=run.preprocess.mean, std=run.preprocess.std,
         progress=True,
     )  # fmt: skip
     cls = train.classes
@@ -127,7 +127,7 @@ def run_neighbors(req: VisualizeRequest) -> list[Path]:
     def caption(idx: torch.Tensor, dist: torch.Tensor) -> list[list[str]]:
         return [
             [
-                f"{cls[int(train.labels[i])]} {d:.2f}"
+                f"{cls[int(train.labels[i])]} {d:.3g}"  # 0.0042, not 0.00
                 for i, d in zip(row_i.tolist(), row_d.tolist(), strict=True)
             ]
             for row_i, row_d in zip(idx, dist, strict=True)
@@ -163,7 +163,7 @@ def run_tsne(req: VisualizeRequest) -> list[Path]:
     from convlens.inspect.tsne import tsne, tsne_grid
     from convlens.render.layers import tsne_image_grid, tsne_scatter
 
-    run = req.run
+    run = req.subject
     count = _positive(req.count, 2000, "--count")
     # The test split unless more points are asked for than it has; then the (larger) training split.
     data = _dataset(req, "test")
@@ -175,7 +175,12 @@ def run_tsne(req: VisualizeRequest) -> list[Path]:
     images, labels = data.images[pick], data.labels[pick]
     layer = _single_layer(req)
     feats = extract_features(
-        run.model, images, mean=run.data.mean, std=run.data.std, layer=layer, progress=True
+        run.model,
+        images,
+        mean=run.preprocess.mean,
+        std=run.preprocess.std,
+        layer=layer,
+        progress=True,
     )  # (N, D)
     with console.status(f"t-SNE of {len(feats)} x {feats.shape[1]} features"):
         emb = tsne(feats, seed=req.seed)
@@ -249,8 +254,8 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
     from convlens.inspect.top_patches import crop_patches, top_patches
     from convlens.render.layers import top_images_figure, top_patches_figure
 
-    run = req.run
-    layer = _single_layer(req) or models.default_layer(run.model, tuple(run.data.image_shape))
+    run = req.subject
+    layer = _single_layer(req) or models.default_layer(run.model, run.image_shape)
     channels: int | list[int] = (
         req.parsed_channels([]) if req.channels else _positive(req.count, 8, "--count")
     )
@@ -262,8 +267,8 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
         data.images,
         channels,
         n,
-        mean=run.data.mean,
-        std=run.data.std,
+        mean=run.preprocess.mean,
+        std=run.preprocess.std,
         progress=True,
     )
     crops = crop_patches(data.images, top)  # (K, n, C, h, w)
@@ -308,11 +313,11 @@ def run_erf(req: VisualizeRequest) -> list[Path]:
     from convlens.anatomy import effective_receptive_field
     from convlens.render.layers import erf_figure
 
-    run = req.run
-    layer = _single_layer(req) or models.default_layer(run.model, tuple(run.data.image_shape))
+    run = req.subject
+    layer = _single_layer(req) or models.default_layer(run.model, run.image_shape)
     n = _positive(req.count, 32, "--count")
     with console.status(f"effective receptive field of {layer} ({n} random inputs)"):
-        erf = effective_receptive_field(run.model, layer, run.data.image_shape, n=n, seed=req.seed)
+        erf = effective_receptive_field(run.model, layer, run.image_shape, n=n, seed=req.seed)
     rf = erf.theoretical
     box = rf.box(*erf.unit)
     fig = erf_figure(

@@ -19,8 +19,8 @@ The occluded copies are evaluated by one of two paths, and ``result.method`` say
   clean image and then recomputes, in each layer, only the rectangle a window can change.
 
 **Contract**: the incremental path equals the plain path to 1e-4 of the largest attribution (float
-rounding: other summation orders, BatchNorm folded into convolutions, Winograd's transforms). Tests
-hold both to Captum and to each other on LeNet-5, ResNet-18 and VGG-16.
+rounding: other summation orders, BatchNorm folded into convolutions). Tests hold both to Captum
+and to each other on LeNet-5, ResNet-18 and VGG-16.
 
 **Which path** (``method="auto"``, :func:`choose_method`): on a GPU always plain, since batched
 whole copies keep a GPU busy and the engine's many small gathers do not (it measured slower than
@@ -48,9 +48,11 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.attribution import Target, eval_mode, resolve_targets
+from convlens.inspect.attribution import Target, resolve_targets
 from convlens.inspect.occlusion.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion.plain import occluded_outputs
+from convlens.models.hooks import evaluating
+from convlens.progress import progress_bar
 
 __all__ = ["Method", "OcclusionResult", "choose_method", "occlusion", "occlusion_positions"]
 
@@ -58,6 +60,9 @@ Method = Literal["plain", "incremental"]
 # The engine's rectangles stay small in the early layers only while a window covers at most this
 # fraction of the image; beyond it, nearly every layer is computed in full anyway.
 _INCREMENTAL_MAX_WINDOW_FRACTION = 0.25
+# Copies per forward pass on the plain path: on a CPU larger batches leave the cache (Captum's best
+# perturbations_per_eval of 1/16/64 was 16 in every benchmark pilot); a GPU needs many to be busy.
+_PLAIN_BATCH = {"cpu": 16, "cuda": 256}
 
 
 @dataclass
@@ -180,7 +185,7 @@ def occlusion(
         method: "auto" (:func:`choose_method`), or force "plain" or "incremental" (a model the
             engine cannot trace then runs plain, with a warning).
         batch_size: occluded copies evaluated together (default: the engine sizes batches to keep
-            each one's largest tensor near 24 MB; the plain path takes 64 on CPU, 256 on a GPU).
+            each one's largest tensor near 24 MB; the plain path takes 16 on CPU, 256 on a GPU).
         progress: show a Rich progress bar on stderr.
 
     Returns:
@@ -210,7 +215,7 @@ def occlusion(
     chosen: Method = choose_method(images.device, (H, W), (wh, ww)) if method == "auto" else method
     cuda = images.device.type == "cuda"
 
-    with eval_mode(model), torch.inference_mode(), tf32_off() if cuda else nullcontext():
+    with evaluating(model), torch.inference_mode(), tf32_off() if cuda else nullcontext():
         engine = None
         if chosen == "incremental":
             engine = IncrementalOcclusion(model, (C, H, W), rows, cols)
@@ -226,12 +231,17 @@ def occlusion(
         tgt = resolve_targets(target, clean)
         occluded = torch.empty(N, gh * gw, dtype=clean.dtype, device=clean.device)  # target logits
         occluded_p = torch.empty_like(occluded)  # target probabilities
-        with _progress(progress, N * gh * gw) as advance:
+        with progress_bar(N * gh * gw, "occlusion", enabled=progress) as advance:
             for n in range(N):
                 x, b = images[n : n + 1], base[n : n + 1]  # (1, C, H, W) each
                 if engine is None:
                     batches = occluded_outputs(
-                        model, x, b, rows, cols, batch_size or (256 if cuda else 64)
+                        model,
+                        x,
+                        b,
+                        rows,
+                        cols,
+                        batch_size or _PLAIN_BATCH["cuda" if cuda else "cpu"],
                     )
                 else:
                     batches = _incremental_outputs(engine, x, b, gh * gw, batch_size, first=n == 0)
@@ -302,19 +312,3 @@ def _per_pixel(
     total = R.T @ drop @ Cm  # (N, H, W)
     count = R.sum(0)[:, None] * Cm.sum(0)[None, :]
     return total / count
-
-
-@contextmanager
-def _progress(show: bool, total: int):  # type: ignore[no-untyped-def]
-    if not show:
-        yield lambda k: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("occlusion"), BarColumn(), TextColumn("{task.completed}/{task.total} patches"),
-        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("occlusion", total=total)
-        yield lambda k: bar.advance(task, k)

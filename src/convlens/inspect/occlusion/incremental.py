@@ -25,12 +25,9 @@ covers most of its tensor is widened to the whole tensor, where full computation
 gathering windows. All patches of a batch share one rectangle size per node, so each layer is one
 batched call on a ``(P, C, h, w)`` tensor.
 
-Exact rewrites that make it fast on CPU: tensors are kept channels-last (oneDNN's preferred layout:
-convolutions avoid reorders), a convolution read only by an eval-mode BatchNorm computes both at
-once with the BN folded into private copies of its weights (the model is never modified), and, from
-the middle of a deep network where every patch changes the whole map, wide 3x3 stride-1
-convolutions run as Winograd F(m, 3) (:mod:`.winograd`) on the *difference* from the clean tensor,
-`conv(x) = conv(clean) + conv(x - clean)`, so the extra rounding scales with the (small) difference.
+Two exact rewrites make it fast on CPU: tensors are kept channels-last (oneDNN's preferred layout:
+convolutions avoid reorders), and a convolution read only by an eval-mode BatchNorm computes both at
+once with the BN folded into private copies of its weights (the model itself is never modified).
 """
 
 from __future__ import annotations
@@ -82,9 +79,6 @@ class IncrementalOcclusion:
         cols: `(gw, 2)` column ranges, one per grid column.
         full_fraction: a rectangle covering at least this fraction of a tensor's height (or width)
             is widened to the whole height (width).
-        winograd: compute wide 3x3 stride-1 convolutions (see the module's notes) by Winograd's
-            algorithm on CPU (float32: 2-3x fewer multiplies, errors ~3e-6 of the
-            output's scale instead of ~1e-6).
     """
 
     def __init__(
@@ -95,10 +89,8 @@ class IncrementalOcclusion:
         cols: np.ndarray,
         *,
         full_fraction: float = 0.85,
-        winograd: bool = True,
     ) -> None:
         self.model = model
-        self.workspace: dict[str, torch.Tensor] | None = {} if winograd else None
         self.rows = np.asarray(rows, dtype=np.int64)
         self.cols = np.asarray(cols, dtype=np.int64)
         self.full_fraction = full_fraction
@@ -168,9 +160,8 @@ class IncrementalOcclusion:
                 cache[node] = val
         if self._plan is None:
             self._plan = Plan(
-                self.nodes, self.modules, cache, self.rows, self.cols, self.full_fraction,
-                self.workspace,
-            )  # fmt: skip
+                self.nodes, self.modules, cache, self.rows, self.cols, self.full_fraction
+            )
             self.unsupported.extend(self._plan.unsupported)
         return cache, out
 
@@ -275,21 +266,18 @@ class IncrementalOcclusion:
         pj: torch.Tensor,
         padded: dict[tuple[Any, ...], torch.Tensor],
     ) -> Region:
+        """A conv or pooling inside each patch's output rectangle `(P, K, h, w)`, from the input
+        window it reads `(P, C, ih, iw)`: clean values, the changed rectangle pasted in, padding
+        made explicit (so the op runs with padding 0)."""
         src = node_args(node)[0]
         win = self.plan.windows[node]
         ay, ax = win.axes
         g = self.plan.geom[node]
         rows, cols = self._starts(node, pi, pj)
         state = states[src]
-        clean_in = cache[src]
-        cpu_fp32 = clean_in.device.type == "cpu" and clean_in.dtype == torch.float32
-        wino = win.wino if cpu_fp32 else None  # Winograd: CPU float32 only
-        out_clean = cache[self.plan.clean_out.get(node, node)]  # (1, K, H, W)
         if g.full and isinstance(state, Region) and self.plan.geom[src].full:
-            if wino is not None:  # Winograd on the difference from the clean tensor
-                y = wino(state.vals, ay.pad, ax.pad, g.H, g.W, clean_in, out_clean)
-                return Region(y, rows, cols)
-            return Region(win.full(state.vals), rows, cols)  # plain full computation
+            # Every patch changed the whole input: the op on whole tensors (P, C, H, W) -> (P, K, H', W')
+            return Region(win.full(state.vals), rows, cols)
         ih = (g.h - 1) * ay.stride + ay.reach + 1
         iw = (g.w - 1) * ax.stride + ax.reach + 1
         # The padded input must reach the last window of the whole output (ceil_mode may need more).
@@ -297,15 +285,6 @@ class IncrementalOcclusion:
         need_w = (g.W - 1) * ax.stride + ax.reach + 1
         where = (src, cache, rows * ay.stride, cols * ax.stride, ih, iw)
         pad = (ay.pad, ax.pad, need_h, need_w)
-        if wino is not None:
-            y_ref = crop_windows(out_clean, rows, cols, g.h, g.w)
-            if isinstance(state, Region) and not self.plan.geom[src].full:
-                # The windows of the difference, built directly: zero outside each rectangle.
-                delta = self._gather(state, *where, pad, win.fill, padded, delta=True)
-                return Region(wino(delta, 0, 0, g.h, g.w, None, y_ref), rows, cols)
-            x = self._gather(state, *where, pad, win.fill, padded)
-            x_ref = self._gather(SAME, *where, pad, win.fill, padded)
-            return Region(wino(x, 0, 0, g.h, g.w, x_ref, y_ref), rows, cols)
         x = self._gather(state, *where, pad, win.fill, padded)
         return Region(win.fn(x), rows, cols)
 
@@ -398,15 +377,12 @@ class IncrementalOcclusion:
         pad: tuple[int, int, int, int] | None,
         fill: float,
         padded: dict[tuple[Any, ...], torch.Tensor],
-        delta: bool = False,
     ) -> torch.Tensor:
         """The patched tensor of `node` inside windows `[r0, r0+ih) x [c0, c0+iw)`, batched.
 
         Window coordinates are in the padded tensor when `pad = (top, left, need_h, need_w)` is
         given: `top`/`left` fill values before the input, and enough after it to make the padded
-        size at least `need_h x need_w`. With `delta` (zero fill only, a `Region` whose
-        rectangle is not the whole tensor), the windows hold the patched minus the clean values:
-        zero outside each patch's rectangle.
+        size at least `need_h x need_w`.
         """
         clean = cache[node]  # (1, C, H, W)
         H, W = clean.shape[2:]
@@ -428,12 +404,8 @@ class IncrementalOcclusion:
             if src.shape[2] == ih and src.shape[3] == iw:
                 return src
             return crop_windows(src, r0, c0, ih, iw)
-        vals = state.vals
-        if delta:
-            vals = vals - crop_windows(clean, state.rows, state.cols, g.h, g.w)
-            out = torch.zeros(P, ih, iw, C, dtype=vals.dtype, device=vals.device)
-            out = out.permute(0, 3, 1, 2)  # (P, C, ih, iw), channels-last
-        elif (
+        vals = state.vals  # (P, C, h, w)
+        if (
             pt == 0
             and pl == 0
             and (ih, iw) == (g.h, g.w)

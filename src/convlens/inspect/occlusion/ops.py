@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from convlens.inspect.occlusion.winograd import Winograd3x3
-
 # Modules and functions that act on each element (or each channel) independently: a rectangle of
 # their input maps to the same rectangle of their output.
 POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
@@ -53,8 +51,6 @@ EXPECTED_FULL_FUNCTIONS: set[Any] = {
     F.softmax, F.log_softmax,
 }  # fmt: skip
 EXPECTED_FULL_METHODS = {"view", "reshape", "flatten", "mean", "size", "dim", "amax", "squeeze"}
-# Winograd pays off on CPU from this many channels (with torch's tile transforms; none at 128).
-WINOGRAD_MIN_CHANNELS = 256
 
 
 @dataclass(frozen=True)
@@ -80,20 +76,14 @@ class Window:
     fill: float
     fn: Callable[[torch.Tensor], torch.Tensor]
     full: Callable[[torch.Tensor], torch.Tensor]  # the op with its own padding, on whole tensors
-    wino: Winograd3x3 | None = None  # the same convolution by Winograd's algorithm
 
 
 def conv_window(
     m: nn.Conv2d,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    workspace: dict[str, torch.Tensor] | None = None,
 ) -> Window | None:
-    """A convolution as a windowed op, computing with `weight`/`bias` (BN may be folded in).
-
-    With a `workspace`, wide 3x3 stride-1 convolutions run as Winograd F(m, 3) on CPU float32
-    tensors (:mod:`.winograd`; its buffers are shared through `workspace`).
-    """
+    """A convolution as a windowed op, computing with `weight`/`bias` (BN may be folded in)."""
     kh, kw = m.kernel_size
     if isinstance(m.padding, str):
         if m.padding == "valid":
@@ -109,17 +99,6 @@ def conv_window(
     b = None if bias is None else bias.detach()
     stride, dilation, groups, padding = m.stride, m.dilation, m.groups, m.padding
 
-    wino = None  # used by IncrementalOcclusion._window, which has the clean tensors it needs
-    if (
-        workspace is not None
-        and (kh, kw) == (3, 3)
-        and stride == (1, 1)
-        and dilation == (1, 1)
-        and groups == 1
-        and min(weight.shape[:2]) >= WINOGRAD_MIN_CHANNELS
-    ):
-        wino = Winograd3x3(weight.detach(), b, workspace)
-
     def on_window(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, b, stride, 0, dilation, groups)
 
@@ -127,16 +106,14 @@ def conv_window(
         return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
     axes = (Axis(kh, stride[0], dilation[0], ph), Axis(kw, stride[1], dilation[1], pw))
-    return Window(axes, 0.0, on_window, on_whole, wino)
+    return Window(axes, 0.0, on_window, on_whole)
 
 
-def window_of(
-    module: nn.Module | None, workspace: dict[str, torch.Tensor] | None = None
-) -> Window | None:
+def window_of(module: nn.Module | None) -> Window | None:
     """The windowed-op description of a conv / pool module, or None if it is not one we understand."""
     m = module
     if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
-        return conv_window(m, m.weight, m.bias, workspace)
+        return conv_window(m, m.weight, m.bias)
     if isinstance(m, nn.MaxPool2d) and not m.return_indices:
         k, s, p, d = (
             pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation)
@@ -162,15 +139,13 @@ def window_of(
     return None
 
 
-def fold_bn(
-    conv: nn.Conv2d, bn: nn.BatchNorm2d, workspace: dict[str, torch.Tensor] | None = None
-) -> Window | None:
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Window | None:
     """conv followed by eval-mode BN as one conv: `W * g / sqrt(v + eps)`, `(b - m) * that + beta`."""
     assert bn.running_var is not None and bn.running_mean is not None
     weight, bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
     )
-    return conv_window(conv, weight, bias, workspace)
+    return conv_window(conv, weight, bias)
 
 
 def pair(v: Any) -> tuple[int, int]:

@@ -106,7 +106,6 @@ class Plan:
         rows: `(gh, 2)` `[start, stop)` rows of the occluding windows.
         cols: `(gw, 2)` columns.
         full_fraction: a rectangle covering at least this fraction of a side becomes the whole side.
-        workspace: Winograd's shared buffers, or None for direct convolutions only.
     """
 
     def __init__(
@@ -117,18 +116,15 @@ class Plan:
         rows: np.ndarray,
         cols: np.ndarray,
         full_fraction: float,
-        workspace: dict[str, torch.Tensor] | None,
     ) -> None:
         self.nodes, self.modules = nodes, modules
         self.rows, self.cols = rows, cols
         self.full_fraction = full_fraction
-        self.workspace = workspace
         self.kind: dict[fx.Node, str] = {}
         self.windows: dict[fx.Node, Window] = {}
         self.geom: dict[fx.Node, Geom] = {}
         self.inplace_relu: set[fx.Node] = set()  # ReLUs that may overwrite their input
         self.inplace_add: set[fx.Node] = set()  # residual adds that may overwrite their first input
-        self.clean_out: dict[fx.Node, fx.Node] = {}  # conv -> node holding its clean output
         self.unsupported: list[str] = []  # ops computed in full that a user may not expect
         dep: dict[fx.Node, bool] = {}
         is4d = {n: isinstance(v, torch.Tensor) and v.dim() == 4 for n, v in cache.items()}
@@ -174,7 +170,7 @@ class Plan:
         shape = cache[node].shape
         module = self.modules.get(str(node.target)) if node.op == "call_module" else None
         if node.op == "call_module":
-            window = window_of(module, self.workspace)
+            window = window_of(module)
             if window is not None and len(args) == 1:
                 self.windows[node] = window
                 return "window"
@@ -230,11 +226,10 @@ class Plan:
                 and isinstance(bn, nn.BatchNorm2d)
                 and self.kind.get(user) == "pointwise"
             ):
-                folded = fold_bn(conv, bn, self.workspace)
+                folded = fold_bn(conv, bn)
                 if folded is not None:
                     self.windows[node] = folded
                     self.kind[user] = "alias"
-                    self.clean_out[node] = user  # the model's own BN(conv(x)) on the clean image
 
     def _find_inplace(self) -> None:
         """ReLUs and residual adds that may overwrite their first input's batched values.

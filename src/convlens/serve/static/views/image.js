@@ -118,35 +118,49 @@ export async function render(root, ctx) {
     } catch (e) { ctx.showError(e.message); }
   }
 
+  // One canvas per layer with its channels as tiles (a deep network has thousands of channels: one
+  // element each would make the page crawl). A click is turned back into (channel, row, col).
+  const GAP = 3;
   function drawActivations(layers) {
     acts.replaceChildren();
+    const width = Math.max(300, acts.clientWidth || 880);
     for (const L of layers) {
       const [c, h, w] = L.shape;
-      const tiles = el("div", { class: "tiles" });
+      const tw = Math.max(36, Math.min(96, w * 3)), th = Math.round((tw * h) / w);
+      const cols = Math.max(1, Math.min(c, Math.floor((width + GAP) / (tw + GAP))));
+      const rows = Math.ceil(c / cols);
+      const cv = el("canvas", { width: cols * (tw + GAP), height: rows * (th + GAP),
+        "data-layer": L.name, title: `${L.name}: ${c} channels of ${h}×${w}` });
+      const marker = el("div", { class: "marker" });
+      marker.hidden = true;
       acts.append(el("section", { class: "actlayer" },
-        el("h4", {}, `${L.name}  ${c}×${h}×${w}`), tiles));
+        el("h4", {}, `${L.name}  ${c}×${h}×${w}`), el("div", { class: "tiles" }, cv, marker)));
       const atlas = new Image();
       atlas.onload = () => {
-        const size = Math.max(36, Math.min(96, w * 3));
+        const g = cv.getContext("2d");
+        g.imageSmoothingEnabled = false;
         for (let k = 0; k < c; k++) {
-          const cv = el("canvas", { width: w, height: h, title: `${L.name} channel ${k}`,
-            "data-layer": L.name, "data-channel": k });
-          cv.style.width = `${size}px`;
-          cv.style.height = `${(size * h) / w}px`;
-          cv.getContext("2d").drawImage(atlas, (k % L.cols) * w, Math.floor(k / L.cols) * h, w, h, 0, 0, w, h);
-          cv.addEventListener("click", (e) => unit(L.name, k, cv, e, h, w));
-          tiles.append(cv);
+          g.drawImage(atlas, (k % L.cols) * w, Math.floor(k / L.cols) * h, w, h,
+            (k % cols) * (tw + GAP), Math.floor(k / cols) * (th + GAP), tw, th);
         }
       };
       atlas.src = L.png;
+      cv.addEventListener("click", (e) => {
+        const tx = Math.floor(e.offsetX / (tw + GAP)), ty = Math.floor(e.offsetY / (th + GAP));
+        const dx = e.offsetX - tx * (tw + GAP), dy = e.offsetY - ty * (th + GAP);
+        const channel = ty * cols + tx;
+        if (dx >= tw || dy >= th || channel >= c) return;  // a gap, or past the last channel
+        const row = Math.floor((dy / th) * h), col = Math.floor((dx / tw) * w);
+        for (const m of acts.querySelectorAll(".marker")) m.hidden = true;
+        Object.assign(marker.style, { left: `${tx * (tw + GAP) + (col * tw) / w}px`,
+          top: `${ty * (th + GAP) + (row * th) / h}px`, width: `${tw / w}px`, height: `${th / h}px` });
+        marker.hidden = false;
+        unit(L.name, channel, row, col);
+      });
     }
   }
 
-  async function unit(layer, channel, cv, e, h, w) {
-    const row = Math.min(h - 1, Math.floor((e.offsetY / cv.clientHeight) * h));
-    const col = Math.min(w - 1, Math.floor((e.offsetX / cv.clientWidth) * w));
-    for (const s of acts.querySelectorAll("canvas.selected")) s.classList.remove("selected");
-    cv.classList.add("selected");
+  async function unit(layer, channel, row, col) {
     try {
       const r = await getJSON(`${base}/rf?${new URLSearchParams({ layer, row, col })}`);
       const [t, l, b, rr] = r.box;

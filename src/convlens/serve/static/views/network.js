@@ -4,7 +4,7 @@
 // path, an inception block's branches side by side. Clicking a box opens the layer view.
 import { getJSON, el, fmt } from "../api.js";
 
-const BOX_W = 300, BOX_H = 58, JOIN = 14, GAP_X = 24, GAP_Y = 22;
+const BOX_W = 320, BOX_H = 58, JOIN = 14, GAP_X = 24, GAP_Y = 22;
 const SVG = "http://www.w3.org/2000/svg";
 
 // Lanes: a node takes the lane of an input it is the last reader of; else the lowest free lane.

@@ -1,0 +1,259 @@
+"""The report's sections on what units look for and where the network looks.
+
+Top-activating patches, activation maximisation, occlusion / Grad-CAM / saliency, and the effective
+receptive field: each `(ctx) -> Section | Skipped`, registered in page order after the sections of
+:mod:`convlens.render.report_sections` (which lists them all in ``SECTIONS``). Figures are
+:class:`~matplotlib.figure.Figure` objects (no pyplot state).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from matplotlib.figure import Figure
+
+from convlens.render import report_base
+from convlens.render.common import overlay_heatmap, to_hwc
+from convlens.render.report_base import (
+    Section,
+    SectionSpec,
+    Skipped,
+    Unavailable,
+    esc,
+    fmt_int,
+    img,
+    para,
+)
+from convlens.render.report_context import ReportContext
+
+SECTIONS: list[SectionSpec] = []
+section = functools.partial(report_base.section, SECTIONS)
+
+# Activation maximisation costs about steps x (forward + backward) of a batch of channels at the
+# input size. A network above BIG_NETWORK_MACS multiply-accumulates per image (an ImageNet model;
+# ResNet-20 on CIFAR-10 has 41 M, ResNet-18 at 224 1.8 G) gets fewer channels and steps in the
+# report, so its report stays within a couple of minutes on a 2-core CPU. The method is unchanged;
+# `convlens visualize actmax` runs any number of steps.
+BIG_NETWORK_MACS = 500_000_000
+BIG_NETWORK_ACTMAX_CHANNELS = 8
+BIG_NETWORK_ACTMAX_STEPS = 16
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. Top-activating patches
+# --------------------------------------------------------------------------------------------------
+
+
+@section(
+    "top-patches",
+    "Top-activating patches",
+    "For a few channels of the last convolution with a spatial map, the images that excite that channel most, cropped to "
+    "the receptive field of the most excited unit: the part of the image the unit can see. One row per "
+    "channel; what the crops in a row share is what that channel detects.",
+)
+def top_patches_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
+    from convlens.inspect import crop_patches, top_patches
+    from convlens.render.layers import top_patches_figure
+
+    ds = ctx.images()
+    o = ctx.options
+    pre = ctx.subject.preprocess
+    k = min(o.top_channels, ctx.conv_layers()[layer].out_channels)
+    top = top_patches(
+        ctx.model,
+        layer,
+        ds.images,
+        k,
+        min(o.top_images, len(ds)),
+        mean=pre.mean,
+        std=pre.std,
+        batch_size=o.batch_size,
+    )
+    crops = crop_patches(ds.images, top)  # (K, n, C, h, w) uint8
+    fig = top_patches_figure(crops, top.values, top.channels, layer=layer, rf_size=top.rf_size)
+    rh, rw = top.rf_size
+    return Section(
+        img(
+            fig,
+            f"top-activating patches of layer {layer}",
+            f"Layer {layer}: {top.map_size[0]}x{top.map_size[1]} units per channel, each seeing {rh}x{rw} "
+            f"input pixels; searched over the {fmt_int(len(ds))} {'test ' if ctx.is_run else ''}images, the activation above each crop.",
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. Activation maximisation
+# --------------------------------------------------------------------------------------------------
+
+
+@section(
+    "actmax",
+    "Activation maximisation: what a filter wants to see",
+    "Images synthesised by gradient ascent, starting from noise, to excite one channel of the last "
+    "spatial convolution as much as possible. They show the pattern the channel responds to, free of any "
+    "particular test image; repeated motifs mean the channel fires wherever its pattern appears.",
+)
+def actmax_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
+    from convlens.inspect import activation_maximization
+
+    o = ctx.options
+    n, steps = _actmax_work(ctx, layer)
+    pre = ctx.subject.preprocess
+    c, h, w = ctx.input_shape
+    if h != w:
+        raise Unavailable(
+            f"activation maximisation synthesises square images; this model takes {h}x{w}."
+        )
+    res = activation_maximization(
+        ctx.model,
+        layer,
+        list(range(n)),
+        size=h,
+        steps=steps,
+        mean=pre.mean,
+        std=pre.std,
+        in_channels=c,
+        seed=o.seed,
+    )
+    from convlens.render.actmax import actmax_figure
+
+    fig = actmax_figure(res.images, labels=[f"ch {ch}" for ch in res.channels], values=res.values)
+    return Section(
+        img(
+            fig,
+            f"activation maximisation for layer {layer}",
+            f"Layer {layer}, channels 0-{n - 1}: {steps} gradient-ascent steps from noise (Fourier "
+            "parameterisation, small random shifts), all channels in one batch; each title gives the "
+            "channel's mean activation on the final image. A flat grey image is a channel that no input "
+            "the ascent found excites.",
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. Attribution
+# --------------------------------------------------------------------------------------------------
+
+
+@section(
+    "attribution",
+    "Occlusion, Grad-CAM and saliency: where the network looks",
+    'Three answers to "which pixels made the network say this class?", for images it got right and '
+    "for images it got wrong (for unlabelled images: the first few, explaining the predicted class). Occlusion: how much the predicted class's score drops when a patch of the "
+    "mean colour hides each place (red = the network needs it). Grad-CAM: which regions of the last "
+    "spatial convolution's maps support the class. Saliency: how strongly each pixel moves the class score.",
+)
+def attribution_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
+    from convlens.inspect import grad_cam, saliency
+    from convlens.inspect.occlusion import occlusion
+
+    ds = ctx.images()
+    probs, pred = ctx.predictions()
+    right, wrong = ctx.example_indices()
+    labelled = ctx.labelled()
+    c, h, w = ctx.input_shape
+    window = max(2, min(h, w) // 7)  # 4 pixels on 28x28: about a stroke's width
+    stride = max(1, window // 2)
+    parts = []
+    groups = (
+        (("Correctly classified", right), ("Misclassified", wrong))
+        if labelled
+        else (("The first images", right),)
+    )
+    for title, idx in groups:
+        if not idx:
+            parts.append(para(f"{title}: none among the images."))
+            continue
+        sel = torch.tensor(idx)
+        images = ds.images[sel]  # (n, C, H, W) uint8
+        x = ctx.normalize(images)
+        target = pred[sel].to(x.device)  # explain the predicted class, right or wrong
+        # Baseline 0 in normalised units = the data set's mean colour.
+        occ = (
+            occlusion(ctx.model, x, target, window=window, stride=stride)
+            .attribution[:, 0]
+            .cpu()
+            .numpy()
+        )
+        cam = grad_cam(ctx.model, x, target, layer).detach().cpu().numpy()  # (n, H, W)
+        sal = saliency(ctx.model, x, target).detach().cpu().numpy()  # (n, H, W)
+        fig = Figure(figsize=(7.2, 1.9 * len(idx) + 0.3))
+        axes = fig.subplots(len(idx), 4, squeeze=False)
+        for r, i in enumerate(idx):
+            truth = ctx.class_name(int(ds.labels[i])) if labelled else ctx.image_title(ds, i)
+            guess = ctx.class_name(int(pred[i]))
+            axes[r, 0].imshow(to_hwc(images[r]), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+            axes[r, 0].set_axis_off()
+            axes[r, 0].set_title(
+                f"{'true: ' if labelled else ''}{truth}\n"
+                f"predicted: {guess} ({100 * float(probs[i, pred[i]]):.0f} %)",
+                fontsize=7,
+            )
+            overlay_heatmap(axes[r, 1], images[r], occ[r], alpha=0.6, symmetric=True)
+            overlay_heatmap(axes[r, 2], images[r], cam[r], alpha=0.5)
+            overlay_heatmap(axes[r, 3], images[r], sal[r], alpha=0.6, cmap="hot")
+        for col, name in enumerate(("image", "occlusion", f"Grad-CAM ({layer})", "saliency")):
+            axes[0, col].set_title(axes[0, col].get_title() if col == 0 else name, fontsize=8)
+        fig.tight_layout()
+        parts.append(f"<h3>{esc(title)}</h3>")
+        parts.append(
+            img(
+                fig,
+                f"{title.lower()} images with occlusion, Grad-CAM and saliency maps",
+                f"Every map explains the predicted class. Occlusion: {window}x{window} patches of the mean colour at "
+                f"stride {stride}, mean drop of the class score per pixel (red: hiding it lowers the score; blue: "
+                f"raises it). Grad-CAM at layer {layer}, upsampled. Saliency: |gradient|, max over channels.",
+            )
+        )
+    return Section("".join(parts))
+
+
+# --------------------------------------------------------------------------------------------------
+# 11. Effective receptive field
+# --------------------------------------------------------------------------------------------------
+
+
+@section(
+    "erf",
+    "Effective receptive field",
+    "How much each input pixel influences the centre unit of the last spatial convolution, averaged over random "
+    "inputs (Luo et al. 2016), drawn inside the theoretical receptive field (the box). The influence "
+    "concentrates near the centre and fades like a Gaussian: a unit effectively sees less than its "
+    "theoretical field.",
+)
+def erf_section(ctx: ReportContext) -> Section | Skipped:
+    layer = ctx.spatial_conv()
+    from convlens.anatomy import effective_receptive_field
+    from convlens.render.layers import erf_figure
+
+    erf = effective_receptive_field(
+        ctx.model, layer, ctx.input_shape, n=ctx.options.erf_samples, seed=ctx.options.seed
+    )
+    rf = erf.theoretical
+    fig = erf_figure(erf.map, rf.box(*erf.unit), layer=layer, rf_size=rf.size)
+    caption = (
+        f"Centre unit {erf.unit} of layer {layer}, {erf.samples} random inputs: "
+        f"{100 * erf.mass:.0f} % of the influence lies within {erf.radius:.1f} pixels of the centre, "
+        f"while the theoretical field is {rf.size[0]}x{rf.size[1]} pixels."
+    )
+    return Section(img(fig, f"effective receptive field of layer {layer}", caption))
+
+
+def _actmax_work(ctx: ReportContext, layer: str) -> tuple[int, int]:
+    """``(channels, steps)`` of the report's activation maximisation: fewer for a big network."""
+    o = ctx.options
+    channels = min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
+    try:
+        macs = int(ctx.summary().totals["macs"])
+    except Unavailable:  # a model the summary cannot trace (TorchScript): the work asked for
+        return channels, o.actmax_steps
+    if macs > BIG_NETWORK_MACS:
+        return min(channels, BIG_NETWORK_ACTMAX_CHANNELS), min(
+            o.actmax_steps, BIG_NETWORK_ACTMAX_STEPS
+        )
+    return channels, o.actmax_steps

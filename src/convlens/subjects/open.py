@@ -1,0 +1,396 @@
+"""`open_subject(spec, ...)`: every way of naming a model, as one :class:`Subject`.
+
+`spec` is one of:
+
+- a run directory written by ``convlens train`` (its weights, normalisation, classes, history);
+- a registry name (``resnet20``, ``alexnet``): random weights, or ``weights=FILE``;
+- ``torchvision:NAME``: random weights; ``weights="DEFAULT"`` or an enum name (``IMAGENET1K_V1``)
+  for torchvision's pretrained weights (see :mod:`convlens.subjects.hub`); or ``weights=FILE``;
+- ``timm:NAME`` likewise, when timm is installed;
+- a TorchScript file (``torch.jit.save``), which holds its own architecture;
+- a user's code: ``path/to/file.py:build_fn`` or ``package.module:build_fn``. **This runs the user's
+  code**: the file is imported and ``build_fn()`` called with no arguments. It returns an
+  ``nn.Module`` (then ``weights=FILE`` may load a state dict into it) or a :class:`Subject` (which
+  also says its preprocessing and classes).
+
+A state dict (``weights=FILE``: safetensors or ``torch.save(model.state_dict())``) is loaded strictly;
+its classifier size and input channels are read from the file. When a model does not say its input
+size (user code returning a module, TorchScript), the size most of the given images share is used,
+else 224x224; three-channel input is normalised with ImageNet's statistics, one-channel with 0.5/0.5.
+
+`images` (a file or folder, see :mod:`convlens.subjects.images`) become ``subject.images``. Class
+folders named as the model's classes are labels of its outputs (accuracy and a confusion matrix
+apply); a model without class names takes the folder names when their number matches its outputs.
+`classes` (a file: one name per line, or a JSON list) overrides the names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import re
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convlens.errors import InputError, did_you_mean
+from convlens.models.weights import (
+    classifier_and_input_sizes,
+    is_torchscript,
+    load_into,
+    load_torchscript,
+    read_state_dict,
+)
+from convlens.subjects import hub
+from convlens.subjects.core import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    Subject,
+    from_run,
+    num_outputs,
+)
+from convlens.subjects.images import common_size, is_labelled, load_image_set
+
+_USER_CODE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w.]*):(?P<fn>[A-Za-z_]\w*)$")
+
+
+def open_subject(
+    spec: str,
+    *,
+    weights: str | None = None,
+    images: str | Path | None = None,
+    classes: str | Path | None = None,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+) -> Subject:
+    """The subject named by `spec` (see the module doc), on `device`, with the given images.
+
+    Args:
+        spec: a run directory, registry name, ``torchvision:NAME``, ``timm:NAME``, a TorchScript
+            file, or ``file.py:build_fn`` / ``package.module:build_fn`` (runs that code).
+        weights: a weights file, or for torchvision/timm ``DEFAULT`` or a weights name.
+        images: a file or folder of images to look at.
+        classes: a file of class names (one per line, or a JSON list).
+        device: where the model runs.
+        data_dir: where a run's data set lives, when not where it was trained.
+        download: fetch pretrained torchvision/timm weights that are not cached (only when asked).
+
+    Raises:
+        ConvlensError: anything that cannot be opened, with what to do about it.
+    """
+    spec = str(spec)
+    names = read_class_names(classes) if classes is not None else None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        sub = _run_subject(path, weights, device, data_dir)
+    elif spec.startswith("torchvision:"):
+        sub = _torchvision_subject(spec.removeprefix("torchvision:"), weights, download, names)
+    elif spec.startswith("timm:"):
+        sub = _timm_subject(spec.removeprefix("timm:"), weights, download, names)
+    elif _USER_CODE.match(spec) and not path.is_file():
+        sub = _user_code_subject(spec, weights, images, names)
+    elif path.is_file():
+        sub = _file_subject(path, weights, images, device)
+    else:
+        sub = _registry_subject(spec, weights, names)
+    sub.model.to(device).eval()
+    notices: list[str] = list(sub.info.pop("notices", []))
+    if names is not None:
+        k = num_outputs(sub.model, sub.preprocess)
+        if len(names) != k:
+            raise InputError(f"{classes} names {len(names)} classes but the model has {k} outputs")
+        sub.classes = names
+    if images is not None:
+        sub.images = load_image_set(images, sub.preprocess)
+        notices += list(sub.images.extra.get("notices", []))  # type: ignore[call-overload]
+        notices += _match_labels(sub, names is not None)
+    sub.info["notices"] = notices
+    return sub
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a file: a JSON list, or one name per line (blank lines ignored).
+
+    Raises:
+        InputError: no file, or no names in it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no class names file at {p}")
+    text = p.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p} starts like JSON but is not valid JSON ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
+            raise InputError(f"{p} must hold a JSON list of names")
+        out = [str(n) for n in names]
+    else:
+        out = [line.strip() for line in text.splitlines() if line.strip()]
+    if not out:
+        raise InputError(f"{p} holds no class names")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# One function per kind of spec
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_subject(
+    path: Path, weights: str | None, device: str, data_dir: str | Path | None
+) -> Subject:
+    from convlens.train.run_dir import load_run
+
+    if weights is not None:
+        raise InputError(
+            f"{path} is a run directory with its own weights; --weights is for a model name "
+            "(pass --model ARCH --weights FILE)"
+        )
+    root = str(data_dir) if data_dir is not None else None
+    return from_run(load_run(path, device=device), data_root=root)
+
+
+def _is_file_weights(weights: str) -> bool:
+    return Path(weights).expanduser().is_file() or Path(weights).suffix in (
+        ".pt", ".pth", ".bin", ".safetensors", ".ckpt",
+    )  # fmt: skip
+
+
+def _torchvision_subject(
+    arch: str, weights: str | None, download: bool, names: list[str] | None
+) -> Subject:
+    hub.check_torchvision_arch(arch)
+    spec = f"torchvision:{arch}"
+    if weights is not None and not _is_file_weights(weights):
+        model, pre, classes, info = hub.torchvision_pretrained(arch, weights, download=download)
+        return Subject(model, pre, classes, name=spec, info={"model": spec, **info})
+    pre, categories = hub.default_preprocess(arch)
+    if weights is None:
+        from convlens.models import create
+
+        k = len(names) if names else 1000
+        model = create(spec, num_classes=k)
+        classes = categories if categories and k == len(categories) else _numbered(k)
+        return Subject(model, pre, classes, name=spec, info={"model": spec, "weights": "random"})
+    model = _load_checkpoint(spec, weights, names)
+    k = num_outputs(model, pre)
+    classes = categories if categories and k == len(categories) else _numbered(k)
+    return Subject(model, pre, classes, name=spec, info={"model": spec, "weights": weights})
+
+
+def _timm_subject(
+    arch: str, weights: str | None, download: bool, names: list[str] | None
+) -> Subject:
+    spec = f"timm:{arch}"
+    if weights is not None and not _is_file_weights(weights):
+        model, pre, classes, info = hub.timm_pretrained(arch, weights, download=download)
+        k = num_outputs(model, pre)
+        return Subject(model, pre, classes or _numbered(k), name=spec, info={"model": spec, **info})
+    hub.timm_module()
+    if weights is None:
+        from convlens.models import create
+
+        model = create(spec, num_classes=len(names) if names else 1000)
+        info = {"model": spec, "weights": "random"}
+    else:
+        model = _load_checkpoint(spec, weights, names)
+        info = {"model": spec, "weights": weights}
+    pre = hub.timm_preprocess(model)
+    return Subject(model, pre, _numbered(num_outputs(model, pre)), name=spec, info=info)
+
+
+def _registry_subject(name: str, weights: str | None, names: list[str] | None) -> Subject:
+    from convlens import models
+
+    if name not in models.names() and ("/" in name or Path(name).suffix):
+        raise InputError(f"no run directory or file at {name}")
+    if name not in models.names():
+        raise InputError(
+            f"{name!r} is not a run directory, a file, or a model name.{did_you_mean(name, models.names())} "
+            "A model is a registry name (`convlens models`), torchvision:NAME, timm:NAME, a "
+            "TorchScript file, or your code as file.py:build_fn"
+        )
+    info = models.info(name)
+    if weights is None:
+        k = len(names) if names else info.num_classes
+        model = models.create(name, num_classes=k, in_channels=info.input_size[0])
+        w_info = "random"
+    else:
+        model = _load_checkpoint(name, weights, names)
+        w_info = weights
+    c = _first_conv_channels(model) or info.input_size[0]
+    pre = _default_preprocess(c, info.input_size[1:])
+    k = num_outputs(model, pre)
+    return Subject(model, pre, _numbered(k), name=name, info={"model": name, "weights": w_info})
+
+
+def _load_checkpoint(arch: str, weights: str, names: list[str] | None) -> nn.Module:
+    """The registry/torchvision/timm model `arch` with a state dict file loaded strictly; its
+    classifier size and input channels are read from the file (or the class names' count)."""
+    from convlens import models
+
+    state = read_state_dict(weights)
+    info = models.info(arch)
+    k, c = len(names) if names else info.num_classes, info.input_size[0]
+    probe = models.create(arch, num_classes=k, in_channels=c)
+    k_file, c_file = classifier_and_input_sizes(probe, state)
+    if (k_file or k, c_file or c) != (k, c):
+        k, c = k_file or k, c_file or c
+        probe = models.create(arch, num_classes=k, in_channels=c)
+    load_into(probe, state, source=weights, what=arch)
+    return probe
+
+
+def _file_subject(
+    path: Path, weights: str | None, images: str | Path | None, device: str
+) -> Subject:
+    if not is_torchscript(path):
+        read_state_dict(path)  # refuses pickled modules and damaged files with their reason
+        raise InputError(
+            f"{path} holds weights but no architecture; name the architecture and pass the file "
+            f"as its weights: --model ARCH --weights {path} (ARCH: a registry name, "
+            "torchvision:NAME, timm:NAME or file.py:build_fn)"
+        )
+    if weights is not None:
+        raise InputError(f"{path} is a TorchScript file with its own weights; drop --weights")
+    model = load_torchscript(path, device)
+    pre = _guess_preprocess(model, images)
+    k = num_outputs(model, pre)
+    info = {"model": f"TorchScript {path.name}", "weights": str(path)}
+    return Subject(model, pre, _numbered(k), name=path.name, info=info)
+
+
+def _user_code_subject(
+    spec: str, weights: str | None, images: str | Path | None, names: list[str] | None
+) -> Subject:
+    m = _USER_CODE.match(spec)
+    assert m is not None
+    target, fn_name = m.group("target"), m.group("fn")
+    module = _import_user_module(target)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise InputError(f"{target} has no function {fn_name!r}.{did_you_mean(fn_name, found)}")
+    try:
+        result = fn()
+    except Exception as e:  # the user's code: report where it failed, in one line
+        raise InputError(f"{spec} raised {_where(e, target)}") from None
+    if isinstance(result, Subject):
+        if weights is not None:
+            load_into(result.model, read_state_dict(weights), source=weights, what=spec)
+        result.info.setdefault("model", spec)
+        return result
+    if not isinstance(result, nn.Module):
+        raise InputError(
+            f"{spec} returned {type(result).__name__}; it must return an nn.Module "
+            "(or a convlens Subject)"
+        )
+    info = {"model": spec, "weights": "as built"}
+    if weights is not None:
+        load_into(result, read_state_dict(weights), source=weights, what=f"the model of {spec}")
+        info["weights"] = weights
+    pre = _guess_preprocess(result, images)
+    k = num_outputs(result, pre)
+    return Subject(result, pre, _numbered(k), name=spec, info=info)
+
+
+def _import_user_module(target: str) -> Any:
+    """Import `target` (a .py file or a dotted module): this runs the user's code."""
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise InputError(f"no Python file at {target}")
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(f"convlens_user_{digest}", path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"{target} cannot be imported as Python")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise InputError(f"importing {target} raised {_where(e, str(path))}") from None
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        raise InputError(
+            f"no Python module {target!r} ({e}); is it installed or on PYTHONPATH?"
+        ) from None
+    except Exception as e:
+        raise InputError(f"importing {target} raised {_where(e, target)}") from None
+
+
+def _where(e: BaseException, hint: str) -> str:
+    """`ValueError: bad (my_net.py:12)`: the exception and the last frame in the user's file."""
+    frames = traceback.extract_tb(e.__traceback__)
+    name = Path(hint).name
+    mine = [f for f in frames if Path(f.filename).name == name] or frames[-1:]
+    at = f" ({Path(mine[-1].filename).name}:{mine[-1].lineno})" if mine else ""
+    return f"{type(e).__name__}: {e}{at}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing and labels
+# --------------------------------------------------------------------------------------------------
+
+
+def _numbered(k: int) -> list[str]:
+    return [str(i) for i in range(k)]
+
+
+def _default_preprocess(channels: int, size: tuple[int, ...]) -> Preprocess:
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    return Preprocess(channels, (int(size[0]), int(size[1])), mean, std)
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    for _, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    for p in model.parameters():  # TorchScript hides the module types: the first 4-D weight
+        if p.ndim == 4:
+            return int(p.shape[1])
+    return None
+
+
+def _guess_preprocess(model: nn.Module, images: str | Path | None) -> Preprocess:
+    """For a model that does not say its input: its first conv's channels; the images' common size
+    (else 224x224)."""
+    c = _first_conv_channels(model) or 3
+    size = common_size(images) if images is not None else None
+    return _default_preprocess(c if c in (1, 3) else 3, size or (224, 224))
+
+
+def _match_labels(sub: Subject, names_given: bool) -> list[str]:
+    """Make class folders label the model's outputs when their names allow; return notices."""
+    ds = sub.images
+    if ds is None or not is_labelled(ds):
+        return []
+    folders = list(ds.classes)
+    numbered = sub.classes == _numbered(len(sub.classes))
+    if numbered and not names_given and len(folders) == len(sub.classes):
+        sub.classes = folders
+        return [f"class names from the folders of {ds.source}: {', '.join(folders[:5])}"
+                + (", ..." if len(folders) > 5 else "")]  # fmt: skip
+    lookup = {c.lower(): i for i, c in enumerate(sub.classes)}
+    index = [lookup.get(f.lower()) for f in folders]
+    if all(i is not None for i in index):
+        ds.labels = torch.tensor(index, dtype=torch.int64)[ds.labels]
+        ds.classes = list(sub.classes)
+        return []
+    unknown = [f for f, i in zip(folders, index, strict=True) if i is None]
+    return [
+        f"the folder names of {ds.source} ({', '.join(unknown[:3])}"
+        + (", ..." if len(unknown) > 3 else "")
+        + ") are not the model's class names: no accuracy or confusion matrix; the folders "
+        "still colour the t-SNE map and mark neighbours"
+    ]
