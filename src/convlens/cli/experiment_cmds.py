@@ -9,7 +9,7 @@ from rich.console import Console
 
 from convlens.errors import ConvlensError
 
-console = Console()
+console = Console(soft_wrap=True)  # a result line holds a path: never broken inside it
 err_console = Console(stderr=True)
 
 _NAMES = "degradation, stack, sharing, pooling, first-filters"

@@ -22,7 +22,7 @@ from convlens.cli import checks
 from convlens.cli import subject_options as so
 from convlens.errors import ConvlensError
 
-console = Console()
+console = Console(soft_wrap=True)  # a result line holds a path: never broken inside it
 err_console = Console(stderr=True)
 
 
