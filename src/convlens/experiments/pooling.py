@@ -28,7 +28,7 @@ from convlens.experiments.common import (
     tiny,
 )
 from convlens.render.experiment import noise_figure, png
-from convlens.train import Run, TrainConfig
+from convlens.train import Run
 
 NOISE_SEED = 1234
 
@@ -39,18 +39,7 @@ def plan(
     """The three runs at `budget`."""
     if budget == "paper":
         # LeNet-5's recipe in convlens (benchmarks/RESULTS.md), without augmentation: trained clean.
-        config = TrainConfig(
-            epochs=12,
-            batch_size=64,
-            lr=0.05,
-            optimizer="sgd",
-            momentum=0.9,
-            nesterov=True,
-            weight_decay=5e-4,
-            schedule="onecycle",
-            warmup=0.5,
-            augment="none",
-        )
+        config = small_config(epochs=12, schedule="onecycle")
         note = "Paper-like budget: the full training set, 12 epochs, batch 64, SGD 0.05 one-cycle, no augmentation."
     else:
         config = small_config(epochs=3, limit_train=10_000, limit_test=2000)

@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.models.hooks import evaluating
 from convlens.train.run_dir import Run, load_run
+from convlens.train.runtime import Runtime
 
 TTAS = ("none", "flip")
 
@@ -173,3 +176,19 @@ def evaluate(
         loss=loss_sum / max(len(images), 1),
         tta=tta,
     )
+
+
+@torch.inference_mode()
+def test_pass(rt: Runtime, model: nn.Module, loader: Any) -> tuple[float, float]:
+    """Mean loss and accuracy of the training loop's test pass (each rank its slice; sums added
+    over ranks)."""
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    with evaluating(model):
+        for x, y in loader:
+            with rt.autocast():
+                logits = model(rt.to_input(x))
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += y.shape[0]
+    loss_sum, correct, n = rt.sum(sums).tolist()
+    return loss_sum / max(n, 1), correct / max(n, 1)

@@ -15,7 +15,6 @@ holds the weights, optimiser state and RNG states at a batch boundary. So a run 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,22 +29,22 @@ from torch import nn
 from convlens import interrupts
 from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError, Interrupted
-from convlens.fileio import atomic_write_json, atomic_write_text
-from convlens.models.hooks import evaluating
+from convlens.fileio import atomic_write_json
 from convlens.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from convlens.train.config import RESUMABLE_CHANGES, TrainConfig
+from convlens.train.evaluate import test_pass
 from convlens.train.lock import run_lock
 from convlens.train.progress import Reporter
 from convlens.train.recipes import recipe
 from convlens.train.resume import check_resumable, resume_config
 from convlens.train.run_dir import (
     CHECKPOINT,
-    METRICS,
     RUN_JSON,
     WEIGHTS,
     Run,
     load_run,
     write_final,
+    write_metrics,
 )
 from convlens.train.runtime import Runtime
 from convlens.train.schedules import lr_factor
@@ -307,7 +306,7 @@ def _train(
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_JSON, run_json)
-        _write_metrics(out, pos.history)
+        write_metrics(out, pos.history)
 
     def state_dict() -> dict[str, Any]:
         """Everything needed to continue from `pos` (rank 0 writes it)."""
@@ -456,7 +455,7 @@ def _train(
             total = rt.sum(torch.cat([sums, sums.new_tensor([seen_before])]))
             _check_finite(total, model, diverged, f"in epoch {epoch + 1}")
             loss_sum, correct, seen, seen_before_all = total.tolist()
-            test_loss, test_acc = _test(rt, model, test_loader)
+            test_loss, test_acc = test_pass(rt, model, test_loader)
             epoch_seconds = time.perf_counter() - t0
             row = {
                 "epoch": epoch,
@@ -476,7 +475,7 @@ def _train(
             pos = _Position(epoch=epoch + 1, batch=0, step=pos.step, history=pos.history)
             if rt.is_main:
                 save_checkpoint(out / CHECKPOINT, state_dict())
-                _write_metrics(out, pos.history)
+                write_metrics(out, pos.history)
             last_checkpoint = time.monotonic()
             reporter.end_epoch(row)
             asked = torch.tensor([float(interrupts.requested() is not None)], device=rt.device)
@@ -504,23 +503,3 @@ def _check_finite(sums: torch.Tensor, model: nn.Module, diverged: Any, where: st
     )
     if not ok:
         raise diverged(where)
-
-
-@torch.inference_mode()
-def _test(rt: Runtime, model: nn.Module, loader: Any) -> tuple[float, float]:
-    """Mean loss and accuracy on the test split (each rank its slice; sums added over ranks)."""
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
-    with evaluating(model):
-        for x, y in loader:
-            with rt.autocast():
-                logits = model(rt.to_input(x))
-            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += y.shape[0]
-    loss_sum, correct, n = rt.sum(sums).tolist()
-    return loss_sum / max(n, 1), correct / max(n, 1)
-
-
-def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl: one JSON object per finished epoch (rewritten whole, atomically)."""
-    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))

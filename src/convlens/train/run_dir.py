@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.fileio import atomic_write_bytes, atomic_write_json
+from convlens.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RUN_JSON = "run.json"
 WEIGHTS = "model.safetensors"
@@ -213,3 +213,8 @@ def write_final(
         "elapsed_s": last.get("elapsed_s"),
     }
     atomic_write_json(out / RUN_JSON, {**run_json, "status": "complete", "result": result})
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl: one JSON object per finished epoch (rewritten whole, atomically)."""
+    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
