@@ -53,6 +53,7 @@ from convlens import __version__, models
 from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError, Interrupted
 from convlens.index import topk as tk
+from convlens.index.arrays import save_array
 from convlens.index.source import Source, files_digest, index_key, resolve_source
 from convlens.index.store import (
     INDEX_FORMAT,
@@ -291,20 +292,6 @@ class _Pass:
 # --------------------------------------------------------------------------------------------------
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside `path`, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_shard(building: Path, s: int, res: _ShardResult, plan: Plan) -> None:
     tmp = building / f".shard-{s:06d}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -323,7 +310,7 @@ def _write_shard(building: Path, s: int, res: _ShardResult, plan: Plan) -> None:
             arrays[f"{i}.values"], arrays[f"{i}.images"] = u.values, u.images
             arrays[f"{i}.positions"] = u.positions
         for name, a in arrays.items():
-            _save(tmp / f"{name}.npy", a)
+            save_array(tmp / f"{name}.npy", a)
         meta = {
             "problems": res.problems,
             "map_sizes": {k: list(v) for k, v in res.map_sizes.items()},
@@ -427,12 +414,12 @@ def _finalize(
     def cat(name: str) -> np.ndarray:
         return np.concatenate([np.load(d / f"{name}.npy") for d in shards])[good]
 
-    _save(folder / "labels.npy", src.labels[good])
-    _save(folder / "top_classes.npy", cat("top_classes"))
-    _save(folder / "top_probs.npy", cat("top_probs"))
+    save_array(folder / "labels.npy", src.labels[good])
+    save_array(folder / "top_classes.npy", cat("top_classes"))
+    save_array(folder / "top_probs.npy", cat("top_probs"))
     if src.labels_are_outputs:
-        _save(folder / "loss.npy", cat("loss"))
-        _save(folder / "correct.npy", cat("correct"))
+        save_array(folder / "loss.npy", cat("loss"))
+        save_array(folder / "correct.npy", cat("correct"))
     # Features: copied shard by shard into a memory-mapped file (never all in memory).
     first = np.load(shards[0] / "features.npy", mmap_mode="r")
     dim = int(first.shape[1])
@@ -451,7 +438,7 @@ def _finalize(
     finally:
         tmp.unlink(missing_ok=True)
     if src.images is not None:
-        _save(folder / "images.npy", src.images.numpy()[good])
+        save_array(folder / "images.npy", src.images.numpy()[good])
     (folder / "units").mkdir(exist_ok=True)
     layers = []
     for i, name in enumerate(plan.layers):
@@ -465,9 +452,9 @@ def _finalize(
             u = part if u is None else tk.merge(u, part, plan.k)
         assert u is not None
         images = np.where(u.images >= 0, new_index[np.maximum(u.images, 0)], -1)
-        _save(folder / f"units/{i}.values.npy", u.values)
-        _save(folder / f"units/{i}.images.npy", images.astype(np.int64))
-        _save(folder / f"units/{i}.positions.npy", u.positions)
+        save_array(folder / f"units/{i}.values.npy", u.values)
+        save_array(folder / f"units/{i}.images.npy", images.astype(np.int64))
+        save_array(folder / f"units/{i}.positions.npy", u.positions)
         layers.append(
             {"name": name, "channels": int(u.values.shape[0]), "map_size": map_sizes[name]}
         )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convlens.errors import ConvlensError, InputError
+from convlens.index.arrays import save_array
 
 if TYPE_CHECKING:
     from convlens.index.store import Index
@@ -107,7 +108,6 @@ def embedding(index: Index, *, limit: int = 50_000, seed: int = 0) -> tuple[np.n
     Computed once per ``(M, seed)`` and stored in the index folder (in memory only when the folder
     is read-only).
     """
-    from convlens.index.build import _save  # one way of writing an array
     from convlens.inspect.tsne import tsne
 
     if limit < 5:
@@ -126,8 +126,8 @@ def embedding(index: Index, *, limit: int = 50_000, seed: int = 0) -> tuple[np.n
     x = np.asarray(index.features()[chosen], dtype=np.float32)  # (M, D)
     coords = tsne(x, seed=seed).coords
     try:
-        _save(index.path / f"{name}.indices.npy", chosen)
-        _save(index.path / f"{name}.coords.npy", coords)
+        save_array(index.path / f"{name}.indices.npy", chosen)
+        save_array(index.path / f"{name}.coords.npy", coords)
         manifest = dict(index.manifest)
         manifest["embeddings"] = [
             e for e in manifest.get("embeddings", []) if e.get("name") != name

@@ -138,9 +138,7 @@ class Subject:
         if self.images is not None:
             return self.images
         if self.image_list is not None:
-            from convlens.subjects.images import load_image_list
-
-            self.images = load_image_list(self.image_list, self.preprocess)
+            self.images = self.image_list.load(self.preprocess)  # a small folder, decoded once
             return self.images
         if self.run is None:
             raise ConvlensError(

@@ -371,6 +371,10 @@ class ImageList:
         """Whether the images carry true labels (class folders)."""
         return self.classes is not None
 
+    def load(self, pre: Preprocess) -> Dataset:
+        """Every image decoded into memory (:func:`load_image_list`: refused past the limit)."""
+        return load_image_list(self, pre)
+
 
 def scan_image_list(path: str | Path) -> ImageList:
     """The image files of a file or folder (:func:`scan_images`), as an :class:`ImageList`."""
