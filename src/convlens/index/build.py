@@ -7,7 +7,7 @@ through forward hooks, for every image:
   is the arg-max of the logits; equal logits: the lower class first); the loss and whether top-1 is
   right, where the labels are the model's outputs;
 - the penultimate features: the input of the classifier (:func:`convlens.models.classifier`), the
-  very tensor :func:`convlens.models.forward_features` returns (checked on the first batch; a model
+  very tensor :func:`convlens.models.forward_features` returns (checked once, on a random image; a model
   whose ``forward_features`` is something else gets a second, truncated forward for them), kept as
   float16;
 - for each chosen layer, each channel's maximum over the map and where it is, merged into the
@@ -122,6 +122,7 @@ class Plan:
     k: int
     batch_size: int
     shard_size: int  # a multiple of batch_size
+    default_layers: bool = True  # the layers were chosen by default_layers()
     format: int = INDEX_FORMAT
 
     @property
@@ -216,7 +217,7 @@ class _Pass:
     def __init__(self, sub: Subject, src: Source, plan: Plan, device: torch.device) -> None:
         self.sub, self.src, self.plan, self.device = sub, src, plan, device
         self.recorder = _Recorder(sub.model, plan.layers)
-        self.features_by_hook: bool | None = None  # decided on the first batch
+        self.features_by_hook = True  # decided by check_features() before the pass
 
     def run_batch(
         self, images: torch.Tensor, index: np.ndarray, problems: list[str], out: _ShardResult
@@ -231,9 +232,7 @@ class _Pass:
                 f"{type(self.sub.model).__name__} does not return logits (N, classes); it cannot "
                 "be indexed"
             )
-        maxima, feats = dict(rec.maxima), rec.features  # before the check below runs hooks again
-        if self.features_by_hook is None:
-            self.features_by_hook = self._check_features(x, feats)
+        maxima, feats = rec.maxima, rec.features
         if not self.features_by_hook:
             feats = models.forward_features(self.sub.model, x).flatten(1)
         assert feats is not None
@@ -271,20 +270,26 @@ class _Pass:
             out.units[name] = tk.merge(run, tk.UnitTopK(values, images_, pos), self.plan.k)
             out.map_sizes[name] = maxima[name][2]
 
-    def _check_features(self, x: torch.Tensor, feats: torch.Tensor | None) -> bool:
-        """Is the classifier's input what `forward_features` returns? (once, on the first batch:
-        a truncated forward of its first 8 images)"""
-        ref = models.forward_features(self.sub.model, x[:8]).flatten(1)
-        feats = feats[:8] if feats is not None else None
-        if feats is not None and feats.shape == ref.shape:
-            scale = float(ref.abs().max()) if ref.numel() else 0.0
-            if torch.allclose(feats.float(), ref.float(), rtol=1e-4, atol=1e-6 * max(scale, 1e-12)):
-                return True
-        _note(
-            f"the classifier's input of {type(self.sub.model).__name__} is not what its "
-            "forward_features returns; the features take a second (truncated) forward per batch"
-        )
-        return False
+    def check_features(self) -> None:
+        """Is the classifier's input what `forward_features` returns? Decided once before the
+        pass, on one random image (the batch-1 shapes the layer probe has already run)."""
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(1, *self.sub.image_shape, generator=g).to(self.device)
+        self.recorder.reset()
+        self.sub.model(probe)
+        feats = self.recorder.features
+        ref = models.forward_features(self.sub.model, probe).flatten(1)
+        same = feats is not None and feats.shape == ref.shape
+        if feats is not None and same:
+            scale = max(float(ref.abs().max()), 1e-12)
+            same = torch.allclose(feats.float(), ref.float(), rtol=1e-4, atol=1e-6 * scale)
+        self.features_by_hook = same
+        if not same:
+            _note(
+                f"the classifier's input of {type(self.sub.model).__name__} is not what its "
+                "forward_features returns; the features take a second (truncated) forward per "
+                "batch"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +492,7 @@ def _finalize(
         "k": plan.k,
         "batch_size": plan.batch_size,
         "shard_size": plan.shard_size,
+        "default_layers": plan.default_layers,
         "skipped": skipped,
         "notices": src.notices,
         "seconds": round(seconds, 3),
@@ -656,11 +662,18 @@ def _build(
     key, parts = index_key(sub, src)
     if rt is not None and rt.broadcast_object(key) != key:
         raise ConvlensError(f"{src.name} changed while the ranks were reading it; run again")
+    root = cache_root(cache_dir)
+    folder = root / key
+    if not layers:  # a cached index of the default layers answers without probing the model
+        try:
+            idx = open_index(folder)
+            if idx.manifest.get("default_layers") and k <= idx.k:
+                return idx
+        except ConvlensError:
+            pass
     names = list(dict.fromkeys(layers)) if layers else default_layers(sub.model, sub.image_shape)
     for name in names:
         get_layer(sub.model, name)
-    root = cache_root(cache_dir)
-    folder = root / key
     try:
         idx = open_index(folder)
         if _covers(idx, names, k):
@@ -680,7 +693,7 @@ def _build(
     bs = batch_size or (256 if h * w <= 64 * 64 or device.type == "cuda" else 64)
     if bs < 1:
         raise ConvlensError(f"batch size must be at least 1, got {bs}")
-    plan = Plan(key, len(src), names, k, bs, math.ceil(max(shard_size, 1) / bs) * bs)
+    plan = Plan(key, len(src), names, k, bs, math.ceil(max(shard_size, 1) / bs) * bs, not layers)
     building = folder / "building"
     try:
         if rank == 0:
@@ -735,6 +748,7 @@ def _run(
             worker.recorder.hooks(),
             progress_bar(total, f"index {plan.n:,} images", enabled=progress) as advance,
         ):
+            worker.check_features()
             stream = _batches(src, sub, ranges, num_workers, device.type == "cuda")
             for j, (images, index, problems) in enumerate(stream):
                 worker.run_batch(images, index, problems, res)

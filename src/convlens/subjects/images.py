@@ -191,7 +191,8 @@ def load_images(paths: Sequence[str | Path], pre: Preprocess) -> tuple[torch.Ten
         raise InputError(
             f"{len(files)} images at {c}x{h}x{w} would take "
             f"{len(files) * c * h * w / 1024**3:.1f} GiB in memory (limit "
-            f"{MAX_FOLDER_BYTES / 1024**3:.0f} GiB); pass fewer images"
+            f"{MAX_FOLDER_BYTES / 1024**3:.0f} GiB); pass fewer images (`convlens evaluate` and "
+            "`convlens index build` stream a folder of any size)"
         )
     out = np.empty((len(files), c, h, w), dtype=np.uint8)
     per_file: list[list[str]] = [[] for _ in files]
