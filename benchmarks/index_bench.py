@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -39,11 +40,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+# Peak RSS of the command: VmHWM of its own memory (ru_maxrss would carry over the peak of the
+# benchmark process it was forked from: Linux keeps it across exec), and ru_maxrss of its
+# DataLoader workers (they are forked from it, so the pages they share with it count in theirs).
 CHILD = """
-import json, resource, sys
+import json, re, resource, sys
 from convlens.cli.main import main
 code = main(sys.argv[1:])
-me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+status = open("/proc/self/status").read()
+me = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({"code": code, "self_kb": me, "children_kb": kids}), file=sys.stderr)
 """
@@ -114,6 +119,7 @@ def throughput(name: str, spec: str, folder: Path, batch: int, work: Path) -> No
 
     b1 = bare()
     t0 = time.perf_counter()
+    shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
     build_index(sub, scan_image_list(folder), cache_dir=work / f"cache-{name}",
                 batch_size=batch, progress=False)  # fmt: skip
     ours = len(pixels) / (time.perf_counter() - t0)
@@ -168,6 +174,7 @@ def main() -> None:
         for n in (int(s) for s in a.rss_sizes.split(",")):
             split = "train" if n > 10_000 else "test"
             folder = extract(data, work / f"cifar-{n}", n, split)
+            shutil.rmtree(work / f"rss-cache-{n}", ignore_errors=True)  # a fresh pass
             secs, me, kid = peak_rss(
                 ["index", "build", "--model", "resnet20", "--images", str(folder), "-q",
                  "--cache-dir", str(work / f"rss-cache-{n}")], env,
@@ -186,6 +193,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         save_file(my_net.build().state_dict(), str(work / "w.safetensors"))
+        shutil.rmtree(work / "eval-cache", ignore_errors=True)
         classes = work / "classes.txt"
         classes.write_text("\n".join(sorted(d.name for d in folder.iterdir())) + "\n")
         secs, me, kid = peak_rss(

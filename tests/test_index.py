@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tests.index_data import CIFAR_CLASSES, CIFAR_MEAN, CIFAR_STD, extract_cifar
 
 from convlens import models
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, Interrupted
 from convlens.index import (
     DamagedIndex,
     IndexNote,
@@ -165,12 +165,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(
     _, whole = built
     sub = _subject(folder)
 
-    def crash(done: int, total: int) -> None:
+    def ctrl_c(done: int, total: int) -> None:
         if done == 2:
-            raise RuntimeError("crash after shard 2")
+            raise Interrupted(2, "interrupted")  # what Ctrl-C raises under the CLI
 
-    with pytest.raises(RuntimeError, match="crash"):
-        _build(sub, tmp_path, on_shard=crash)
+    with pytest.raises(Interrupted) as stopped:
+        _build(sub, tmp_path, on_shard=ctrl_c)
+    assert (
+        "2 of 4 shards of the index are kept; run the same command again" in stopped.value.message
+    )
     building = tmp_path / whole.key / "building"
     assert sorted(p.name for p in building.iterdir() if p.is_dir()) == [
         "shard-000000",
