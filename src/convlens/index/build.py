@@ -391,7 +391,7 @@ def _finalize(
     if files_sig is not None and src.files is not None:
         try:
             changed = files_digest(src.files) != files_sig
-        except OSError:
+        except ConvlensError:
             changed = True
         if changed:
             shutil.rmtree(building, ignore_errors=True)

@@ -144,11 +144,16 @@ def files_digest(files: list[Path]) -> str:
     """SHA-256 of each file's absolute path, size and modification time (ns), in order.
 
     Raises:
-        OSError: a file has vanished.
+        InputError: a file has vanished (the folder changed while it was read).
     """
     h = hashlib.sha256()
     for f in files:
-        st = os.stat(f)
+        try:
+            st = os.stat(f)
+        except OSError as e:
+            raise InputError(
+                f"{f} is gone or unreadable ({e.strerror}): the folder changed while it was read"
+            ) from None
         h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
