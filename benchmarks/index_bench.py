@@ -13,13 +13,17 @@ Three measurements, each printed with the load average (`os.getloadavg`):
 2. **rss**: peak RSS of `convlens index build` (a subprocess: its own peak and its largest
    DataLoader worker's, from `getrusage`) over `--rss-sizes` ResNet-20 / CIFAR-10 folders.
    Target: the two within 10 %.
-3. **evaluate**: peak RSS of `convlens evaluate --model my_net.py:build --weights w.safetensors
+3. **neighbours**: milliseconds per query of `Index.neighbours` (exact, chunked, float64) over
+   `--points` x 512 memory-mapped float16 features, against the one-shot NumPy reference (the whole
+   matrix in float32 in memory, one product, `argpartition`), p50 and p95 of 30 queries. Target of
+   the web app: p95 <= 100 ms at 50,000 points (FAISS only if this misses it).
+4. **evaluate**: peak RSS of `convlens evaluate --model my_net.py:build --weights w.safetensors
    --images DIR` over `--eval-images` 224x224 JPEGs in class folders (a small CNN of the user's:
    what is measured is memory, not the network). Target: < 2.5 GB at 30,000.
 
 Full size (the lead's run; an hour or more on 2 cores):
 `CONVLENS_DATA=../shared/data .venv/bin/python benchmarks/index_bench.py --cifar-images 50000
---big-images 20000 --rss-sizes 10000,50000 --eval-images 30000`
+--big-images 20000 --rss-sizes 10000,50000 --eval-images 30000 --points 50000`
 """
 
 from __future__ import annotations
@@ -132,6 +136,48 @@ def throughput(name: str, spec: str, folder: Path, batch: int, work: Path) -> No
     )
 
 
+def neighbours(points: int, work: Path) -> None:
+    import numpy as np
+
+    from convlens.index.search import nearest
+
+    class Features:  # what `nearest` reads from an Index: its features, its derived values
+        def __init__(self, path: Path) -> None:
+            self.path = path
+            self.derived: dict[str, object] = {}
+
+        def features(self) -> np.ndarray:
+            return np.load(self.path, mmap_mode="r")
+
+    path = work / f"features-{points}.npy"
+    rng = np.random.default_rng(0)
+    np.save(path, rng.standard_normal((points, 512)).astype(np.float16))
+    index = Features(path)
+    queries = rng.integers(0, points, 30)
+    nearest(index, 0, 10)  # type: ignore[arg-type]  # the row norms, once per opened index
+    for metric in ("cosine", "euclidean"):
+        ours = []
+        for q in queries:
+            t0 = time.perf_counter()
+            nearest(index, int(q), 10, metric)  # type: ignore[arg-type]
+            ours.append(1000 * (time.perf_counter() - t0))
+        x = np.load(path).astype(np.float32)  # the reference holds all features in memory
+        ref = []
+        for q in queries:
+            t0 = time.perf_counter()
+            if metric == "cosine":
+                xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+                d = 1.0 - xn @ xn[q]
+            else:
+                d = np.linalg.norm(x - x[q], axis=1)
+            np.argpartition(d, 11)[:11]
+            ref.append(1000 * (time.perf_counter() - t0))
+        p = np.percentile
+        print(f"neighbours {metric} over {points:,} x 512: ours p50 {p(ours, 50):.1f} ms, p95 "
+              f"{p(ours, 95):.1f} ms; NumPy in memory p50 {p(ref, 50):.1f} ms, p95 "
+              f"{p(ref, 95):.1f} ms [{load()}]", flush=True)  # fmt: skip
+
+
 def peak_rss(args: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     """(seconds, peak RSS of the process, of its largest child) in MB."""
     t0 = time.perf_counter()
@@ -154,7 +200,8 @@ def main() -> None:
     p.add_argument("--big-images", type=int, default=128)
     p.add_argument("--rss-sizes", default="2000,10000")
     p.add_argument("--eval-images", type=int, default=3000)
-    p.add_argument("--parts", default="throughput,rss,evaluate")
+    p.add_argument("--points", type=int, default=50_000)
+    p.add_argument("--parts", default="throughput,rss,neighbours,evaluate")
     a = p.parse_args()
     if not a.data_dir:
         raise SystemExit("pass --data-dir or set CONVLENS_DATA")
@@ -181,6 +228,8 @@ def main() -> None:
             )  # fmt: skip
             print(f"rss index build resnet20 over {n:,} images: {secs:.0f} s, peak RSS "
                   f"{me:.0f} MB (largest worker {kid:.0f} MB) [{load()}]", flush=True)  # fmt: skip
+    if "neighbours" in parts:
+        neighbours(a.points, work)
     if "evaluate" in parts:
         folder = extract(data, work / f"eval-{a.eval_images}", a.eval_images, "train"
                          if a.eval_images > 10_000 else "test", size=224)  # fmt: skip

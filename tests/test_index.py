@@ -275,3 +275,36 @@ def test_full_disk_gives_one_line(
     monkeypatch.setattr(build_module.np, "save", full)
     with pytest.raises(ConvlensError, match="no space left on the disk of the index cache"):
         _build(_subject(folder), tmp_path)
+
+
+class _Features:
+    """What `nearest` reads from an index: its features (and a dict for derived values)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x, self.derived = x, {}  # type: dict[str, object]
+
+    def features(self) -> np.ndarray:
+        return self.x
+
+
+def test_neighbours_ties_and_close_calls_against_brute_force() -> None:
+    from convlens.index.search import nearest
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 64)).astype(np.float16)
+    x[100:110] = x[7]  # exact duplicates of image 7: ties broken by the lower index
+    x[200] = x[7] * np.float16(2)  # same direction: cosine distance 0, Euclidean not
+    x[300] = x[7] + np.float16(0.001)  # a near tie, that float32 rounding must not reorder
+    feats = _Features(x)
+    x64 = x.astype(np.float64)
+    for metric in ("cosine", "euclidean"):
+        got_i, got_d = nearest(feats, 7, 15, metric)  # type: ignore[arg-type]
+        if metric == "cosine":
+            xn = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+            d = 1.0 - xn @ xn[7]
+        else:
+            d = np.linalg.norm(x64 - x64[7], axis=1)
+        d[7] = np.inf
+        want = np.lexsort((np.arange(len(d)), d))[:15]
+        np.testing.assert_array_equal(got_i, want)
+        np.testing.assert_allclose(got_d, d[want], atol=1e-12)

@@ -1,9 +1,12 @@
 """Neighbours and the t-SNE map, from an index's memory-mapped features.
 
-Neighbours are exact: the features are read in chunks of rows (float16 on disk, float64 in the
-arithmetic), each chunk's distances to the query merged into a running top-k, so memory is one chunk
-whatever N. At 50,000 x 512 features a query reads 51 MB of page cache; FAISS would only pay off at
-sizes this index does not aim at (see ``benchmarks/index_bench.py``).
+Neighbours are exact: the features are read in chunks of rows (float16 on disk), so memory is one
+chunk plus one distance per image. At 50,000 x 512 features a query reads 51 MB of page cache;
+``benchmarks/index_bench.py`` measures it against NumPy with every feature in memory (FAISS would
+only pay off where that misses the web app's target).
+
+A query costs one float32 product with the features and an exact float64 re-ranking of the few
+candidates near the k-th (see :func:`nearest`).
 
 The map is openTSNE through :func:`convlens.inspect.tsne` over at most `limit` points: beyond, a
 uniform random sample of `limit` images drawn with ``numpy.random.default_rng(seed)`` (sorted). The
@@ -26,14 +29,54 @@ if TYPE_CHECKING:
 
 CHUNK_ROWS = 16_384
 """Feature rows per step of the neighbour search."""
+RESIDENT_BYTES = 512 * 1024**2
+"""Features up to this size as float32 stay in memory after the first query (50,000 x 512: 100 MB):
+converting float16 costs several times the product itself. Larger ones are converted chunk by chunk
+on every query."""
 METRICS = ("cosine", "euclidean")
 _ALIASES = {"l2": "euclidean", "cosine": "cosine", "euclidean": "euclidean"}
+
+
+def _row_norms(index: Index) -> np.ndarray:
+    """float64 ``(N,)`` squared norms of the feature rows, computed once per opened index."""
+    if "sq_norms" not in index.derived:
+        feats = index.features()
+        out = np.empty(len(feats), dtype=np.float64)
+        for start in range(0, len(feats), CHUNK_ROWS):
+            x = np.asarray(feats[start : start + CHUNK_ROWS], dtype=np.float64)
+            out[start : start + len(x)] = np.einsum("ij,ij->i", x, x)
+        index.derived["sq_norms"] = out
+    return index.derived["sq_norms"]
+
+
+def _resident(index: Index) -> np.ndarray | None:
+    """The features as float32 in memory when they fit :data:`RESIDENT_BYTES`, else None."""
+    feats = index.features()
+    if feats.size * 4 > RESIDENT_BYTES:
+        return None
+    if "float32" not in index.derived:
+        index.derived["float32"] = np.asarray(feats, dtype=np.float32)
+    return index.derived["float32"]
+
+
+def _exact(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """float64 distances of the rows `x` ``(M, D)`` to `q` ``(D,)`` (q unit-length for cosine)."""
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1)
+        return 1.0 - (x @ q) / np.where(norms > 0, norms, 1.0)
+    diff = x - q
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
 def nearest(
     index: Index, query: int | np.ndarray, k: int = 10, metric: str = "cosine"
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact `k` nearest images to `query` in the index's feature space.
+
+    Two steps, so that a query costs one float32 matrix-vector product over the memory-mapped
+    features (read in chunks) and the answer is still exact: every distance in float32 (row norms
+    cached in float64), then the candidates within a bound of the float32 rounding error of the
+    k-th are measured again in float64 and ranked.
 
     Args:
         index: the index.
@@ -65,33 +108,33 @@ def nearest(
     k = min(int(k), n - (skip >= 0))
     if k < 1:
         raise ConvlensError("k must be at least 1 (and the index must hold another image)")
-    if m == "cosine":
-        q_norm = np.linalg.norm(q)
-        q = q / q_norm if q_norm > 0 else q
-    best_d = np.empty(0)
-    best_i = np.empty(0, dtype=np.int64)
+    sq = _row_norms(index)  # (N,)
+    q_sq = float(q @ q)
+    if m == "cosine" and q_sq > 0:
+        q = q / np.sqrt(q_sq)
+    q32 = q.astype(np.float32)
+    resident = _resident(index)
+    approx = np.empty(n, dtype=np.float64)  # (N,) float32-accurate distances
     for start in range(0, n, CHUNK_ROWS):
-        x = np.asarray(feats[start : start + CHUNK_ROWS], dtype=np.float64)  # (R, D)
+        block = feats if resident is None else resident
+        dots = np.asarray(block[start : start + CHUNK_ROWS], dtype=np.float32) @ q32  # (R,)
+        rows = slice(start, start + len(dots))
         if m == "cosine":
-            norms = np.linalg.norm(x, axis=1)
-            dist = 1.0 - (x @ q) / np.where(norms > 0, norms, 1.0)
+            norms = np.sqrt(sq[rows])
+            approx[rows] = 1.0 - dots / np.where(norms > 0, norms, 1.0)
         else:
-            diff = x - q
-            dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        idx = np.arange(start, start + len(x), dtype=np.int64)
-        if start <= skip < start + len(x):
-            keep = idx != skip
-            dist, idx = dist[keep], idx[keep]
-        cand_d = np.concatenate([best_d, dist])
-        cand_i = np.concatenate([best_i, idx])
-        if len(cand_d) > k:  # the k smallest, then an exact order (ties: lower index)
-            part = np.argpartition(cand_d, k - 1)[:k]
-            cut = cand_d[part].max()
-            part = np.flatnonzero(cand_d <= cut)  # every candidate tied at the cut stays
-            cand_d, cand_i = cand_d[part], cand_i[part]
-        order = np.lexsort((cand_i, cand_d))[:k]
-        best_d, best_i = cand_d[order], cand_i[order]
-    return best_i, best_d
+            approx[rows] = sq[rows] - 2.0 * dots + q_sq  # squared
+    if skip >= 0:
+        approx[skip] = np.inf
+    # float32 products of D terms err by at most ~D * 2**-24 of their scale: keep every candidate
+    # that close to the k-th, then measure those exactly.
+    scale = 1.0 if m == "cosine" else float(sq.max()) + q_sq
+    tol = 4.0 * d * 2.0**-24 * scale + 1e-12
+    kth = np.partition(approx, k - 1)[k - 1]
+    cand = np.flatnonzero(approx <= kth + tol)
+    exact = _exact(np.asarray(feats[cand], dtype=np.float64), q, m)
+    order = np.lexsort((cand, exact))[:k]
+    return cand[order].astype(np.int64), exact[order]
 
 
 def sample(n: int, limit: int, seed: int) -> np.ndarray:

@@ -63,6 +63,9 @@ class Index:
         self.manifest = manifest
         self._arrays: dict[str, np.ndarray] = {}
         self._files: list[str] | None = None
+        self.derived: dict[
+            str, Any
+        ] = {}  # computed from the arrays once (row norms for neighbours)
 
     def __repr__(self) -> str:
         return f"Index({self.key}, {self.n:,} images, layers {', '.join(self.layers)}, k={self.k})"
