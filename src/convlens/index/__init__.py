@@ -16,13 +16,14 @@ from pathlib import Path
 
 from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
-from convlens.index.build import SHARD_IMAGES, IndexNote, build_index, default_layers
+from convlens.index.build import SHARD_IMAGES, build_index, default_layers
 from convlens.index.source import index_key, resolve_source
 from convlens.index.store import (
     INDEX_FORMAT,
     DamagedIndex,
     Index,
     IndexEntry,
+    IndexNote,
     cache_root,
     default_cache_dir,
     delete_index,

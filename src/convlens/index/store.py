@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,16 @@ def default_cache_dir() -> Path:
 def cache_root(cache_dir: str | Path | None) -> Path:
     """The cache folder to use (the default when None)."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+class IndexNote(UserWarning):
+    """Something the user should know about an index pass (a rebuild, skipped files): the CLI
+    prints it as one ``note:`` line."""
+
+
+def note(message: str) -> None:
+    """Warn with an :class:`IndexNote`."""
+    warnings.warn(message, IndexNote, stacklevel=3)
 
 
 class DamagedIndex(ConvlensError):
