@@ -154,7 +154,7 @@ def files_digest(files: list[Path]) -> str:
             raise InputError(
                 f"{f} is gone or unreadable ({e.strerror}): the folder changed while it was read"
             ) from None
-        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
