@@ -308,3 +308,27 @@ def test_neighbours_ties_and_close_calls_against_brute_force() -> None:
         want = np.lexsort((np.arange(len(d)), d))[:15]
         np.testing.assert_array_equal(got_i, want)
         np.testing.assert_allclose(got_d, d[want], atol=1e-12)
+
+
+def test_a_data_set_in_memory_and_a_flat_folder(folder: Path, tmp_path: Path) -> None:
+    from convlens.data.dataset import Dataset
+
+    sub = _subject(folder)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g)
+    ds = Dataset("noise", "test", pixels, torch.arange(20) % 10, CIFAR_CLASSES, PRE.mean, PRE.std)
+    idx = _build(sub, tmp_path, source=ds)
+    assert idx.files is None and idx.labels_are_outputs and idx.n == 20
+    assert torch.equal(idx.image(3), pixels[3])  # the pixels are kept in the index
+    layer = idx.layers[-1]
+    ref = top_patches(sub.model, layer, ds, 64, K, batch_size=BATCH)
+    np.testing.assert_array_equal(idx.units(layer).images, ref.indices.numpy())
+    np.testing.assert_array_equal(idx.units(layer).values, ref.values.numpy())
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(folder.rglob("*.jpg"))[:10]:
+        shutil.copy(p, flat / f"{p.parent.name}-{p.name}")
+    unlabelled = _build(sub, tmp_path, source=flat)
+    assert unlabelled.classes is None and unlabelled.loss is None and unlabelled.correct is None
+    np.testing.assert_array_equal(unlabelled.labels, np.full(10, -1))

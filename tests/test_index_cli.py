@@ -125,3 +125,16 @@ def test_torchrun_two_gloo_ranks_equal_one_process(
         np.testing.assert_array_equal(ua.values, ub.values)
         np.testing.assert_array_equal(ua.images, ub.images)
         np.testing.assert_array_equal(ua.positions, ub.positions)
+
+
+def test_a_streamed_subject_decodes_its_folder_when_asked(setup: tuple[Path, Path]) -> None:
+    from convlens.subjects import open_subject
+
+    images, weights = setup
+    streamed = open_subject("resnet20", weights=str(weights), images=images, in_memory=False)
+    loaded = open_subject("resnet20", weights=str(weights), images=images)
+    assert streamed.images is None and streamed.image_list is not None
+    assert streamed.classes == loaded.classes
+    ds = streamed.data()  # decoded on demand, labels matched to the outputs as when loaded
+    assert torch.equal(ds.images, loaded.data().images)
+    assert torch.equal(ds.labels, loaded.data().labels) and ds.classes == loaded.data().classes

@@ -391,7 +391,9 @@ def delete_index(target: str | Path | Index, cache_dir: str | Path | None = None
                 f"{target!r} names {len(found)} indexes in {root}; give more of the key"
             )
         folder = found[0]
-    if not (folder / "manifest.json").is_file() and not (folder / "building").is_dir():
+    in_cache = folder.resolve().parent == cache_root(cache_dir).resolve()
+    looks = (folder / "manifest.json").is_file() or (folder / "building").is_dir()
+    if not in_cache and not looks:
         raise InputError(f"{folder} is not an index folder; not deleting it")
     shutil.rmtree(folder)
     return folder
