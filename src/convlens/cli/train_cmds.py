@@ -270,7 +270,12 @@ def evaluate(
             run_dir, model=model, weights=weights, images=images, classes=classes,
             download=download, device=checks.device(device), data_dir=data_dir, in_memory=False,
         )  # fmt: skip
-        ev = evaluate_folder(sub, limit=limit)
+        ev, index = evaluate_folder(sub, limit=limit)
+        err_console.print(
+            f"[yellow]note:[/] predictions kept in the index {index.path} (`convlens index list`)",
+            highlight=False,
+            soft_wrap=True,
+        )
         who = sub.name
     if as_json:
         typer.echo(json.dumps(ev.to_dict(), indent=2))

@@ -48,12 +48,15 @@ def evaluate_folder(
     batch_size: int | None = None,
     limit: int | None = None,
     progress: bool = True,
-) -> Evaluation:
+) -> tuple[Evaluation, Index]:
     """Evaluate `sub` on its labelled folder (``subject.image_list``) streamed through its index.
 
     Memory is one batch, whatever the number of images.
 
     `limit` takes that many images spread over the classes (as ``Dataset.head`` does).
+
+    Returns:
+        The evaluation, and the index it was read from (cached: a second evaluation is a lookup).
 
     Raises:
         InputError: the folder is unlabelled, or its class folders are not the model's classes.
@@ -80,4 +83,4 @@ def evaluate_folder(
             images.notices,
         )
     index = build_index(sub, images, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
-    return evaluation(index, sub.classes)
+    return evaluation(index, sub.classes), index

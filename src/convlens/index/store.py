@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from convlens.data.paths import cache_dir
 from convlens.errors import ConvlensError, InputError
 from convlens.index.topk import UnitTopK
 from convlens.subjects.core import Preprocess
@@ -37,9 +38,9 @@ INDEX_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    """``$CONVLENS_CACHE/index``, else ``~/.cache/convlens/index``."""
-    base = os.environ.get("CONVLENS_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "convlens") / "index"
+    """``$CONVLENS_CACHE/index``, else ``$XDG_CACHE_HOME/convlens/index``, else
+    ``~/.cache/convlens/index`` (beside the data sets convlens caches)."""
+    return cache_dir() / "index"
 
 
 def cache_root(cache_dir: str | Path | None) -> Path:
