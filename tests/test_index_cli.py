@@ -52,6 +52,13 @@ def test_build_list_delete(
     path = Path(out.strip().splitlines()[-1])
     idx = open_index(path)
     assert idx.n == 40 and idx.k == 4 and idx.labels_are_outputs
+    # The same folder loaded in memory (as `serve` and `report` open it) finds the same index.
+    from convlens.index import find_index
+    from convlens.subjects import open_subject
+
+    loaded = open_subject("resnet20", weights=str(weights), images=images)
+    found = find_index(loaded, cache_dir=cache)
+    assert found is not None and found.path == path
     code, out, _ = run_cli(capsys, ["index", "list", "--cache-dir", str(cache), "--json"])
     rows = json.loads(out)
     assert [(x["key"], x["status"], x["images"]) for x in rows] == [(idx.key, "ok", 40)]
