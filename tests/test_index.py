@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.index_data import CIFAR_CLASSES, CIFAR_MEAN, CIFAR_STD, extract_cifar
 
 from convlens import models
 from convlens.errors import ConvlensError, Interrupted
@@ -31,6 +30,7 @@ from convlens.index import (
 from convlens.inspect import activations, extract_features, top_patches
 from convlens.subjects import Preprocess, Subject, load_image_set, subject
 from convlens.subjects.images import scan_image_list
+from index_data import CIFAR_CLASSES, CIFAR_MEAN, CIFAR_STD, extract_cifar
 
 BATCH, SHARD, K = 16, 16, 5
 PRE = Preprocess(3, (32, 32), CIFAR_MEAN, CIFAR_STD)

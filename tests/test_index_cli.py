@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.index_data import extract_cifar
-from tests.robustness_helpers import run_cli, subprocess_env
 
 from convlens import models
 from convlens.index import open_index
+from index_data import extract_cifar
+from robustness_helpers import run_cli, subprocess_env
 
 BIN = Path(sys.executable).parent
 
