@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +88,20 @@ def register(app: typer.Typer) -> None:
             download=download, device=checks.device(device), data_dir=data_dir, in_memory=False,
         )  # fmt: skip
         names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
+        shards: list[int] = []
+        started = time.perf_counter()
         idx = build_index(
             sub, layers=names, k=k, cache_dir=cache_dir, batch_size=batch_size,
             num_workers=workers, progress=not quiet, shard_size=shard_size,
+            on_shard=lambda done, total: shards.append(done),
         )  # fmt: skip
         if int(os.environ.get("RANK", "0")) != 0:
             return  # under torchrun only rank 0 prints
+        secs = time.perf_counter() - started
+        how = f"built in {secs:.1f} s ({idx.n / secs:,.0f} images/s)" if shards else "cached"
         skipped = f", {len(idx.skipped)} unreadable skipped" if idx.skipped else ""
         console.print(
-            f"index of {sub.name} over {idx.n:,} images{skipped}: layers "
+            f"index of {sub.name} over {idx.n:,} images{skipped}, {how}: layers "
             f"{', '.join(idx.layers)}, k={idx.k}",
             highlight=False,
         )

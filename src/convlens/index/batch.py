@@ -114,7 +114,13 @@ class BatchPass:
         rec = self.recorder
         rec.reset()
         x = self.sub.preprocess.normalize(images.to(self.device, non_blocking=True))
-        logits = self.sub.model(x)
+        try:
+            logits = self.sub.model(x)
+        except RuntimeError as e:  # the model's own failure on a batch, in one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConvlensError(
+                f"{type(self.sub.model).__name__} failed on a batch of {tuple(x.shape)}: {first}"
+            ) from None
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ConvlensError(
                 f"{type(self.sub.model).__name__} does not return logits (N, classes); it cannot "

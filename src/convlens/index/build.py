@@ -86,8 +86,14 @@ def default_layers(model: nn.Module, input_shape: Sequence[int], max_layers: int
     if not names:
         raise ConvlensError(f"{type(model).__name__} has no Conv2d layer; pass layers by name")
     probe = torch.zeros(1, *tuple(input_shape), device=_device(model))
-    with evaluating(model), torch.inference_mode(), capture(model, names) as acts:
-        model(probe)
+    try:
+        with evaluating(model), torch.inference_mode(), capture(model, names) as acts:
+            model(probe)
+    except (RuntimeError, ValueError) as e:  # the model's own failure, in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConvlensError(
+            f"{type(model).__name__} cannot run on {tuple(input_shape)} images ({first})"
+        ) from None
     shapes = {n: tuple(a.shape[1:]) for n, a in acts.items() if a.dim() == 4}  # forward order
     keep = stage_ends(shapes, max_layers)
     default = models.default_layer(model, tuple(input_shape))
