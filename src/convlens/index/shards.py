@@ -241,7 +241,7 @@ def finalize(
             {"name": name, "channels": int(u.values.shape[0]), "map_size": map_sizes[name]}
         )
     if src.files is not None:
-        files = [str(f) for f, g in zip(src.files, good, strict=True) if g]
+        files = [os.path.abspath(f) for f, g in zip(src.files, good, strict=True) if g]
         tmp_files = folder / ".files.json.tmp"
         tmp_files.write_text(json.dumps(files))
         os.replace(tmp_files, folder / "files.json")

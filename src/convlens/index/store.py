@@ -9,8 +9,8 @@ last, so a folder without one is never read as an index):
   ``top_probs.npy`` float32 ``(N, 5)``; ``loss.npy`` float32 / ``correct.npy`` bool ``(N,)`` where
   the labels are the model's outputs; ``features.npy`` float16 ``(N, D)`` (memory-mapped);
   ``units/<i>.values.npy`` float32 ``(C, k)``, ``.images.npy`` int64 ``(C, k)``,
-  ``.positions.npy`` int64 ``(C, k, 2)`` for the i-th layer; ``files.json`` (a folder's paths) or
-  ``images.npy`` uint8 ``(N, C, H, W)`` (a data set that was in memory); ``embedding-*.npy``.
+  ``.positions.npy`` int64 ``(C, k, 2)`` for the i-th layer; ``files.json`` (a folder's absolute
+  paths) or ``images.npy`` uint8 ``(N, C, H, W)`` (a data set that was in memory); ``embedding-*.npy``.
 - ``building/`` while a pass runs: ``state.json`` and one folder per finished shard (see
   :mod:`convlens.index.build`).
 """
