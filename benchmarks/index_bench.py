@@ -213,10 +213,12 @@ def main() -> None:
     parts = a.parts.split(",")
     if "throughput" in parts:
         split = "train" if a.cifar_images > 10_000 else "test"
-        small = extract(data, work / f"cifar-{a.cifar_images}", a.cifar_images, split)
-        throughput("resnet20@32", "resnet20", small, 256, work)
-        big = extract(data, work / f"big-{a.big_images}", a.big_images, "test", size=224)
-        throughput("resnet18@224", "torchvision:resnet18", big, 64, work)
+        if a.cifar_images:
+            small = extract(data, work / f"cifar-{a.cifar_images}", a.cifar_images, split)
+            throughput("resnet20@32", "resnet20", small, 256, work)
+        if a.big_images:
+            big = extract(data, work / f"big-{a.big_images}", a.big_images, "test", size=224)
+            throughput("resnet18@224", "torchvision:resnet18", big, 64, work)
     if "rss" in parts:
         for n in (int(s) for s in a.rss_sizes.split(",")):
             split = "train" if n > 10_000 else "test"
