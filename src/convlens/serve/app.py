@@ -151,8 +151,10 @@ def create_app(
     def predict(name: str, req: ImageRequest) -> dict[str, Any]:
         served = catalog[name]
         image = image_of(served, req.image)
+        m = _IMAGE.match(req.image)
+        index = int(m.group(2)) if m is not None and m.group(1) else None  # test:INDEX has a label
         with served.lock:
-            return {"image": req.image, **compute.predict(served, image)}
+            return {"image": req.image, **compute.predict(served, image, image_index=index)}
 
     @app.post("/api/subjects/{name}/attribution")
     def attribution(name: str, req: AttributionRequest) -> dict[str, Any]:
