@@ -229,7 +229,9 @@ def test_embedding_neighbours_and_projector(client: TestClient, run: Any) -> Non
     dist[11] = float("inf")
     assert nb["pixel"] == dist.argsort()[:4].tolist()  # brute force in pixel space
     assert len(nb["feature"]) == 4 and 11 not in nb["feature"]
-    np.testing.assert_allclose(nb["pixel_distances"], (dist.sqrt() / 255)[nb["pixel"]].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        nb["pixel_distances"], (dist.sqrt() / 255)[nb["pixel"]].numpy(), rtol=1e-5
+    )
     assert nb["pixel_labels"] == [data.classes[int(data.labels[i])] for i in nb["pixel"]]
 
     z = zipfile.ZipFile(io.BytesIO(client.get(api("/projector.zip"), params={"limit": 50}).content))

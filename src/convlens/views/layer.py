@@ -152,7 +152,9 @@ def layer_view(
         chans = list(channels)
     bad = [c for c in chans if not 0 <= c < available]
     if bad:
-        raise ConvlensError(f"layer {layer!r} has {available} channels (0-{available - 1}); no channel {bad[0]}")
+        raise ConvlensError(
+            f"layer {layer!r} has {available} channels (0-{available - 1}); no channel {bad[0]}"
+        )
     first = bool(convs) and layer == convs[0]
     chunks = -(-len(chans) // ACTMAX_CHUNK) if "actmax" in parts else 0
     total = 1 + chunks
@@ -175,7 +177,11 @@ def layer_view(
         step = ACTMAX_CHUNK if report is not no_report else max(len(chans), 1)
         for i in range(0, len(chans), step):
             part = chans[i : i + step]
-            report(1 + i // ACTMAX_CHUNK, total, f"activation maximisation, channels {part[0]}-{part[-1]}")
+            report(
+                1 + i // ACTMAX_CHUNK,
+                total,
+                f"activation maximisation, channels {part[0]}-{part[-1]}",
+            )
             with guard:
                 res = inspect.activation_maximization(
                     subject.model, layer, part, size=size, steps=steps, mean=pre.mean,
@@ -183,7 +189,9 @@ def layer_view(
                 )  # fmt: skip
             images.append(res.images)
             values.append(torch.as_tensor(res.values, dtype=torch.float32))
-        fields.update(actmax=torch.cat(images), actmax_values=torch.cat(values), steps=steps, size=size)
+        fields.update(
+            actmax=torch.cat(images), actmax_values=torch.cat(values), steps=steps, size=size
+        )
     report(total, total, "done")
     return LayerView(layer=layer, channels=tuple(chans), first_layer=first, **fields)
 
@@ -228,7 +236,10 @@ def _patches(
         c, h, w = subject.image_shape
         rf = receptive_fields(subject.model, (c, h, w)).get(layer)
         boxes = torch.tensor(
-            [[rf.box(i, j) if rf is not None else (0, 0, h, w) for i, j in row] for row in positions.tolist()],
+            [
+                [rf.box(i, j) if rf is not None else (0, 0, h, w) for i, j in row]
+                for row in positions.tolist()
+            ],
             dtype=torch.int64,
         ).reshape(len(chans), k, 4)
         rf_size = (int(rf.size[0]), int(rf.size[1])) if rf is not None else (h, w)
