@@ -187,7 +187,7 @@ def build_report(
         if isinstance(result, Skipped):
             out.status, out.reason = "skipped", result.reason
         elif isinstance(result, Section):
-            out.body = result.body
+            out.body, out.views = result.body, result.views
         out.seconds = time.perf_counter() - t
         outcomes.append(out)
         if progress:

@@ -274,7 +274,8 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
             "confusion matrix of the labelled images",
             f"{'Test accuracy' if ctx.is_run else 'Accuracy'} {100 * acc:.2f} % on {fmt_int(len(y))} images.",
         )
-        + f"<div>{per_class}</div></div>"
+        + f"<div>{per_class}</div></div>",
+        views={"predictions": ctx.predictions()},
     )
 
 
@@ -306,7 +307,8 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
             fig,
             f"filters of layer {layer}",
             f"Layer {layer}: {conv.out_channels} filters of {c_in}x{kh}x{kw} weights.",
-        )
+        ),
+        views={"layer": v},
     )
 
 
@@ -423,7 +425,9 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
             f" (x) marks a neighbour of another class. Same class as the query: {same_f} of "
             f"{total} in feature space, {same_p} of {total} in pixel space."
         )
-    return Section(img(fig, "nearest neighbours in feature and pixel space", caption))
+    return Section(
+        img(fig, "nearest neighbours in feature and pixel space", caption), views={"neighbours": nb}
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,7 +474,8 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
             "t-SNE image grid",
             f"The same map as a {cells}x{cells} grid: each cell shows the image nearest its centre; blank where the map is empty.",
         )
-        + "</div>"
+        + "</div>",
+        views={"embedding": emb},
     )
 
 
