@@ -38,6 +38,8 @@ def subject_info(served: Served) -> dict[str, Any]:
         macs: int | None = int(served.summary.totals["macs"])
     except ConvlensError:
         macs = None
+    with served.lock:  # the default layer is found by a forward pass
+        found = defaults.as_dict(s, macs)
     return {
         "name": served.name,
         "model": s.info.get("model", type(s.model).__name__),
@@ -45,13 +47,15 @@ def subject_info(served: Served) -> dict[str, Any]:
         "classes": s.classes,
         "input": list(s.image_shape),
         "images": len(s.images) if s.images is not None else 0,
-        "defaults": defaults.as_dict(s, macs),
+        "defaults": found,
     }
 
 
 def network(served: Served) -> dict[str, Any]:
     """The network view: rows (with kernel, stride, padding...), totals, graph, blocks, defaults."""
-    return views.network_view(served.subject, summary=served.summary, graph=served.graph).to_dict()
+    summary, graph = served.summary, served.graph
+    with served.lock:  # the default layer is found by a forward pass
+        return views.network_view(served.subject, summary=summary, graph=graph).to_dict()
 
 
 def _label(served: Served, image_index: int | None) -> int | None:

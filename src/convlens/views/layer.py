@@ -145,11 +145,12 @@ def layer_view(
     if unknown:
         raise ConvlensError(f"unknown part {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
     convs = list(conv_layers(subject.model))
-    layer = layer or defaults.default_layer(subject)
-    get_layer(subject.model, layer)  # an unknown name: an error that lists the layers
-    with guard:
+    with guard:  # each of these runs the model once
+        layer = layer or defaults.default_layer(subject)
+        get_layer(subject.model, layer)  # an unknown name: an error that lists the layers
         available = _output_channels(subject, layer)
-    macs = _macs(subject) if channels is None or (steps is None and "actmax" in parts) else None
+        need_macs = channels is None or (steps is None and "actmax" in parts)
+        macs = _macs(subject) if need_macs else None
     if channels is None:
         chans = defaults.channels(available, macs)
     elif isinstance(channels, int):
