@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from convlens.errors import ConvlensError
@@ -236,7 +237,9 @@ def _patches(
 
     if index is not None and layer in index.layers:
         units = index.units(layer)
-        k = min(n, units.values.shape[1])
+        # Columns where every channel has an image (-1 marks a channel with fewer than k images).
+        filled = int((units.images[chans] >= 0).all(0).sum())
+        k = min(n, filled)
         values = torch.from_numpy(units.values[chans, :k]).float()  # (K, n)
         indices = torch.from_numpy(units.images[chans, :k]).long()  # (K, n) into the index's images
         positions = torch.from_numpy(units.positions[chans, :k]).long()  # (K, n, 2)
@@ -253,8 +256,10 @@ def _patches(
         uniq = torch.unique(indices)
         pool = torch.stack([torch.as_tensor(index.image(int(i))) for i in uniq.tolist()])
         local = torch.searchsorted(uniq, indices)
-        with_local = TopPatches(layer, chans, values, local, positions, boxes, (0, 0), rf_size)
-        labels = torch.as_tensor(index.labels)
+        with_local = TopPatches(
+            layer, chans, values, local, positions, boxes, index.map_size(layer), rf_size
+        )
+        labels = torch.from_numpy(np.array(index.labels, dtype=np.int64))
         classes = [subject.class_name(i) for i in range(len(subject.classes))]
         return _fields(subject, with_local, indices, crop_patches(pool, with_local), pool[local],
                        labels, classes, "index", index.n)  # fmt: skip
@@ -314,5 +319,5 @@ def _fields(
         "source": source,
         "limit": searched,
         "rf_size": tuple(top.rf_size),
-        "map_size": tuple(top.map_size) if top.map_size != (0, 0) else None,
+        "map_size": tuple(top.map_size),
     }
