@@ -245,3 +245,34 @@ def test_cli_report_and_web_app_agree(
         alpha = _decode(web_cam[i]["overlay"])[..., 3].astype(np.float64)
         web = (alpha / 255 - 0.15) / 0.7  # the overlay's alpha carries the normalised map
         np.testing.assert_allclose(web, scaled, atol=0.03)
+
+
+def test_an_upload_is_resized_and_cropped_as_a_file_is(tmp_path: Path) -> None:
+    """One resize-and-crop rule: the web app's upload path equals `load_image` on the same file,
+    and both equal torchvision's Resize(20) + CenterCrop(16) of the decoded picture."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from torchvision.transforms import v2
+
+    from convlens.serve import create_app, from_subject
+    from convlens.subjects import Preprocess, load_image
+
+    pre = Preprocess(channels=3, size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, resize=20)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    s = subject(net, preprocess=pre)
+    path = tmp_path / "wide.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    from_file, _ = load_image(path, pre)  # (3, 16, 16)
+    crop = v2.Compose([v2.Resize(20, antialias=True), v2.CenterCrop(16)])
+    tv = crop(torch.from_numpy(pixels).permute(2, 0, 1))
+    assert (from_file.int() - tv.int()).abs().max() <= 1  # Pillow's and torchvision's rounding
+    app = create_app([from_subject(s, name="s")], cache_dir=tmp_path / "cache")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        up = client.post("/api/subjects/s/uploads", files={"file": ("w.png", path.read_bytes())})
+        assert up.status_code == 200, up.text
+        r = client.post("/api/subjects/s/predict", json={"image": up.json()["image"]}).json()
+    np.testing.assert_array_equal(_decode(r["input"]), from_file.permute(1, 2, 0).numpy())
+    assert r["top"] == views.prediction_view(s, from_file).to_dict()["top"]
+    assert r["label"] is None and r["wrong"] is None
