@@ -15,6 +15,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -276,3 +277,61 @@ def test_an_upload_is_resized_and_cropped_as_a_file_is(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_decode(r["input"]), from_file.permute(1, 2, 0).numpy())
     assert r["top"] == views.prediction_view(s, from_file).to_dict()["top"]
     assert r["label"] is None and r["wrong"] is None
+
+
+class BruteForceIndex:
+    """What :class:`convlens.index.Index` answers, computed by brute force with plain torch/NumPy."""
+
+    def __init__(self, s: Any, layer: str, k: int) -> None:
+        ds = s.data()
+        self.n, self.layers, self._images = len(ds), [layer], ds.images
+        labelled = ds.extra.get("labelled", True)  # an index marks unlabelled images -1
+        self.labels = (ds.labels if labelled else torch.full_like(ds.labels, -1)).numpy()
+        out: list[torch.Tensor] = []
+        hook = s.model.get_submodule(layer).register_forward_hook(lambda m, i, o: out.append(o))
+        with torch.inference_mode():
+            logits = s.model(s.normalize(ds.images))
+        hook.remove()
+        order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :5]
+        self.top_classes = order.numpy()
+        self.top_probs = logits.softmax(1).gather(1, order).numpy()
+        a = out[0]  # (N, C, H, W)
+        self._map = tuple(a.shape[2:])
+        flat = a.flatten(2)  # (N, C, HW)
+        best, arg = flat.max(2)  # (N, C)
+        v, i = best.T.topk(k, dim=1)  # (C, k)
+        pos = arg.T.gather(1, i)  # (C, k) flat positions
+        w = self._map[1]
+        self._units = (v.numpy(), i.numpy(), torch.stack([pos // w, pos % w], -1).numpy())
+
+    def map_size(self, layer: str) -> tuple[int, int]:
+        return self._map  # type: ignore[return-value]
+
+    def units(self, layer: str) -> Any:
+        values, images, positions = self._units
+        return type("U", (), {"values": values, "images": images, "positions": positions})()
+
+    def neighbours(self, query: Any, k: int = 10, metric: str = "cosine") -> Any:
+        raise NotImplementedError
+
+    def embedding(self, limit: int = 50_000, seed: int = 0) -> Any:
+        raise NotImplementedError
+
+    def image(self, i: int) -> torch.Tensor:
+        return self._images[i]
+
+
+def test_layer_and_predictions_read_from_an_index(trained_run: Path, image_folder: Path) -> None:
+    from convlens.subjects import open_subject
+
+    sub = open_subject(str(trained_run), images=image_folder)
+    index = BruteForceIndex(sub, "conv2", k=4)
+    from_index = views.layer_view(
+        sub, "conv2", channels=[0, 5], patches=3, parts=["patches"], index=index
+    )
+    computed = views.layer_view(sub, "conv2", channels=[0, 5], patches=3, parts=["patches"])
+    assert from_index.source == "index" and computed.source == "images"
+    assert from_index.patches == computed.patches  # same images, values, positions and boxes
+    assert torch.equal(from_index.crops, computed.crops)
+    p = views.prediction_view(sub, sub.data().images[2], image_index=2, index=index)
+    assert p.source == "index" and p.predicted == int(index.top_classes[2, 0])
