@@ -47,6 +47,7 @@ from convlens.render.report_base import (
 from convlens.render.report_context import ReportContext
 from convlens.render.report_sections import SECTIONS
 from convlens.subjects import Subject, open_subject
+from convlens.views import ImageIndex
 
 __all__ = [
     "REPORT_FILE",
@@ -68,9 +69,15 @@ def default_sections() -> list[SectionSpec]:
     return list(SECTIONS)
 
 
-def report_context(subject: Subject, *, options: ReportOptions | None = None) -> ReportContext:
-    """The context sections read, with the notes a reader should see first."""
-    ctx = ReportContext(subject=subject, options=options or ReportOptions())
+def report_context(
+    subject: Subject, *, options: ReportOptions | None = None, index: ImageIndex | None = None
+) -> ReportContext:
+    """The context sections read, with the notes a reader should see first.
+
+    `index`: the index of the subject's images (:func:`convlens.index.find_index`); top patches,
+    the t-SNE map and the predictions are then read from it instead of computed.
+    """
+    ctx = ReportContext(subject=subject, options=options or ReportOptions(), index=index)
     run = subject.run
     if run is not None:
         if run.status != "complete":

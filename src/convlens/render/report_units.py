@@ -55,7 +55,7 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     k = min(o.top_channels, ctx.conv_layers()[layer].out_channels)
     v = layer_view(
         ctx.subject, layer, channels=k, patches=min(o.top_images, len(ds)), parts=("patches",),
-        batch_size=o.batch_size,
+        batch_size=o.batch_size, index=ctx.index,
     )  # fmt: skip
     assert v.crops is not None and v.rf_size is not None and v.map_size is not None
     fig = top_patches_figure(v.crops, v.values, v.channels, layer=layer, rf_size=v.rf_size)
@@ -66,7 +66,9 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
             f"top-activating patches of layer {layer}",
             f"Layer {layer}: {v.map_size[0]}x{v.map_size[1]} units per channel, each seeing {rh}x{rw} "
             f"input pixels; searched over {fmt_int(v.limit or 0)} of the {fmt_int(len(ds))} "
-            f"{'test ' if ctx.is_run else ''}images (spread evenly), the activation above each crop.",
+            f"{'test ' if ctx.is_run else ''}images"
+            f"{' (the index)' if v.source == 'index' else ' (spread evenly)'}, the activation above "
+            "each crop.",
         ),
         views={"layer": v},
     )
