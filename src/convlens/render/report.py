@@ -246,6 +246,7 @@ def write_report(
     data_root: str | None = None,
     progress: ProgressFn | None = None,
     strict: bool = False,
+    index: ImageIndex | None = None,
 ) -> tuple[Path, Report]:
     """Build the report of `subject` and write it atomically to `out`.
 
@@ -257,6 +258,7 @@ def write_report(
         data_root: where a run's data set lives, when not where it was trained.
         progress: called before and after each section.
         strict: re-raise a section's unexpected exception (tests).
+        index: the index of the subject's images (see :func:`report_context`).
 
     Returns:
         The path written and the :class:`Report` (per-section outcomes and timings).
@@ -281,7 +283,7 @@ def write_report(
     if not isinstance(subject, Subject):
         subject = open_subject(str(subject), device=options.device, data_dir=data_root)
     report = build_report(
-        report_context(subject, options=options), progress=progress, strict=strict
+        report_context(subject, options=options, index=index), progress=progress, strict=strict
     )
     atomic_write_text(path, report.html)
     return path, report
