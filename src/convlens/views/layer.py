@@ -17,7 +17,7 @@ from convlens.views import defaults
 from convlens.views.common import ImageIndex, Report, evenly, images_of, no_report
 
 PARTS = ("filters", "actmax", "patches")
-ACTMAX_CHUNK = 16  # channels optimised per batch when progress is reported
+ACTMAX_CHUNK = 16  # channels optimised per batch (one progress step each)
 
 
 @dataclass(frozen=True)
@@ -182,9 +182,9 @@ def layer_view(
         size = defaults.actmax_size(subject)
         pre = subject.preprocess
         images, values = [], []
-        step = ACTMAX_CHUNK if report is not no_report else max(len(chans), 1)
-        for i in range(0, len(chans), step):
-            part = chans[i : i + step]
+        # Always in chunks of ACTMAX_CHUNK: every face gets the same images for the same channels.
+        for i in range(0, len(chans), ACTMAX_CHUNK):
+            part = chans[i : i + ACTMAX_CHUNK]
             report(
                 1 + i // ACTMAX_CHUNK,
                 total,
