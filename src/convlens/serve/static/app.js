@@ -28,6 +28,8 @@ async function route() {
   const subject = picker.value;
   const ctx = { subject, info: subjects[subject], arg: decodeURIComponent(rest.join("/")), showError };
   try {
+    // The listing is cheap (a run is loaded only when opened): the full info comes from the subject.
+    ctx.info = await getJSON(`/api/subjects/${encodeURIComponent(subject)}`);
     await mod.render(root, ctx);
   } catch (e) {
     showError(e.message);
