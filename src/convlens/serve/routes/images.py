@@ -59,8 +59,9 @@ async def upload(served: ServedSubject, state: State, file: UploadFile) -> dict[
 def predict(served: ServedSubject, state: State, req: ImageRequest) -> dict[str, Any]:
     """Top-5 classes and every layer's activations for one image."""
     image = state.image(served, req.image)
+    index = state.test_index(req.image)  # a test image has a label
     with served.lock:
-        return {"image": req.image, **compute.predict(served, image)}
+        return {"image": req.image, **compute.predict(served, image, image_index=index)}
 
 
 @router.post("/attribution")

@@ -37,7 +37,9 @@ export async function render(root, ctx) {
         el("figcaption", {}, `channel ${c.channel}`));
       if (c.filter) card.append(el("img", { src: c.filter, class: "filter", alt: `filter ${c.channel}`, title: "filter" }));
       if (c.actmax) card.append(el("img", { src: c.actmax, class: "actmax", alt: `actmax ${c.channel}`, title: "activation maximisation" }));
-      if (c.patches) card.append(el("img", { src: c.patches, class: "patches", alt: `patches ${c.channel}`, title: "top-activating patches" }));
+      for (const p of c.patches || []) {  // one PNG per patch (the views' layer grid)
+        card.append(el("img", { src: p.png, class: "patches", alt: `patch ${c.channel}`, title: `top-activating patch: ${p.value}` }));
+      }
       grid.append(card);
     }
     const next = start + count;
