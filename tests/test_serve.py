@@ -770,3 +770,22 @@ def test_ctrl_c_on_a_starting_server_exits_130_without_a_traceback(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "CancelledError" not in err, err
+
+
+def test_uvicorn_report_of_a_lifespan_cancelled_at_exit_is_dropped() -> None:
+    """Ctrl-C twice: uvicorn exits without the lifespan's shutdown, Starlette's lifespan is
+    cancelled and sends its traceback as text, which uvicorn logs as an error: dropped, and only
+    that."""
+    import logging
+
+    from convlens.cli.serve_cmds import _CancelledLifespan
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, msg, None, None)
+
+    cancelled = (
+        'Traceback (most recent call last):\n  File "x.py"\nasyncio.exceptions.CancelledError\n'
+    )
+    assert not _CancelledLifespan().filter(record(cancelled))
+    assert _CancelledLifespan().filter(record("Traceback (most recent call last):\nValueError: x"))
+    assert _CancelledLifespan().filter(record("Application startup failed. Exiting."))
