@@ -721,6 +721,13 @@ def test_cli_refuses_options_that_do_not_apply(
         ["serve", str(served_run), "--images", str(tmp_path / "nope"), *cache], capsys, monkeypatch
     )
     assert "no such file or folder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    err = _cli_error(
+        ["serve", str(served_run), "--images", str(empty), *cache], capsys, monkeypatch
+    )
+    assert "image" in err and str(empty) in err
 
 
 def test_cli_ctrl_c_while_starting_up_is_one_line_and_130(

@@ -183,6 +183,10 @@ def register(app: typer.Typer) -> None:
                     )
         if images is not None and not images.exists():
             raise ConvlensError(f"--images {images}: no such file or folder")
+        if images is not None and runs_dir is not None:
+            from convlens.subjects.images import scan_images
+
+            scan_images(images)  # a folder without images is refused now, not at the first view
         cache = check_cache_dir(cache_dir or Path.home() / ".cache" / "convlens" / "serve")
         sock = bind(host, port)  # before any work: a port in use or a bad host ends here
         try:
