@@ -462,6 +462,7 @@ def test_bad_runs_are_listed_with_their_reason_and_the_good_one_opens(
         assert set(listed) == {"good", "unfinished", "badjson", "truncated", "nosuchnet"}
         assert listed["good"]["status"] == "ok" and listed["good"]["reason"] is None
         assert listed["good"]["model"] == "lenet5" and listed["good"]["input"] == [1, 28, 28]
+        assert listed["good"]["images"] is None  # the listing loads nothing (from run.json)
         expect = {
             "unfinished": ("unfinished", "has not finished"),
             "badjson": ("broken", "corrupt"),
@@ -480,7 +481,7 @@ def test_bad_runs_are_listed_with_their_reason_and_the_good_one_opens(
         assert e.status_code == 409 and "nosuchnet" in e.json()["error"]
         again = {s["name"]: s for s in c.get("/api/subjects").json()}
         assert again["nosuchnet"]["status"] == "broken"
-        assert again["good"]["status"] == "ok"
+        assert again["good"]["status"] == "ok" and again["good"]["images"] > 0  # now loaded
 
 
 def test_subject_info_carries_the_defaults(client: TestClient, run: Any) -> None:
