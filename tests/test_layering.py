@@ -1,7 +1,7 @@
 """The package's layering, read from the source: imports only point down, and no module imports itself
 back through another.
 
-Layers, top to bottom (DESIGN.md): cli > serve > experiments > render > inspect > subjects > train >
+Layers, top to bottom (DESIGN.md): cli > serve > experiments > render > views > inspect > subjects > train >
 anatomy > models > data > validate > progress > fileio > errors. Every import counts, the ones
 inside functions too (an import hidden in a function to dodge a cycle is still a cycle); imports under
 ``if TYPE_CHECKING:`` only have to point down.
@@ -20,6 +20,7 @@ LAYERS = [
     "serve",
     "experiments",
     "render",
+    "views",
     "inspect",
     "subjects",
     "train",

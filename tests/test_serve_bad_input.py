@@ -63,7 +63,7 @@ def test_the_default_upload_limit_is_20_mb() -> None:
         ("get", api("/rf?layer=conv2&row=x&col=0"), None, 422, ["row"]),
         ("get", api("/images/2000.png"), None, 404, ["no image 2000"]),
         ("get", api("/images/-1.png"), None, 404, ["no image -1"]),
-        ("get", api("/neighbors?index=5&k=0"), None, 400, ["k must be"]),
+        ("get", api("/neighbors?index=5&k=0"), None, 422, ["k must be greater", "not 0"]),
         (
             "post",
             api("/jobs/layer"),
@@ -102,7 +102,7 @@ def test_the_default_upload_limit_is_20_mb() -> None:
         ),
         ("post", api("/jobs/occlusion"), {"image": "test:1", "target": -1}, 404, ["no class -1"]),
         ("get", "/api/explain/conv?size=5&kernel=9", None, 400, ["does not fit"]),
-        ("get", "/api/explain/conv?size=0", None, 400, ["size"]),
+        ("get", "/api/explain/conv?size=0", None, 422, ["size must be"]),
         ("get", "/api/jobs/123-nope", None, 404, ["no job"]),
         ("get", "/api/nothing/here", None, 404, ["no endpoint"]),
         ("delete", api("/network"), None, 405, []),
