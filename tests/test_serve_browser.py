@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CONVLENS_CHROMIUM", "/usr/bin/chromium")
 NAME = "lenet5-sample"
 RESNET = "resnet20-random"
+HALF = "half-trained"
 SHOTS = REPO / "artifacts"
 
 pytestmark = pytest.mark.browser
@@ -74,7 +75,14 @@ def url(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The app on a free port of 127.0.0.1, served by uvicorn in a thread."""
     folder = tmp_path_factory.mktemp("runs")
     (folder / NAME).symlink_to(trained_run, target_is_directory=True)
-    served = [from_run_dir(folder / NAME), from_subject(_resnet20_subject(), name=RESNET)]
+    # A run whose training has not written its weights yet: listed, greyed, never blocking.
+    (folder / HALF).mkdir()
+    shutil.copy(trained_run / "run.json", folder / HALF / "run.json")
+    served = [
+        from_run_dir(folder / HALF),
+        from_run_dir(folder / NAME),
+        from_subject(_resnet20_subject(), name=RESNET),
+    ]
     app = create_app(served, cache_dir=tmp_path_factory.mktemp("cache"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -288,27 +296,21 @@ def test_server_error_is_shown_readably(page: Any, url: str, tmp_path: Path) -> 
 def test_broken_subject_is_listed_and_never_blocks(page: Any, url: str) -> None:
     from playwright.sync_api import expect
 
-    real = _api(url, "/api/subjects")
-    broken = {"name": "half-trained", "status": "unfinished", "reason": "no weights.pt yet"}
-    page.route(
-        "**/api/subjects",
-        lambda r: r.fulfill(
-            status=200, content_type="application/json", body=json.dumps([broken, *real])
-        ),
-    )
-    try:
-        _open(page, url, "network?subject=half-trained")
-        expect(page.locator("#error")).to_contain_text("half-trained cannot be opened")
-        expect(page.locator("#error")).to_contain_text("no weights.pt yet")
-        option = page.locator('#subject option[value="half-trained"]')
-        assert option.is_disabled()
-        assert "no weights.pt yet" in option.inner_text()
-        expect(page.locator("h2")).to_contain_text(NAME)  # the good one opened instead
-        assert f"subject={NAME}" in page.url
-        page.locator("#subject-note summary").click()
-        expect(page.locator('#subject-note li[data-subject="half-trained"]')).to_be_visible()
-    finally:
-        page.unroute("**/api/subjects")
+    listed = {s["name"]: s for s in _api(url, "/api/subjects")}
+    assert listed[HALF]["status"] == "unfinished" and listed[NAME]["status"] == "ok"
+    _open(page, url, f"network?subject={HALF}")
+    expect(page.locator("#error")).to_contain_text(f"{HALF} cannot be opened")
+    expect(page.locator("#error")).to_contain_text("has not finished")
+    option = page.locator(f'#subject option[value="{HALF}"]')
+    assert option.is_disabled()
+    assert "has not finished" in option.inner_text()
+    expect(page.locator("h2")).to_contain_text(NAME)  # a good one opened instead
+    assert f"subject={NAME}" in page.url
+    page.locator("#subject-note summary").click()
+    expect(page.locator(f'#subject-note li[data-subject="{HALF}"]')).to_be_visible()
+    # With no subject named, the first good one opens (the unfinished one is listed first).
+    _open(page, url, "network")
+    expect(page.locator("h2")).to_contain_text(NAME)
 
 
 def test_subject_without_images_says_so(page: Any, url: str) -> None:
@@ -387,6 +389,29 @@ def test_deep_link_opens_the_unit(page: Any, url: str) -> None:
     expect(page.locator("#rf-note")).to_contain_text("conv2, channel 5, unit (4, 2)")
     expect(page.locator("#image-index")).to_have_value("3")
     expect(page.locator("#unit-panel")).to_be_visible()
+    # The unit's computation in real numbers, equal to the network's value.
+    panel = page.locator("#unit-panel")
+    expect(panel.locator("#unit-equal")).to_contain_text("equal ✓")
+    expect(panel.locator(".unitchannel")).to_have_count(3)  # 3 of conv2's 6 input channels first
+    assert panel.locator(".unitchannel").first.locator("table.kernel tr").count() == 5
+    panel.locator("button.more").click()
+    expect(panel.locator(".unitchannel")).to_have_count(6)
+    _no_undefined(page)
+
+
+def test_unit_computation_on_a_resnet(page: Any, url: str, photo: Path) -> None:
+    from playwright.sync_api import expect
+
+    _open(page, url, f"image?subject={RESNET}")
+    page.set_input_files("#upload", str(photo))
+    expect(page.locator("#top5 li")).to_have_count(5)
+    page.locator('canvas[data-layer="layer2.0.conv1"]').click(position={"x": 3, "y": 3})
+    panel = page.locator("#unit-panel")
+    expect(panel.locator("#unit-equal")).to_contain_text("equal ✓")
+    expect(panel.locator("#unit-steps")).to_contain_text(re.compile("batchnorm", re.I))
+    # A padded tap at the corner unit (0, 0): shown in grey.
+    assert panel.locator("td.pad").count() > 0
+    page.screenshot(path=str(SHOTS / "serve-unit-resnet20.png"), full_page=True)
 
 
 # ---------------------------------------------------------------- 3. network and arithmetic
@@ -399,6 +424,9 @@ def test_network_view(page: Any, url: str) -> None:
     expect(page.locator("g.layer")).to_have_count(13)  # the input and 12 layers
     conv1 = page.locator('g[data-layer="conv1"]')
     expect(conv1).to_contain_text("6 filters")
+    expect(conv1).to_contain_text("kernel 5×5")
+    expect(conv1).to_contain_text("stride 1")
+    expect(conv1).to_contain_text("padding")
     expect(conv1).to_contain_text("6×28×28")  # C×H×W
     # Every text inside its box.
     inside = page.evaluate(
@@ -426,8 +454,22 @@ def test_network_view_of_resnet(page: Any, url: str) -> None:
 
     _open(page, url, f"network?subject={RESNET}")
     expect(page.locator('g[data-layer="conv1"]')).to_be_visible()
-    expect(page.locator("g.join").first).to_be_visible()  # residual adds
+    blocks = page.locator("g.layer.block")
+    assert blocks.count() >= 3  # collapsed by default: a 60-layer network fits a screen
+    height = float(page.locator("#network-svg").get_attribute("height"))
+    first = blocks.first.get_attribute("data-block")
+    blocks.first.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(f'g.blockframe[data-block="{first}"]')).to_be_visible()
+    inner = page.locator("g.layer.block").first  # a residual block inside the stage
+    inner.click()
+    expect(page.locator("g.join").first).to_be_visible()  # its residual add
+    assert float(page.locator("#network-svg").get_attribute("height")) > height
     page.screenshot(path=str(SHOTS / "serve-network-resnet20.png"))
+    page.locator(f'g.blockframe[data-block="{first}"]').click()
+    expect(page.locator(f'g.blockframe[data-block="{first}"]')).to_have_count(0)
+    page.locator("#expand-all").click()
+    assert page.locator("g.layer.block").count() == 0
 
 
 def test_arithmetic_view(page: Any, url: str) -> None:
@@ -470,7 +512,14 @@ def test_layer_view(page: Any, url: str) -> None:
     expect(page.locator("figure.channel img.filter")).to_have_count(6)
     expect(page.locator('figure.channel[data-channel="2"]')).to_have_class(re.compile("selected"))
     expect(page.locator("#grey-legend")).to_contain_text("outside the image")
-    page.locator('figure.channel[data-channel="4"] figcaption').click()
+    # Top patches with their activation value and class label.
+    patches = page.locator('figure.channel[data-channel="2"] figure.patch')
+    assert patches.count() >= 1
+    values = [float(v) for v in patches.locator("figcaption b").all_inner_texts()]
+    assert values == sorted(values, reverse=True)
+    classes = _api(url, f"/api/subjects/{NAME}")["classes"]
+    assert all(c in classes for c in patches.locator("figcaption span").all_inner_texts())
+    page.locator('figure.channel[data-channel="4"] > figcaption').click()
     assert "channel=4" in page.url
     page.locator('figure.channel[data-channel="4"] button.pic').first.click()
     dialog = page.locator("#enlarge")
@@ -536,6 +585,9 @@ def test_embedding_view(page: Any, url: str) -> None:
     page.locator("#search").press("Enter")
     expect(page.locator("#search-result")).to_contain_text(f"images of {cls}")
     expect(page.locator("#legend .key.on")).to_have_count(1)
+    page.locator("#colour-by").select_option("correct")
+    expect(page.locator("#legend")).to_contain_text("wrong")
+    assert "colour=correct" in page.url
     # Zoomed in far: thumbnails.
     box = page.locator("#tsne").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

@@ -41,9 +41,9 @@ const rgbaWord = (hex, alpha = 255) => {
 };
 
 // A neighbour as {index, distance, label} whether the server sends numbers or objects.
-function asNeighbours(list, distances) {
+function asNeighbours(list, distances, names) {
   return (list || []).map((n, k) => (typeof n === "number"
-    ? { index: n, distance: distances?.[k] }
+    ? { index: n, distance: distances?.[k], label_name: names?.[k] ?? undefined }
     : { index: n.index ?? n.image_index, distance: n.distance, label: n.label, label_name: n.label_name }));
 }
 
@@ -280,8 +280,8 @@ export async function render(root, ctx) {
       const k = info.defaults?.k ?? 8;
       const r = await getJSON(`${base}/neighbors?index=${indices[p]}&k=${k}`, signal);
       if (!ctx.alive() || query !== p) return;
-      const feature = asNeighbours(r.feature, r.feature_distances);
-      const pixel = asNeighbours(r.pixel, r.pixel_distances);
+      const feature = asNeighbours(r.feature, r.feature_distances, r.feature_labels);
+      const pixel = asNeighbours(r.pixel, r.pixel_distances, r.pixel_labels);
       neighbours = feature.map((n) => ({ ...n, point: slot.get(n.index) ?? -1 }));
       const card = (n, what) => {
         const label = n.label_name ?? (n.label !== undefined ? classes[n.label] : classes[labels[slot.get(n.index)]]);

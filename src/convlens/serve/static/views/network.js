@@ -40,24 +40,34 @@ function chain(rows) {
 
 // Collapse blocks: each collapsed block's members become one node; a join whose inputs all come from
 // one block (a residual add inside it) goes with it.
-export function contract(order, inputs, blocks, collapsed) {
+export function contract(order, inputs, blocks, collapsed, isJoin = () => false) {
+  // The outermost collapsed block owns a layer (blocks nest: a ResNet stage holds its blocks).
   const owner = {};
-  for (const b of blocks) if (collapsed.has(b.name)) for (const m of b.members) owner[m] = `block:${b.name}`;
-  const outOrder = [], outInputs = {};
+  const outerFirst = [...blocks].sort((a, b) => b.members.length - a.members.length);
+  for (const b of outerFirst) {
+    if (!collapsed.has(b.name)) continue;
+    for (const m of b.members) if (!(m in owner)) owner[m] = `block:${b.name}`;
+  }
+  const consumers = {};
+  for (const n of order) for (const i of inputs[n]) (consumers[i] = consumers[i] || []).push(n);
+  const outOrder = [], outInputs = {}, placed = {};
   const mapped = (n) => owner[n] ?? n;
   for (const n of order) {
     const ins = [...new Set(inputs[n].map(mapped))];
-    if (!owner[n] && ins.length && ins.every((i) => i === ins[0] && i.startsWith("block:")) && !isNamedLayer(n)) {
-      owner[n] = ins[0];
+    // A join (a residual add) goes inside a collapsed block when it reads from the block and feeds
+    // it, or reads only from it.
+    if (!owner[n] && isJoin(n)) {
+      const feeds = new Set((consumers[n] || []).map(mapped));
+      const home = ins.find((i) => i.startsWith("block:") && (feeds.has(i) || ins.every((j) => j === i)));
+      if (home) owner[n] = home;
     }
     const me = mapped(n);
-    const clean = ins.filter((i) => i !== me);
-    if (!(me in outInputs)) { outOrder.push(me); outInputs[me] = []; }
-    for (const i of clean) if (!outInputs[me].includes(i)) outInputs[me].push(i);
+    if (!(me in outInputs)) { placed[me] = outOrder.length; outOrder.push(me); outInputs[me] = []; }
+    // Only inputs placed before this node: a block's own join feeding one of its members stays inside.
+    for (const i of ins) if (i !== me && placed[i] < placed[me] && !outInputs[me].includes(i)) outInputs[me].push(i);
   }
   return { order: outOrder, inputs: outInputs, owner };
 }
-let isNamedLayer = () => true;
 
 const label = (r) => (r.call > 1 ? `${r.name} (${r.call})` : r.name);
 const pair = (v) => (Array.isArray(v) ? (v.every((x) => x === v[0]) ? String(v[0]) : v.join("×")) : String(v));
@@ -99,7 +109,7 @@ export async function render(root, ctx) {
   if (!ctx.alive()) return;
   const t = net.totals || {};
   const rows = Object.fromEntries(net.layers.map((r) => [label(r), r]));
-  isNamedLayer = (n) => n === "input" || rows[n] !== undefined;
+  const isJoin = (n) => n !== "input" && rows[n] === undefined;
   const { order, inputs } = net.graph ? { order: Object.keys(net.graph), inputs: net.graph } : chain(net.layers);
   // Blocks with the labels of their members (a layer called twice appears as "name (2)").
   const blocks = (net.blocks || []).map((b) => {
@@ -158,7 +168,7 @@ export async function render(root, ctx) {
   };
 
   function draw() {
-    const c = contract(order, inputs, blocks, collapsed);
+    const c = contract(order, inputs, blocks, collapsed, isJoin);
     const byBlock = Object.fromEntries(blocks.map((b) => [`block:${b.name}`, b]));
     const texts = {};
     for (const n of c.order) {
@@ -191,7 +201,11 @@ export async function render(root, ctx) {
     // Frames behind expanded blocks, with a header that collapses them.
     for (const b of blocks) {
       if (collapsed.has(b.name)) continue;
-      const shown = b.members.filter((m) => lane[m] !== undefined);
+      const inside = new Set(b.members);
+      const shown = c.order.filter((n) => (byBlock[n] ? byBlock[n].members : [n]).some((m) => inside.has(m)));
+      // An expanded block inside a collapsed one is not drawn at all.
+      const hiddenIn = byBlock[c.owner[b.members[0]]];
+      if (hiddenIn && hiddenIn.members.length > b.members.length) continue;
       if (!shown.length) continue;
       const x0 = Math.min(...shown.map(x)) - FRAME + 4, x1 = Math.max(...shown.map(x)) + BOX_W + 6;
       const y0 = Math.min(...shown.map(y)) - 6, y1 = Math.max(...shown.map((m) => y(m) + (isBox(m) ? BOX_H : 2 * JOIN))) + 6;

@@ -20,7 +20,7 @@ export function renderUnit(u, { layer, channel, row, col, close }) {
   const patch = pick(u, "patch", "input", "inputs");
   const kernel = pick(u, "kernel", "weight", "weights");
   let products = pick(u, "products");
-  const pad = pick(u, "padding_mask", "pad");
+  const pad = pick(u, "padded", "padding_mask", "pad");
   const ins = pick(u, "in_channels", "input_channels");
   const head = el("div", { class: "unithead" },
     el("h3", {}, `How ${layer}, channel ${channel}, unit (${row}, ${col}) is computed`),
@@ -31,7 +31,7 @@ export function renderUnit(u, { layer, channel, row, col, close }) {
   if (!is3d(products)) {
     products = patch.map((p, c) => p.map((r, i) => r.map((v, j) => v * kernel[c][i][j])));
   }
-  const sums = products.map((p) => p.flat().reduce((a, b) => a + b, 0));
+  const sums = Array.isArray(u.channel_sums) ? u.channel_sums : products.map((p) => p.flat().reduce((a, b) => a + b, 0));
   const channels = el("div", { class: "unitchannels" });
   const drawChannel = (c) => {
     const label = ins ? ins[c] : c;
@@ -53,28 +53,36 @@ export function renderUnit(u, { layer, channel, row, col, close }) {
     for (let c = first; c < patch.length; c++) drawChannel(c);
     more.remove();
   } }, `show the other ${rest} input channel${rest === 1 ? "" : "s"}`) : "";
+  // Channels read but not detailed (a layer with hundreds of inputs): their sums only.
+  const hidden = sums.length > patch.length ? el("p", { class: "note", id: "unit-hidden" },
+    `The unit reads ${sums.length} input channels; the first ${patch.length} are detailed. The sums of the others: `,
+    el("span", { class: "sums" }, sums.slice(patch.length).map((v, k) => `${ins ? ins[patch.length + k] : patch.length + k}: ${num(v)}`).join(", "))) : "";
 
-  const sum = pick(u, "sum", "products_sum") ?? sums.reduce((a, b) => a + b, 0);
+  const taps = sums.length * patch[0].length * patch[0][0].length;
+  const sum = pick(u, "total", "sum", "products_sum") ?? sums.reduce((a, b) => a + b, 0);
   const bias = pick(u, "bias");
   const pre = pick(u, "pre_activation", "preactivation", "z");
-  const act = pick(u, "activation", "post_activation");
-  const actName = pick(u, "activation_name", "activation_layer") || "ReLU";
   const value = pick(u, "network_value", "value", "hooked");
   const equal = pick(u, "equal", "matches");
   const steps = el("ol", { class: "unitsteps", id: "unit-steps" },
-    el("li", {}, `sum of all ${patch.length * patch[0].length * patch[0][0].length} products: `, el("b", { class: "sum" }, num(sum))),
-    bias !== undefined ? el("li", {}, "plus the bias ", el("b", {}, num(bias)), " = ", el("b", { class: "pre" }, num(pre ?? sum + bias))) :
-      el("li", {}, "no bias: the pre-activation is the sum ", el("b", { class: "pre" }, num(pre ?? sum))));
-  if (act !== undefined) steps.append(el("li", {}, `after ${actName}: `, el("b", { class: "act" }, num(act))));
+    el("li", {}, `the sum of all ${taps} products: `, el("b", { class: "sum" }, num(sum))),
+    el("li", {}, "plus the bias ", el("b", {}, num(bias ?? 0)), " = ", el("b", { class: "pre" }, num(pre ?? sum + (bias ?? 0)))));
   if (value !== undefined) {
-    const ok = equal ?? null;
-    steps.append(el("li", { class: ok === false ? "bad" : "good", id: "unit-equal" }, "the network computed ",
+    steps.append(el("li", { class: equal === false ? "bad" : "good", id: "unit-equal" }, `the network computed ${layer} = `,
       el("b", { class: "netvalue" }, num(value)),
-      ok === true ? ": equal ✓" : ok === false ? ": NOT equal" : ""));
+      equal === true ? ": equal ✓" : equal === false ? ": NOT equal" : ""));
   }
+  for (const st of Array.isArray(u.steps) ? u.steps : []) {
+    const same = typeof st.value === "number" && typeof st.network_value === "number" &&
+      Math.abs(st.value - st.network_value) <= 1e-5 * Math.max(1, Math.abs(st.network_value));
+    steps.append(el("li", { class: "then" }, `then ${st.kind}${st.layer ? ` (${st.layer})` : ""}: `,
+      el("b", {}, num(st.value)), st.network_value !== undefined ? ` (the network: ${num(st.network_value)}${same ? " ✓" : ""})` : ""));
+  }
+  const act = pick(u, "activation", "post_activation");
+  if (act !== undefined && !(Array.isArray(u.steps) && u.steps.length)) steps.append(el("li", {}, "after the activation: ", el("b", { class: "act" }, num(act))));
   const note = pick(u, "note");
   return [head,
     el("p", { class: "note" }, "Each number of the input patch is multiplied by the kernel weight over it (zeros in grey: " +
       "the padding, outside the image); the products of every input channel are summed, the bias added, then the activation applied."),
-    channels, more, steps, note ? el("p", { class: "note" }, note) : ""];
+    channels, more, hidden, steps, note ? el("p", { class: "note" }, note) : ""];
 }
