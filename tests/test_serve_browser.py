@@ -466,7 +466,7 @@ def test_network_view_of_resnet(page: Any, url: str) -> None:
     expect(page.locator("g.join").first).to_be_visible()  # its residual add
     assert float(page.locator("#network-svg").get_attribute("height")) > height
     page.screenshot(path=str(SHOTS / "serve-network-resnet20.png"))
-    page.locator(f'g.blockframe[data-block="{first}"]').click()
+    page.locator(f'g.blockframe[data-block="{first}"] rect.tab').click()
     expect(page.locator(f'g.blockframe[data-block="{first}"]')).to_have_count(0)
     page.locator("#expand-all").click()
     assert page.locator("g.layer.block").count() == 0
@@ -618,4 +618,9 @@ def test_layout_from_760_pixels(page: Any, url: str) -> None:
         page.evaluate(f"location.hash = '{view}?subject={NAME}'")
         page.wait_for_timeout(400)
         overflow = page.evaluate("document.documentElement.scrollWidth")
+        if overflow > 761:
+            print(view, page.evaluate(
+                "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 761)"
+                ".slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))"
+            ))
         assert overflow <= 760 + 1, f"{view} is {overflow} px wide at 760"

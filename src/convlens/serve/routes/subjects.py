@@ -29,7 +29,9 @@ def listing(served: Served) -> dict[str, Any]:
     out: dict[str, Any] = {"name": served.name, "status": served.status, "reason": served.reason}
     meta = {k: served.meta.get(k) for k in ("model", "data", "classes", "input")}
     if served.loaded and served.ok:
-        return {**out, **meta, **compute.subject_info(served), "name": served.name}
+        with served.lock:  # subject_info runs the model (the default layer): hooks are per model
+            info = compute.subject_info(served)
+        return {**out, **meta, **info, "name": served.name}
     return {**out, **meta, "images": None}
 
 
@@ -83,7 +85,8 @@ def subject_info(served: ServedSubject, state: State) -> dict[str, Any]:
 @router.get("/{name}/network")
 def network(served: ServedSubject) -> dict[str, Any]:
     """The summary's rows and totals, and which layer feeds which."""
-    return compute.network(served)
+    with served.lock:  # the network view runs the model (default layer): one computation at a time
+        return compute.network(served)
 
 
 @router.get("/{name}/rf")

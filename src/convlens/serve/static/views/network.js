@@ -188,7 +188,11 @@ export async function render(root, ctx) {
     const { lane, row } = layout(c.order, c.inputs);
     const laneCount = Math.max(...Object.values(lane)) + 1;
     const rowCount = Math.max(...Object.values(row)) + 1;
-    const FRAME = 24;  // room on the left for an expanded block's frame
+    // Room on the left for the frames of expanded blocks, one tab width per level of nesting.
+    const sets = blocks.map((b) => new Set(b.members));
+    const depth = Object.fromEntries(blocks.map((b) => [b.name, blocks.filter((o, k) =>
+      o.members.length > b.members.length && b.members.every((m) => sets[k].has(m))).length]));
+    const TAB = 22, FRAME = TAB * (1 + Math.max(0, ...Object.values(depth))) + 4;
     const x = (n) => FRAME + 10 + lane[n] * (BOX_W + GAP_X);
     const y = (n) => 10 + row[n] * (BOX_H + GAP_Y);
     baseW = FRAME + 20 + laneCount * (BOX_W + GAP_X);
@@ -207,13 +211,20 @@ export async function render(root, ctx) {
       const hiddenIn = byBlock[c.owner[b.members[0]]];
       if (hiddenIn && hiddenIn.members.length > b.members.length) continue;
       if (!shown.length) continue;
-      const x0 = Math.min(...shown.map(x)) - FRAME + 4, x1 = Math.max(...shown.map(x)) + BOX_W + 6;
-      const y0 = Math.min(...shown.map(y)) - 6, y1 = Math.max(...shown.map((m) => y(m) + (isBox(m) ? BOX_H : 2 * JOIN))) + 6;
+      const level = depth[b.name];
+      const x0 = Math.min(...shown.map(x)) - FRAME + 2 + level * TAB, x1 = Math.max(...shown.map(x)) + BOX_W + 6 - level * 3;
+      const y0 = Math.min(...shown.map(y)) - 6 + level * 2;
+      const y1 = Math.max(...shown.map((m) => y(m) + (isBox(m) ? BOX_H : 2 * JOIN))) + 6 - level * 2;
       const g = node("g", { "data-block": b.name, "aria-label": `collapse block ${b.name}` });
       g.classList.add("blockframe");
       g.append(node("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, rx: 8 }));
-      const tx = text(x0 + 12, y0 + 16, "▾");
+      // The frame's tab (filled, so it takes clicks) collapses the block again.
+      const tab = node("rect", { x: x0, y: y0, width: TAB - 4, height: 22, rx: 4 });
+      tab.classList.add("tab");
+      const tx = text(x0 + (TAB - 4) / 2, y0 + 16, "▾");
+      tx.setAttribute("text-anchor", "middle");
       tx.classList.add("toggle");
+      g.append(tab);
       const name = node("title");
       name.textContent = `${b.name}: click to collapse`;
       g.append(tx, name);
