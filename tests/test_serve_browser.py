@@ -346,12 +346,6 @@ def test_image_view_for_a_learner(page: Any, url: str, photo: Path) -> None:
         assert lo <= hi
         assert bars.nth(i).locator(".min").inner_text().startswith("min")
         assert bars.nth(i).locator(".zero").count() == (1 if lo < 0 < hi else 0)
-    # Larger targets, and a zoom per map.
-    conv1 = page.locator('canvas[data-layer="conv1"]')
-    px = int(conv1.get_attribute("data-unit"))
-    assert px >= 6  # CSS pixels a unit: a target a mouse can hit
-    page.locator('button[aria-label="zoom in conv1"]').click()
-    expect(page.locator('canvas[data-layer="conv1"]')).to_have_attribute("data-unit", str(2 * px))
     # A unit of conv2 -> its box inside the stage, in the URL.
     page.locator('canvas[data-layer="conv2"]').click(position={"x": 3, "y": 3})
     box = page.locator("#rf-box")
@@ -363,6 +357,8 @@ def test_image_view_for_a_learner(page: Any, url: str, photo: Path) -> None:
     assert rf["x"] + rf["width"] <= stage["x"] + stage["width"] + 1
     expect(page.locator("#rf-note")).to_contain_text("14×14")
     assert "layer=conv2" in page.url and "row=0" in page.url and "col=0" in page.url
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "serve-image-rf.png"))
     # The last conv (1 x 1 map, field larger than the image): the box is the whole image.
     page.locator('canvas[data-layer="conv3"]').click(position={"x": 2, "y": 2})
     expect(page.locator("#rf-note")).to_contain_text("covers the whole image")
@@ -372,13 +368,20 @@ def test_image_view_for_a_learner(page: Any, url: str, photo: Path) -> None:
     page.locator('button[data-method="gradcam"]').click()
     expect(page.locator('img.overlay[data-method="gradcam"]')).to_be_visible()
     expect(page.locator("#attr-bar .colourbar")).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "serve-image-gradcam.png"))
     # The upload note, then an upload.
     expect(page.locator("#upload-note")).to_contain_text("prepared exactly as the report")
     page.set_input_files("#upload", str(photo))
     page.wait_for_function("document.querySelector('#truth').textContent.includes('uploaded')")
     expect(page.locator("#top5 li")).to_have_count(5)
     _no_undefined(page)
-    page.screenshot(path=str(SHOTS / "serve-image.png"), full_page=True)
+    # Larger targets, and a zoom per map.
+    conv1 = page.locator('canvas[data-layer="conv1"]')
+    px = int(conv1.get_attribute("data-unit"))
+    assert px >= 6  # CSS pixels a unit: a target a mouse can hit
+    page.locator('button[aria-label="zoom in conv1"]').click()
+    expect(page.locator('canvas[data-layer="conv1"]')).to_have_attribute("data-unit", str(2 * px))
 
 
 def test_deep_link_opens_the_unit(page: Any, url: str) -> None:
@@ -389,6 +392,7 @@ def test_deep_link_opens_the_unit(page: Any, url: str) -> None:
     expect(page.locator("#rf-note")).to_contain_text("conv2, channel 5, unit (4, 2)")
     expect(page.locator("#image-index")).to_have_value("3")
     expect(page.locator("#unit-panel")).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
     # The unit's computation in real numbers, equal to the network's value.
     panel = page.locator("#unit-panel")
     expect(panel.locator("#unit-equal")).to_contain_text("equal ✓")
@@ -397,6 +401,8 @@ def test_deep_link_opens_the_unit(page: Any, url: str) -> None:
     panel.locator("button.more").click()
     expect(panel.locator(".unitchannel")).to_have_count(6)
     _no_undefined(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "serve-image-unit.png"))
 
 
 def test_unit_computation_on_a_resnet(page: Any, url: str, photo: Path) -> None:
@@ -411,7 +417,8 @@ def test_unit_computation_on_a_resnet(page: Any, url: str, photo: Path) -> None:
     expect(panel.locator("#unit-steps")).to_contain_text(re.compile("batchnorm", re.I))
     # A padded tap at the corner unit (0, 0): shown in grey.
     assert panel.locator("td.pad").count() > 0
-    page.screenshot(path=str(SHOTS / "serve-unit-resnet20.png"), full_page=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "serve-unit-resnet20.png"))
 
 
 # ---------------------------------------------------------------- 3. network and arithmetic
@@ -519,13 +526,13 @@ def test_layer_view(page: Any, url: str) -> None:
     assert values == sorted(values, reverse=True)
     classes = _api(url, f"/api/subjects/{NAME}")["classes"]
     assert all(c in classes for c in patches.locator("figcaption span").all_inner_texts())
+    page.screenshot(path=str(SHOTS / "serve-layer.png"))
     page.locator('figure.channel[data-channel="4"] > figcaption').click()
     assert "channel=4" in page.url
     page.locator('figure.channel[data-channel="4"] button.pic').first.click()
     dialog = page.locator("#enlarge")
     expect(dialog).to_be_visible()
     expect(dialog.locator("img")).to_be_visible()
-    page.screenshot(path=str(SHOTS / "serve-layer.png"))
     dialog.locator("button").click()
     expect(dialog).to_be_hidden()
     _no_undefined(page)
@@ -579,6 +586,10 @@ def test_embedding_view(page: Any, url: str) -> None:
     page.locator("#search").press("Enter")
     expect(page.locator('#neighbours .strip').first.locator('figure.nb[data-image="7"]')).to_be_visible()
     expect(page.locator("#search-result")).to_contain_text("#7")
+    # Centred on it and zoomed in: the points near it are drawn as their images, the query and its
+    # neighbours ringed.
+    page.wait_for_function("+document.querySelector('#tsne').dataset.thumbnails > 0")
+    page.screenshot(path=str(SHOTS / "serve-embedding.png"), full_page=True)
     # Search by class: that class highlighted.
     cls = _api(url, f"/api/subjects/{NAME}")["classes"][1]
     page.locator("#search").fill(cls)
@@ -588,17 +599,8 @@ def test_embedding_view(page: Any, url: str) -> None:
     page.locator("#colour-by").select_option("correct")
     expect(page.locator("#legend")).to_contain_text("wrong")
     assert "colour=correct" in page.url
-    # Zoomed in far: thumbnails.
-    box = page.locator("#tsne").bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    for _ in range(12):
-        page.mouse.wheel(0, -400)
-    expect(page.locator("#tsne")).to_have_attribute("data-thumbnails", "on")
     href = page.locator("#projector").get_attribute("href")
     assert href.startswith(f"/api/subjects/{NAME}/projector.zip")
-    page.locator("#search").fill("")
-    page.locator("#search").press("Enter")
-    page.screenshot(path=str(SHOTS / "serve-embedding.png"), full_page=True)
 
 
 # ---------------------------------------------------------------- 6. narrow windows

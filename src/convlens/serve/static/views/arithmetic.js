@@ -139,7 +139,7 @@ export async function render(root) {
         g.fillStyle = "#1d2430";
         g.fillText(String(weightAt(0, i, j)), ox + j * cell + cell / 2, 40 + i * cell + cell / 2);
       }
-      ox += kernel * cell + 40;
+      ox += Math.max(kernel * cell, g.measureText("kernel (filter 0, channel 0)").width) + 40;
     }
     const value = (a, b) => {  // output (a, b) of filter 0 on the example input, over all channels
       let s = 0;

@@ -175,19 +175,20 @@ export async function render(root, ctx) {
     ctx2d.putImageData(pixels, 0, 0);
     // Zoomed in (at most 200 points in view): each point drawn as its image, framed in its colour.
     const zoomed = visible.length <= 200 && view.k > fit() * 2.5;
-    canvas.dataset.thumbnails = zoomed ? "on" : "off";
+    let drawn = 0;
     if (zoomed) {
       const t = 28;
       ctx2d.imageSmoothingEnabled = false;
       for (const p of visible) {
         const img = thumb(p);
         const [px, py] = toScreen(p);
-        if (img.complete && img.naturalWidth) ctx2d.drawImage(img, px - t / 2, py - t / 2, t, t);
+        if (img.complete && img.naturalWidth) { ctx2d.drawImage(img, px - t / 2, py - t / 2, t, t); drawn += 1; }
         ctx2d.strokeStyle = mode.value === "correct" ? (correct[p] ? RIGHT : WRONG) : colour(mode.value === "prediction" ? predictions[p] : labels[p]);
         ctx2d.lineWidth = 2;
         ctx2d.strokeRect(px - t / 2, py - t / 2, t, t);
       }
     }
+    canvas.dataset.thumbnails = String(drawn);
     const ring = (p, r, style, w) => {
       const [hx, hy] = toScreen(p);
       ctx2d.beginPath();
@@ -288,14 +289,14 @@ export async function render(root, ctx) {
         return el("figure", { class: "nb", "data-image": n.index },
           el("img", { src: `${base}/images/${n.index}.png`, alt: `image ${n.index}`, title: `#${n.index}` }),
           el("figcaption", {}, label !== undefined ? el("span", { class: "cls" }, String(label)) : "",
-            n.distance !== undefined ? el("span", { class: "dist" }, `${what} ${num(n.distance)}`) : el("span", { class: "dist" }, `#${n.index}`)));
+            n.distance !== undefined ? el("span", { class: "dist" }, `${what}${num(n.distance)}`) : el("span", { class: "dist" }, `#${n.index}`)));
       };
       const strip = (title, list, what) => el("div", { class: "strip" }, el("h4", {}, title), el("div", { class: "cards" }, ...list.map((n) => card(n, what))));
       near.replaceChildren(
         el("div", { class: "strip" }, el("h4", {}, "query"),
           el("div", { class: "cards" }, card({ index: r.index ?? indices[p], label: labels[p] }, ""))),
-        strip("nearest in feature space (ringed on the map)", feature, "distance"),
-        strip("nearest in pixel space", pixel, "distance"));
+        strip(`nearest in feature space (${r.metric ?? "cosine"} distance d; ringed on the map)`, feature, "d "),
+        strip("nearest in pixel space (distance d)", pixel, "d "));
       redraw();
     } catch (err) { if (!(err instanceof Cancelled)) ctx.showError(err.message); }
   }

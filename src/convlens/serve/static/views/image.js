@@ -222,8 +222,11 @@ export async function render(root, ctx) {
     const [, h, w] = L.shape;
     if (zoom[L.name]) return zoom[L.name];
     const width = Math.max(280, acts.clientWidth || 700);
-    // Large enough to click (>= 6 px a unit), small enough that a row holds a few channels.
-    return Math.max(6, Math.min(16, Math.floor(Math.min(168, width / 3) / Math.max(w, h))));
+    // Large enough to click (LeNet's maps: >= 6 px a unit), small enough that a deep layer's
+    // hundreds of channels stay a screenful: the tile shrinks as the channels grow; + zooms.
+    const [c] = L.shape;
+    const tile = Math.min(width / 3, c <= 8 ? 168 : c <= 16 ? 112 : c <= 64 ? 72 : 48);
+    return Math.max(2, Math.min(16, Math.floor(tile / Math.max(w, h))));
   }
 
   function drawActivations(layers) {
