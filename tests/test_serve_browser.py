@@ -40,6 +40,7 @@ CHROMIUM = os.environ.get("CONVLENS_CHROMIUM", "/usr/bin/chromium")
 NAME = "lenet5-sample"
 RESNET = "resnet20-random"
 HALF = "half-trained"
+GOOGLENET = "googlenet-random"
 SHOTS = REPO / "artifacts"
 
 pytestmark = pytest.mark.browser
@@ -56,6 +57,16 @@ def _browser_or_skip() -> str:
         )
     pytest.importorskip("playwright.sync_api")
     return found
+
+
+def _googlenet_subject() -> Any:
+    """torchvision's GoogLeNet with random weights (no auxiliary heads), 3 x 224 x 224."""
+    import torchvision
+
+    from convlens.subjects import subject
+
+    net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
+    return subject(net, input_size=(3, 224, 224), name=GOOGLENET)
 
 
 def _resnet20_subject() -> Any:
@@ -82,6 +93,7 @@ def url(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         from_run_dir(folder / HALF),
         from_run_dir(folder / NAME),
         from_subject(_resnet20_subject(), name=RESNET),
+        from_subject(_googlenet_subject(), name=GOOGLENET),
     ]
     app = create_app(served, cache_dir=tmp_path_factory.mktemp("cache"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -196,15 +208,21 @@ def test_url_keeps_subject_image_and_history(page: Any, url: str) -> None:
     second = page.locator("#thumbs img").nth(3)
     chosen = second.get_attribute("data-image")
     second.click()
-    expect(page.locator(f'#thumbs img[data-image="{chosen}"]')).to_have_class(re.compile("selected"))
+    expect(page.locator(f'#thumbs img[data-image="{chosen}"]')).to_have_class(
+        re.compile("selected")
+    )
     assert f"image={chosen.replace(':', '%3A')}" in page.url
     page.reload()
-    expect(page.locator(f'#thumbs img[data-image="{chosen}"]')).to_have_class(re.compile("selected"))
+    expect(page.locator(f'#thumbs img[data-image="{chosen}"]')).to_have_class(
+        re.compile("selected")
+    )
     assert page.locator("#subject").input_value() == NAME
     page.go_back()
     expect(page.locator('#thumbs img[data-image="test:0"]')).to_have_class(re.compile("selected"))
     page.go_forward()
-    expect(page.locator(f'#thumbs img[data-image="{chosen}"]')).to_have_class(re.compile("selected"))
+    expect(page.locator(f'#thumbs img[data-image="{chosen}"]')).to_have_class(
+        re.compile("selected")
+    )
     # The reload keeps the other subject too.
     _open(page, url, f"network?subject={RESNET}")
     expect(page.locator("h2")).to_contain_text(RESNET)
@@ -372,6 +390,7 @@ def test_image_view_for_a_learner(page: Any, url: str, photo: Path) -> None:
     page.screenshot(path=str(SHOTS / "serve-image-gradcam.png"))
     # The upload note, then an upload.
     expect(page.locator("#upload-note")).to_contain_text("prepared exactly as the report")
+    expect(page.locator("#upload-note")).to_contain_text("resized straight to 28×28")
     page.set_input_files("#upload", str(photo))
     page.wait_for_function("document.querySelector('#truth').textContent.includes('uploaded')")
     expect(page.locator("#top5 li")).to_have_count(5)
@@ -479,6 +498,23 @@ def test_network_view_of_resnet(page: Any, url: str) -> None:
     assert page.locator("g.layer.block").count() == 0
 
 
+@pytest.mark.slow
+def test_network_view_of_googlenet(page: Any, url: str) -> None:
+    """130 layers in collapsed inception modules; one expands into its four branches side by side."""
+    from playwright.sync_api import expect
+
+    _open(page, url, f"network?subject={GOOGLENET}")
+    expect(page.locator('g.block[data-block="inception3a"]')).to_be_visible(timeout=60_000)
+    page.locator('g.block[data-block="inception3a"]').click()
+    expect(page.locator('g.blockframe[data-block="inception3a"]')).to_be_visible()
+    lanes = page.evaluate(
+        """() => new Set([...document.querySelectorAll('g.block[data-block^="inception3a.branch"]')]
+          .map(g => g.getAttribute('transform').match(/translate\(([-\d.]+)/)[1])).size"""
+    )
+    assert lanes == 4  # the four branches in four lanes
+    page.screenshot(path=str(SHOTS / "serve-network-googlenet.png"))
+
+
 def test_arithmetic_view(page: Any, url: str) -> None:
     from playwright.sync_api import expect
 
@@ -584,7 +620,9 @@ def test_embedding_view(page: Any, url: str) -> None:
     # Search by index: the query moves there.
     page.locator("#search").fill("#7")
     page.locator("#search").press("Enter")
-    expect(page.locator('#neighbours .strip').first.locator('figure.nb[data-image="7"]')).to_be_visible()
+    expect(
+        page.locator("#neighbours .strip").first.locator('figure.nb[data-image="7"]')
+    ).to_be_visible()
     expect(page.locator("#search-result")).to_contain_text("#7")
     # Centred on it and zoomed in: the points near it are drawn as their images, the query and its
     # neighbours ringed.
@@ -620,9 +658,9 @@ def test_layout_from_760_pixels(page: Any, url: str) -> None:
         page.evaluate(f"location.hash = '{view}?subject={NAME}'")
         page.wait_for_timeout(400)
         overflow = page.evaluate("document.documentElement.scrollWidth")
-        if overflow > 761:
-            print(view, page.evaluate(
-                "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 761)"
-                ".slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))"
-            ))
-        assert overflow <= 760 + 1, f"{view} is {overflow} px wide at 760"
+        wide = page.evaluate(
+            "[...document.querySelectorAll('body *')]"
+            ".filter(e => e.getBoundingClientRect().right > 761).slice(0, 5)"
+            ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
+        )
+        assert overflow <= 760 + 1, f"{view} is {overflow} px wide at 760: {wide}"

@@ -135,6 +135,7 @@ export async function render(root, ctx) {
     if (mine !== token || !ctx.alive()) return;
     current = image;
     stage.hidden = false;
+    root.querySelector("#no-images")?.setAttribute("hidden", "");
     for (const t of thumbs.children) {
       const on = t.dataset.image === image;
       t.classList.toggle("selected", on);
@@ -155,7 +156,7 @@ export async function render(root, ctx) {
       truth.append(el("span", {}, "true label: "), el("b", { id: "true-label" }, name));
       if (r.wrong === true) {
         truth.classList.add("wrong");
-        truth.append(el("span", { class: "flag wrong", id: "wrong-flag" }, `wrong: predicted ${predicted?.name ?? "?"}`));
+        truth.append(el("span", { class: "flag wrong", id: "wrong-flag" }, `wrong: predicted ${predicted ? className(info, predicted.index) : "?"}`));
       } else if (r.wrong === false) {
         truth.classList.add("right");
         truth.append(el("span", { class: "flag right" }, "predicted correctly"));
@@ -168,7 +169,7 @@ export async function render(root, ctx) {
       const isTrue = r.label !== undefined && r.label !== null && t.index === r.label;
       return el("li", { class: isTrue ? "true" : null },
         el("span", { class: "bar", style: `width:${Math.round(p * 100)}%` }),
-        el("span", {}, `${t.name ?? className(info, t.index)} ${(p * 100).toFixed(1)} %${isTrue ? " (true)" : ""}`));
+        el("span", {}, `${className(info, t.index)} ${(p * 100).toFixed(1)} %${isTrue ? " (true)" : ""}`));
     }));
     if (predicted) target.value = predicted.index;
     lastLayers = r.layers || [];
