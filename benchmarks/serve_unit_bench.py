@@ -53,7 +53,9 @@ def make(name: str, shape: tuple[int, int, int]) -> subjects.Subject:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a busy CPU)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steady on a busy CPU)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")

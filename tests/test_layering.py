@@ -153,7 +153,9 @@ FACES = [p for p in FILES if p.relative_to(SRC).parts[0] in ("render", "serve")]
 @pytest.mark.parametrize("path", FACES, ids=lambda p: str(p.relative_to(SRC)))
 def test_faces_do_not_call_inspect(path: Path) -> None:
     """The report and the web app encode views; only :mod:`convlens.views` calls the methods."""
-    called = [name for name, _typing in _imports(path) if name.split(".")[:2] == ["convlens", "inspect"]]
+    called = [
+        name for name, _typing in _imports(path) if name.split(".")[:2] == ["convlens", "inspect"]
+    ]
     text = path.read_text()
     if "from convlens import inspect" in text or "import convlens.inspect" in text:
         called.append("convlens.inspect")

@@ -229,7 +229,9 @@ def test_embedding_neighbours_and_projector(client: TestClient, run: Any) -> Non
     dist[11] = float("inf")
     assert nb["pixel"] == dist.argsort()[:4].tolist()  # brute force in pixel space
     assert len(nb["feature"]) == 4 and 11 not in nb["feature"]
-    np.testing.assert_allclose(nb["pixel_distances"], (dist.sqrt() / 255)[nb["pixel"]].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        nb["pixel_distances"], (dist.sqrt() / 255)[nb["pixel"]].numpy(), rtol=1e-5
+    )
     assert nb["pixel_labels"] == [data.classes[int(data.labels[i])] for i in nb["pixel"]]
 
     z = zipfile.ZipFile(io.BytesIO(client.get(api("/projector.zip"), params={"limit": 50}).content))
@@ -491,9 +493,10 @@ def test_subject_info_carries_the_defaults(client: TestClient, run: Any) -> None
     # LeNet-5 on 28 x 28: C5 (conv3) has a 1 x 1 map, so the default is C3 (conv2).
     assert d["layer"] == "conv2"
     assert d["conv_layers"] == ["conv1", "conv2", "conv3"]
-    assert d["occlusion"] == {"window": 4, "stride": 2}  # a seventh of 28 px, stride half of it
-    assert d["actmax"]["size"] == 28 and d["actmax"]["steps"] >= 1
-    assert d["patches"] >= 1 and d["k"] >= 1 and d["limit"] >= 1
+    # A seventh of 28 px, the stride half of it (as `convlens visualize occlusion` chooses).
+    assert d["occlusion_window"] == 4 and d["occlusion_stride"] == 2
+    assert d["actmax_size"] == 28 and d["actmax_steps"] >= 1
+    assert d["patches"] >= 1 and d["k"] >= 1 and d["images_limit"] >= 1
 
 
 def test_unit_computation_equals_the_network(client: TestClient, run: Any) -> None:

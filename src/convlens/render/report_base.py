@@ -114,8 +114,8 @@ class ReportOptions:
     tsne_images: int = 2_000  # images embedded by t-SNE
     top_channels: int = 8  # channels of the top-patches grid
     top_images: int = 6  # patches per channel
-    actmax_channels: int = 16
-    actmax_steps: int = 64
+    actmax_channels: int | None = None  # None: the views' default (16; 8 for a big network)
+    actmax_steps: int | None = None  # None: the views' default (64; 16 for a big network)
     attribution_images: int = 3  # correct and, separately, wrong images explained
     erf_samples: int = 32
 

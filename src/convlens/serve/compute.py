@@ -177,7 +177,9 @@ def layer_grid(
             ch["top_value"] = v.patches[k][0].value if v.patches[k] else None
         if v.filters is not None:
             f = v.filters[k]  # (C_in, kh, kw)
-            ch["filter"] = data_url(scaled_png(f if f.shape[0] in (1, 3) else f.mean(0, keepdim=True)))
+            ch["filter"] = data_url(
+                scaled_png(f if f.shape[0] in (1, 3) else f.mean(0, keepdim=True))
+            )
         if v.actmax is not None and v.actmax_values is not None:
             ch["actmax"] = data_url(unit_png(v.actmax[k].numpy()))
             ch["actmax_value"] = float(v.actmax_values[k])

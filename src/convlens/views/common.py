@@ -60,6 +60,18 @@ def evenly(n: int, limit: int | None) -> torch.Tensor:
     return torch.linspace(0, n - 1, max(limit, 1)).round().long().unique()
 
 
+def head_indices(ds: Dataset, n: int | None) -> torch.Tensor:
+    """The indices of :meth:`Dataset.head`: the first `n`, or from every class in turn when the
+    data set lists class after class (an ImageFolder tree)."""
+    from convlens.data.dataset import spread_by_class
+
+    if n is None or n >= len(ds):
+        return torch.arange(len(ds))
+    if len(ds) < 2 or not bool((ds.labels[1:] >= ds.labels[:-1]).all()):
+        return torch.arange(n)
+    return spread_by_class(ds.labels)[:n]
+
+
 def images_of(subject: Subject, split: str = "test") -> Dataset:
     """The images a view looks at: the user's, else the run's `split` (see :meth:`Subject.data`)."""
     return subject.data(split)
@@ -70,7 +82,9 @@ def as_batch(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:
         return images[None]
     if images.dim() != 4:
-        raise ConvlensError(f"expected uint8 images (C, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+        raise ConvlensError(
+            f"expected uint8 images (C, H, W) or (N, C, H, W), got {tuple(images.shape)}"
+        )
     return images
 
 

@@ -53,7 +53,9 @@ def occlusion_stride(window: int) -> int:
 
 def actmax_steps(macs: int | None) -> int:
     """Gradient-ascent steps of a layer grid for a network of `macs` multiply-accumulates."""
-    return BIG_NETWORK_ACTMAX_STEPS if macs is not None and macs > BIG_NETWORK_MACS else ACTMAX_STEPS
+    return (
+        BIG_NETWORK_ACTMAX_STEPS if macs is not None and macs > BIG_NETWORK_MACS else ACTMAX_STEPS
+    )
 
 
 def channels(available: int, macs: int | None) -> list[int]:

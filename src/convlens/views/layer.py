@@ -105,7 +105,7 @@ def layer_view(
     patches: int | None = None,
     limit: int | None = None,
     index: ImageIndex | None = None,
-    parts: Collection[str] = PARTS,
+    parts: Collection[str] | None = None,
     seed: int = 0,
     split: str = "test",
     batch_size: int | None = None,
@@ -124,8 +124,9 @@ def layer_view(
         limit: images searched without an index, spread evenly; default :data:`defaults.IMAGES_LIMIT`
             (None in `index` mode: the index covers them all).
         index: the subject's index: the patches come from it.
-        parts: which of "filters", "actmax", "patches" to compute (filters only exist for the first
-            convolution; patches only when the subject has images or an index).
+        parts: which of "filters", "actmax", "patches" to compute; default all three, with filters
+            for the first convolution only (asked for explicitly: of any convolution). Patches need
+            images or an index.
         seed: seed of the activation maximisation.
         split: which of a run's splits holds the images (see :meth:`Subject.data`).
         batch_size: inference batch of the patch search.
@@ -135,12 +136,17 @@ def layer_view(
     """
     from convlens import inspect
     from convlens.models import conv_layers
+    from convlens.models.hooks import get_layer
 
     guard = lock if lock is not None else nullcontext()
+    explicit = parts is not None
+    parts = PARTS if parts is None else tuple(parts)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ConvlensError(f"unknown part {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
     convs = list(conv_layers(subject.model))
     layer = layer or defaults.default_layer(subject)
-    if layer not in dict(subject.model.named_modules()):
-        raise ConvlensError(f"{subject.name} has no layer {layer!r}")
+    get_layer(subject.model, layer)  # an unknown name: an error that lists the layers
     with guard:
         available = _output_channels(subject, layer)
     macs = _macs(subject) if channels is None or (steps is None and "actmax" in parts) else None
@@ -152,7 +158,9 @@ def layer_view(
         chans = list(channels)
     bad = [c for c in chans if not 0 <= c < available]
     if bad:
-        raise ConvlensError(f"layer {layer!r} has {available} channels (0-{available - 1}); no channel {bad[0]}")
+        raise ConvlensError(
+            f"layer {layer!r} has {available} channels (0-{available - 1}); no channel {bad[0]}"
+        )
     first = bool(convs) and layer == convs[0]
     chunks = -(-len(chans) // ACTMAX_CHUNK) if "actmax" in parts else 0
     total = 1 + chunks
@@ -164,7 +172,7 @@ def layer_view(
             _patches(subject, layer, chans, patches or defaults.PATCHES, limit, index, split,
                      batch_size or defaults.BATCH_SIZE, guard, progress)
         )  # fmt: skip
-    if "filters" in parts and first:
+    if "filters" in parts and (first or explicit):
         w = inspect.filters(subject.model, layer)  # (C_out, C_in, kh, kw)
         fields["filters"] = w[chans].detach().float().cpu()
     if "actmax" in parts:
@@ -175,7 +183,11 @@ def layer_view(
         step = ACTMAX_CHUNK if report is not no_report else max(len(chans), 1)
         for i in range(0, len(chans), step):
             part = chans[i : i + step]
-            report(1 + i // ACTMAX_CHUNK, total, f"activation maximisation, channels {part[0]}-{part[-1]}")
+            report(
+                1 + i // ACTMAX_CHUNK,
+                total,
+                f"activation maximisation, channels {part[0]}-{part[-1]}",
+            )
             with guard:
                 res = inspect.activation_maximization(
                     subject.model, layer, part, size=size, steps=steps, mean=pre.mean,
@@ -183,7 +195,9 @@ def layer_view(
                 )  # fmt: skip
             images.append(res.images)
             values.append(torch.as_tensor(res.values, dtype=torch.float32))
-        fields.update(actmax=torch.cat(images), actmax_values=torch.cat(values), steps=steps, size=size)
+        fields.update(
+            actmax=torch.cat(images), actmax_values=torch.cat(values), steps=steps, size=size
+        )
     report(total, total, "done")
     return LayerView(layer=layer, channels=tuple(chans), first_layer=first, **fields)
 
@@ -228,7 +242,10 @@ def _patches(
         c, h, w = subject.image_shape
         rf = receptive_fields(subject.model, (c, h, w)).get(layer)
         boxes = torch.tensor(
-            [[rf.box(i, j) if rf is not None else (0, 0, h, w) for i, j in row] for row in positions.tolist()],
+            [
+                [rf.box(i, j) if rf is not None else (0, 0, h, w) for i, j in row]
+                for row in positions.tolist()
+            ],
             dtype=torch.int64,
         ).reshape(len(chans), k, 4)
         rf_size = (int(rf.size[0]), int(rf.size[1])) if rf is not None else (h, w)

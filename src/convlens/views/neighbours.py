@@ -67,7 +67,7 @@ def neighbours_view(
     k: int | None = None,
     metric: str | None = None,
     split: str = "test",
-    pool_limit: int | None = None,
+    pool: torch.Tensor | None = None,
     index: ImageIndex | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -81,7 +81,8 @@ def neighbours_view(
         k: neighbours per query; default :data:`defaults.NEIGHBOURS_K`.
         metric: "cosine" or "l2" for the features; default :data:`defaults.METRIC`.
         split: "test" (the subject's images) or "train" (a run's training split).
-        pool_limit: search only the first this many images (all by default).
+        pool: int64 indices of the images to search among the split's (default all of them);
+            neighbours are still numbered by their index in the split.
         index: the subject's index: feature neighbours come from it (for an integer `query`).
     """
     from convlens.inspect import neighbors
@@ -89,7 +90,8 @@ def neighbours_view(
     k = defaults.NEIGHBOURS_K if k is None else k
     metric = metric or defaults.METRIC
     ds = images_of(subject, split)
-    pool = ds.images if pool_limit is None else ds.images[:pool_limit]
+    where = torch.arange(len(ds)) if pool is None else pool.long()  # (P,) into the split
+    images = ds.images[where]
     labelled = bool(ds.extra.get("labelled", True))
     classes = list(ds.classes)
 
@@ -102,28 +104,28 @@ def neighbours_view(
         return tuple(out)
 
     if isinstance(query, int):
-        if not 0 <= query < len(pool):
-            raise ConvlensError(f"no image {query}; there are {len(pool)} (0-{len(pool) - 1})")
-        queries, extra = pool[query : query + 1], 1  # the image itself comes first: drop it
+        if not 0 <= query < len(ds):
+            raise ConvlensError(f"no image {query}; there are {len(ds)} (0-{len(ds) - 1})")
+        queries, extra = ds.images[query : query + 1], 1  # the image itself comes first: drop it
     else:
         queries, extra = query, 0
-    kk = min(k + extra, len(pool))
+    kk = min(k + extra, len(images))
     pre = subject.preprocess
     nb = neighbors(
-        subject.model, queries, pool, kk, metric=metric, mean=pre.mean, std=pre.std,
+        subject.model, queries, images, kk, metric=metric, mean=pre.mean, std=pre.std,
         batch_size=batch_size or 1024, progress=progress,
     )  # fmt: skip
 
     def keep(idx: torch.Tensor, dist: torch.Tensor) -> tuple[tuple[Neighbour, ...], ...]:
         rows = []
-        for ri, rd in zip(idx.tolist(), dist.tolist(), strict=True):
+        for ri, rd in zip(where[idx].tolist(), dist.tolist(), strict=True):
             pairs = [(i, d) for i, d in zip(ri, rd, strict=True) if not (extra and i == query)][:k]
             rows.append(row([p[0] for p in pairs], [p[1] for p in pairs]))
         return tuple(rows)
 
     feature = keep(nb.feature_indices, nb.feature_distances)
     source = "model"
-    if index is not None and isinstance(query, int):
+    if index is not None and isinstance(query, int) and pool is None:
         fi, fd = index.neighbours(query, k + 1, metric)
         pairs = [(int(i), float(d)) for i, d in zip(fi, fd, strict=True) if int(i) != query][:k]
         feature = (row([p[0] for p in pairs], [p[1] for p in pairs]),)
@@ -134,7 +136,7 @@ def neighbours_view(
         k=k,
         metric=metric,
         split=split,
-        pool_size=len(pool),
+        pool_size=len(images),
         source=source,
     )
 
@@ -166,6 +168,13 @@ class EmbeddingView:
     kl_divergence: float | None
     limit: int
     source: str = "model"
+
+    def grid(self, rows: int, cols: int) -> np.ndarray:
+        """int ``(rows, cols)`` positions in :attr:`indices` of the point nearest each cell's centre
+        of the map, -1 for an empty cell (:func:`convlens.inspect.tsne_grid`)."""
+        from convlens.inspect import tsne_grid
+
+        return tsne_grid(self.coords, rows, cols)
 
 
 def embedding_view(

@@ -119,7 +119,9 @@ def _blocks(model: nn.Module, row_names: list[str]) -> tuple[Block, ...]:
     for name, m in model.named_modules():
         if not name or not any(m.children()):
             continue
-        stage = isinstance(m, _CONTAINERS) and any(f"{name}.{c}" in groups for c, _ in m.named_children())
+        stage = isinstance(m, _CONTAINERS) and any(
+            f"{name}.{c}" in groups for c, _ in m.named_children()
+        )
         if name not in groups and not stage:
             continue
         inside = tuple(dict.fromkeys(r for r in row_names if r.startswith(name + ".")))

@@ -43,6 +43,11 @@ class ServeState:
             return served.image(int(m.group(2)))
         return self.uploads.get(served.name, m.group(4))
 
+    def test_index(self, spec: str) -> int | None:
+        """INDEX of ``test:INDEX``; None for an upload."""
+        m = _IMAGE.match(spec)
+        return int(m.group(2)) if m is not None and m.group(1) else None
+
 
 def get_state(request: Request) -> ServeState:
     """The app's state."""

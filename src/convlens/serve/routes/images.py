@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from convlens.serve import compute
 from convlens.serve.encode import image_png as encode_png
 from convlens.serve.errors import RequestError
-from convlens.serve.routes.deps import _IMAGE, ServedSubject, State
+from convlens.serve.routes.deps import ServedSubject, State
 from convlens.serve.uploads import decode_image
 
 router = APIRouter(prefix="/api/subjects/{name}", tags=["images"])
@@ -59,8 +59,7 @@ async def upload(served: ServedSubject, state: State, file: UploadFile) -> dict[
 def predict(served: ServedSubject, state: State, req: ImageRequest) -> dict[str, Any]:
     """Top-5 classes and every layer's activations for one image."""
     image = state.image(served, req.image)
-    m = _IMAGE.match(req.image)
-    index = int(m.group(2)) if m is not None and m.group(1) else None  # test:INDEX has a label
+    index = state.test_index(req.image)  # a test image has a label
     with served.lock:
         return {"image": req.image, **compute.predict(served, image, image_index=index)}
 

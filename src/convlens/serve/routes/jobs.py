@@ -17,13 +17,12 @@ from convlens.serve.catalog import Served
 from convlens.serve.errors import RequestError
 from convlens.serve.jobs import Job
 from convlens.serve.routes.deps import ServedSubject, ServeState, State
-from convlens.serve.routes.subjects import defaults_of
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
 
 class LayerGridRequest(BaseModel):
-    """Channels `start` .. `start + count` of `layer`; None takes the subject's default."""
+    """Channels `start` .. `start + count` of `layer`; None: the view's default."""
 
     layer: str = Field(max_length=256)
     start: int = Field(default=0, ge=0)
@@ -78,15 +77,8 @@ def layer_job(served: ServedSubject, state: State, req: LayerGridRequest) -> dic
             f"there is no channel {req.start}",
             404,
         )
-    d = defaults_of(served, state)
-    params = {
-        "layer": req.layer,
-        "start": req.start,
-        "count": min(req.count, channels - req.start),
-        "steps": req.steps or d["actmax"]["steps"],
-        "patches": req.patches or d["patches"],
-        "limit": req.limit or d["limit"],
-    }
+    # None: the view chooses (and records its choice in the result)
+    params = {**req.model_dump(), "count": min(req.count, channels - req.start)}
     return cached_job(
         state,
         served,
@@ -101,18 +93,15 @@ def occlusion_job(served: ServedSubject, state: State, req: OcclusionRequest) ->
     """The occlusion map of one image."""
     image = state.image(served, req.image)
     compute.check_target(served, req.target)
-    d = defaults_of(served, state)["occlusion"]
-    window = req.window or d["window"]
-    stride = req.stride or (max(1, window // 2) if req.window else d["stride"])
-    if stride > window:
-        raise RequestError(f"the stride {stride} is larger than the window {window}")
-    params = {"image": req.image, "target": req.target, "window": window, "stride": stride}
+    if req.window is not None and req.stride is not None and req.stride > req.window:
+        raise RequestError(f"the stride {req.stride} is larger than the window {req.window}")
+    params = req.model_dump()  # window and stride None: the view chooses (a seventh of the side)
     return cached_job(
         state,
         served,
         "occlusion",
         params,
-        lambda report: compute.occlusion(served, image, req.target, window, stride),
+        lambda report: compute.occlusion(served, image, req.target, req.window, req.stride),
     )
 
 

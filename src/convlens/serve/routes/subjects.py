@@ -8,61 +8,50 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from convlens.errors import ConvlensError, InputError
-from convlens.models import conv_layers, default_layer
+from convlens.errors import InputError
+from convlens.models import conv_layers
 from convlens.serve import compute
 from convlens.serve.catalog import Served
 from convlens.serve.errors import RequestError
-from convlens.serve.routes.deps import ServedSubject, State
+from convlens.serve.routes.deps import ServedSubject, ServeState, State
 from convlens.views.unit import UnitView, unit_view
 
 router = APIRouter(prefix="/api/subjects", tags=["subjects"])
 
-ACTMAX_STEPS = 48  # gradient-ascent steps of the layer page (few: it runs while a person waits)
-TOP_PATCHES = 6  # data-set patches shown per channel
-PATCH_IMAGES = 2000  # images searched for them (spread evenly over the subject's images)
-NEIGHBOURS = 8
-
 
 def listing(served: Served) -> dict[str, Any]:
-    """What the subject picker shows: name, status and reason, and what is known without loading."""
+    """What the subject picker shows: name, status and reason, and what is known without loading
+    (a run's model, data, classes and input from its run.json; the image count once loaded)."""
     out: dict[str, Any] = {"name": served.name, "status": served.status, "reason": served.reason}
     meta = {k: served.meta.get(k) for k in ("model", "data", "classes", "input")}
     if served.loaded and served.ok:
-        with served.lock:  # subject_info runs the model (the default layer): hooks are per model
-            info = compute.subject_info(served)
-        return {**out, **meta, **info, "name": served.name}
+        s = served.subject
+        return {
+            **out,
+            "model": s.info.get("model", type(s.model).__name__),
+            "data": s.info.get("data"),
+            "classes": s.classes,
+            "input": list(s.image_shape),
+            "images": len(s.images) if s.images is not None else 0,
+        }
     return {**out, **meta, "images": None}
 
 
 def subject_defaults(served: Served) -> dict[str, Any]:
-    """Every default the page uses for this subject, so that it never derives one itself.
+    """Every default the page uses for this subject (so that it never derives one itself).
 
-    ``layer`` (the default layer of :func:`convlens.models.default_layer`, None without a
-    convolution), ``conv_layers``, ``occlusion`` window and stride (a seventh of the image side,
-    stride half the window, as the CLI), ``actmax`` steps and size, ``patches``, ``limit`` (images
-    searched for top patches) and ``k`` (neighbours).
+    The views' own (:func:`convlens.views.defaults.as_dict`, through the subject's info: layer,
+    occlusion window and stride, actmax steps and size, channels, patches, images searched, k...)
+    and the names of the conv layers.
     """
-    s = served.subject
-    side = min(s.preprocess.size)
-    window = max(2, round(side / 7))
-    try:
-        layer: str | None = default_layer(s.model, s.image_shape)
-    except ConvlensError:
-        layer = None
     return {
-        "layer": layer,
-        "conv_layers": list(conv_layers(s.model)),
-        "occlusion": {"window": window, "stride": max(1, window // 2)},
-        "actmax": {"steps": ACTMAX_STEPS, "size": side},
-        "patches": TOP_PATCHES,
-        "limit": PATCH_IMAGES,
-        "k": NEIGHBOURS,
+        **compute.subject_info(served)["defaults"],
+        "conv_layers": list(conv_layers(served.subject.model)),
     }
 
 
-def defaults_of(served: Served, state: Any) -> dict[str, Any]:
-    """:func:`subject_defaults`, computed once per subject."""
+def defaults_of(served: Served, state: ServeState) -> dict[str, Any]:
+    """:func:`subject_defaults`, computed once per subject (it runs the model once)."""
     found = state.defaults.get(served.name)
     if found is None:
         with served.lock:
@@ -91,8 +80,8 @@ def subject_info(served: ServedSubject, state: State) -> dict[str, Any]:
 
 @router.get("/{name}/network")
 def network(served: ServedSubject) -> dict[str, Any]:
-    """The summary's rows and totals, and which layer feeds which."""
-    with served.lock:  # the network view runs the model (default layer): one computation at a time
+    """The summary's rows and totals, which layer feeds which, blocks and the default layer."""
+    with served.lock:  # the view runs the model (the default layer): not while another request does
         return compute.network(served)
 
 
@@ -121,7 +110,7 @@ def neighbors(
     served: ServedSubject,
     state: State,
     index: Annotated[int, Query(ge=0)],
-    k: Annotated[int, Query(ge=1, le=64)] = NEIGHBOURS,
+    k: Annotated[int | None, Query(ge=1, le=64)] = None,
 ) -> dict[str, Any]:
     """The `k` nearest images of image `index` in feature space and in pixel space."""
     served.image(index)
