@@ -666,3 +666,4 @@ def test_layout_from_760_pixels(page: Any, url: str) -> None:
             ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
         )
         assert overflow <= 760 + 1, f"{view} is {overflow} px wide at 760: {wide}"
+        page.screenshot(path=str(SHOTS / f"serve-{view}-760.png"))
