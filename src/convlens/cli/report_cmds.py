@@ -20,6 +20,7 @@ from convlens.errors import ConvlensError
 if TYPE_CHECKING:
     from convlens.render.report import Report, ReportOptions
     from convlens.subjects import Subject
+    from convlens.views import ImageIndex
 
 console = Console(stderr=True, soft_wrap=True)  # long paths and reasons stay on one line
 
@@ -41,8 +42,12 @@ def write_report_with_progress(
     *,
     options: ReportOptions | None = None,
     data_root: str | None = None,
+    index: ImageIndex | None = None,
 ) -> tuple[Path, Report]:
-    """Write the report of `run_dir` (or a subject) with a Rich progress display, one step per section."""
+    """Write the report of `run_dir` (or a subject) with a Rich progress display, one step per section.
+
+    `index`: the index of the subject's images; top patches, the map and the predictions read it.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from convlens.render.report import SectionOutcome, write_report
@@ -73,7 +78,9 @@ def write_report_with_progress(
                 line += f" [dim]{outcome.reason}[/]"
             bar.console.print(line, highlight=False)
 
-        return write_report(run_dir, out, options=options, data_root=data_root, progress=progress)
+        return write_report(
+            run_dir, out, options=options, data_root=data_root, progress=progress, index=index
+        )
 
 
 def _summarise(path: Path, report: Report) -> None:

@@ -25,9 +25,14 @@ REPORT_FILE = "report.html"
 
 @dataclass
 class Section:
-    """A rendered section body: trusted HTML built with :func:`esc`, :func:`img`, :func:`table`."""
+    """A rendered section body: trusted HTML built with :func:`esc`, :func:`img`, :func:`table`.
+
+    `views`: the :mod:`convlens.views` results the section drew, by name (kept on the report's
+    :class:`SectionOutcome`, so a program can read the numbers behind the pictures).
+    """
 
     body: str
+    views: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class SectionOutcome:
     reason: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    views: dict[str, Any] = field(default_factory=dict)  # the views the section drew, by name
 
 
 @dataclass

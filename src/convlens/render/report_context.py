@@ -21,7 +21,13 @@ from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
 from convlens.render.report_base import ReportOptions, Unavailable
 from convlens.subjects import Subject
-from convlens.views import NetworkView, PredictionsView, network_view, predictions_view
+from convlens.views import (
+    ImageIndex,
+    NetworkView,
+    PredictionsView,
+    network_view,
+    predictions_view,
+)
 
 if TYPE_CHECKING:
     from convlens.anatomy.summary import Summary
@@ -33,6 +39,7 @@ class ReportContext:
 
     subject: Subject
     options: ReportOptions = field(default_factory=ReportOptions)
+    index: ImageIndex | None = None  # the images' index: top patches, map and predictions from it
     problems: list[str] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -155,9 +162,11 @@ class ReportContext:
     def predictions(self) -> PredictionsView:
         """The predictions of all the images, from the logits (cached)."""
         if "predictions" not in self._cache:
+            ds = self.images()
             self._cache["predictions"] = predictions_view(
-                self.subject, self.images().images, batch_size=self.options.batch_size
-            )
+                self.subject, ds.images, batch_size=self.options.batch_size,
+                image_indices=torch.arange(len(ds)), index=self.index,
+            )  # fmt: skip
         view: PredictionsView = self._cache["predictions"]
         return view
 

@@ -274,7 +274,8 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
             "confusion matrix of the labelled images",
             f"{'Test accuracy' if ctx.is_run else 'Accuracy'} {100 * acc:.2f} % on {fmt_int(len(y))} images.",
         )
-        + f"<div>{per_class}</div></div>"
+        + f"<div>{per_class}</div></div>",
+        views={"predictions": ctx.predictions()},
     )
 
 
@@ -306,7 +307,8 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
             fig,
             f"filters of layer {layer}",
             f"Layer {layer}: {conv.out_channels} filters of {c_in}x{kh}x{kw} weights.",
-        )
+        ),
+        views={"layer": v},
     )
 
 
@@ -423,7 +425,9 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
             f" (x) marks a neighbour of another class. Same class as the query: {same_f} of "
             f"{total} in feature space, {same_p} of {total} in pixel space."
         )
-    return Section(img(fig, "nearest neighbours in feature and pixel space", caption))
+    return Section(
+        img(fig, "nearest neighbours in feature and pixel space", caption), views={"neighbours": nb}
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,7 +451,7 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
     if n < 10:
         raise Unavailable(f"there are only {n} images; t-SNE needs at least 10.")
     # One thread: openTSNE's threads gain little at this size and lose badly on a busy machine.
-    emb = embedding_view(ctx.subject, limit=n, seed=ctx.options.seed, n_jobs=1)
+    emb = embedding_view(ctx.subject, limit=n, seed=ctx.options.seed, n_jobs=1, index=ctx.index)
     images, labels = ds.images[emb.indices], ds.labels[emb.indices]  # spread over the images
     scatter = tsne_scatter(
         emb.coords,
@@ -456,6 +460,11 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
         title=f"t-SNE of {fmt_int(n)} images' features",
         point_size=5.0,
     )
+    tsne_run = (
+        f"(perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f})"
+        if emb.perplexity is not None and emb.kl_divergence is not None
+        else "(the map kept in the index)"
+    )
     cells = 24
     grid = tsne_image_grid(emb.grid(cells, cells), images)
     return Section(
@@ -463,14 +472,15 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
         + img(
             scatter,
             "t-SNE scatter of the images' features, coloured by class",
-            f"{fmt_int(n)} images coloured by {'true class' if ds.extra.get('labelled', True) else 'nothing (unlabelled)'} (perplexity {emb.perplexity or 0:g}, KL divergence {emb.kl_divergence or 0:.2f}).",
+            f"{fmt_int(n)} images coloured by {'true class' if ds.extra.get('labelled', True) else 'nothing (unlabelled)'} {tsne_run}.",
         )
         + img(
             grid,
             "t-SNE image grid",
             f"The same map as a {cells}x{cells} grid: each cell shows the image nearest its centre; blank where the map is empty.",
         )
-        + "</div>"
+        + "</div>",
+        views={"embedding": emb},
     )
 
 

@@ -10,6 +10,7 @@ default (layer, steps, window) come from :mod:`convlens.views`; figures are
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -54,7 +55,7 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     k = min(o.top_channels, ctx.conv_layers()[layer].out_channels)
     v = layer_view(
         ctx.subject, layer, channels=k, patches=min(o.top_images, len(ds)), parts=("patches",),
-        batch_size=o.batch_size,
+        batch_size=o.batch_size, index=ctx.index,
     )  # fmt: skip
     assert v.crops is not None and v.rf_size is not None and v.map_size is not None
     fig = top_patches_figure(v.crops, v.values, v.channels, layer=layer, rf_size=v.rf_size)
@@ -65,8 +66,11 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
             f"top-activating patches of layer {layer}",
             f"Layer {layer}: {v.map_size[0]}x{v.map_size[1]} units per channel, each seeing {rh}x{rw} "
             f"input pixels; searched over {fmt_int(v.limit or 0)} of the {fmt_int(len(ds))} "
-            f"{'test ' if ctx.is_run else ''}images (spread evenly), the activation above each crop.",
-        )
+            f"{'test ' if ctx.is_run else ''}images"
+            f"{' (the index)' if v.source == 'index' else ' (spread evenly)'}, the activation above "
+            "each crop.",
+        ),
+        views={"layer": v},
     )
 
 
@@ -111,7 +115,8 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
             "steps from noise (Fourier parameterisation, small random shifts), all channels in one "
             "batch; each title gives the channel's mean activation on the final image. A flat grey "
             "image is a channel that no input the ascent found excites.",
-        )
+        ),
+        views={"layer": v},
     )
 
 
@@ -139,6 +144,7 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
     labelled = ctx.labelled()
     c = ctx.input_shape[0]
     parts = []
+    drawn: dict[str, Any] = {"predictions": preds}
     groups = (
         (("Correctly classified", right), ("Misclassified", wrong))
         if labelled
@@ -157,7 +163,9 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
         occ = o_view.maps.numpy()  # (n, H, W)
         cam = attribution_view(ctx.subject, images, "gradcam", target=target, layer=layer)
         cam_maps = cam.maps.numpy()  # (n, H, W)
-        sal = attribution_view(ctx.subject, images, "saliency", target=target).maps.numpy()
+        sal_view = attribution_view(ctx.subject, images, "saliency", target=target)
+        sal = sal_view.maps.numpy()  # (n, H, W)
+        drawn[title] = {"indices": idx, "occlusion": o_view, "gradcam": cam, "saliency": sal_view}
         fig = Figure(figsize=(7.2, 1.9 * len(idx) + 0.3))
         axes = fig.subplots(len(idx), 4, squeeze=False)
         for r, i in enumerate(idx):
@@ -186,7 +194,7 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
                 f"raises it). Grad-CAM at layer {layer}, upsampled. Saliency: |gradient|, max over channels.",
             )
         )
-    return Section("".join(parts))
+    return Section("".join(parts), views=drawn)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,4 +225,6 @@ def erf_section(ctx: ReportContext) -> Section | Skipped:
         f"{100 * erf.mass:.0f} % of the influence lies within {erf.radius:.1f} pixels of the centre, "
         f"while the theoretical field is {rf.size[0]}x{rf.size[1]} pixels."
     )
-    return Section(img(fig, f"effective receptive field of layer {layer}", caption))
+    return Section(
+        img(fig, f"effective receptive field of layer {layer}", caption), views={"fields": u}
+    )

@@ -38,6 +38,8 @@ def subject_info(served: Served) -> dict[str, Any]:
         macs: int | None = int(served.summary.totals["macs"])
     except ConvlensError:
         macs = None
+    with served.lock:  # the default layer is found by a forward pass
+        found = defaults.as_dict(s, macs)
     return {
         "name": served.name,
         "model": s.info.get("model", type(s.model).__name__),
@@ -45,13 +47,22 @@ def subject_info(served: Served) -> dict[str, Any]:
         "classes": s.classes,
         "input": list(s.image_shape),
         "images": len(s.images) if s.images is not None else 0,
-        "defaults": defaults.as_dict(s, macs),
+        "defaults": found,
     }
 
 
 def network(served: Served) -> dict[str, Any]:
     """The network view: rows (with kernel, stride, padding...), totals, graph, blocks, defaults."""
-    return views.network_view(served.subject, summary=served.summary, graph=served.graph).to_dict()
+    summary, graph = served.summary, served.graph
+    with served.lock:  # the default layer is found by a forward pass
+        return views.network_view(served.subject, summary=summary, graph=graph).to_dict()
+
+
+def _index(served: Served) -> views.ImageIndex | None:
+    """The subject's index (:class:`convlens.index.Index`) when the catalog found one, else None:
+    the views then read top patches, neighbours, the map and predictions from it."""
+    index: views.ImageIndex | None = getattr(served, "index", None)
+    return index
 
 
 def _label(served: Served, image_index: int | None) -> int | None:
@@ -67,7 +78,10 @@ def predict(
     """Top-`top` classes (from the logits), the true label when known, and every layer's maps with
     their minimum and maximum, for one image (`image_index`: its index among the test images)."""
     s = served.subject
-    p = views.prediction_view(s, image, label=_label(served, image_index), k=top)
+    p = views.prediction_view(
+        s, image, label=_label(served, image_index), k=top, image_index=image_index,
+        index=_index(served),
+    )  # fmt: skip
     acts = views.activations_view(s, image)
     return {
         "input": data_url(image_png(image)),
@@ -164,7 +178,7 @@ def layer_grid(
     s = served.subject
     v = views.layer_view(
         s, layer, channels=list(range(start, start + count)), steps=steps, patches=patches,
-        limit=limit, lock=served.lock, report=report,
+        limit=limit, index=_index(served), lock=served.lock, report=report,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
     for k, c in enumerate(v.channels):
@@ -205,7 +219,7 @@ def embedding(served: Served, limit: int | None, report: Report) -> dict[str, An
             f"{served.name} has no images to embed; start the server with --images", 409
         )
     with served.lock:
-        e = views.embedding_view(s, limit=limit, report=report)
+        e = views.embedding_view(s, limit=limit, index=_index(served), report=report)
     coords = np.round(e.coords.astype(np.float32), 3)
     return {
         "indices": e.indices.tolist(),
@@ -225,7 +239,7 @@ def neighbours(served: Served, index: int, k: int | None = None) -> dict[str, An
     s = served.subject
     if s.images is None:
         raise RequestError(f"{served.name} has no images; start the server with --images", 404)
-    nb = views.neighbours_view(s, index, k=k)
+    nb = views.neighbours_view(s, index, k=k, index=_index(served))
     f, p = nb.feature[0], nb.pixel[0]
     return {
         "index": index,

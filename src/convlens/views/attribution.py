@@ -94,7 +94,12 @@ def attribution_view(
     if target is None:
         targets = predicted
     else:
-        targets = torch.as_tensor(target).long().reshape(-1).expand(len(batch)).clone()
+        targets = torch.as_tensor(target).long().reshape(-1).cpu()
+        if len(targets) not in (1, len(batch)):
+            raise ConvlensError(
+                f"{len(targets)} targets for {len(batch)} images: give one or one each"
+            )
+        targets = targets.expand(len(batch)).clone()
         bad = targets[(targets < 0) | (targets >= n_classes)]
         if len(bad):
             raise ConvlensError(

@@ -28,29 +28,45 @@ def no_report(done: int, total: int, message: str) -> None:
 class UnitTopK(Protocol):
     """One layer's top-k images per channel, as :class:`convlens.index.Index` keeps them."""
 
-    values: np.ndarray  # (C, k) float32
-    images: np.ndarray  # (C, k) int64
-    positions: np.ndarray  # (C, k, 2) int64 (row, col) in the layer's map
+    @property
+    def values(self) -> np.ndarray: ...  # (C, k) float32, highest first
+
+    @property
+    def images(self) -> np.ndarray: ...  # (C, k) int64 image indices, -1 where fewer than k
+
+    @property
+    def positions(self) -> np.ndarray: ...  # (C, k, 2) int64 (row, col) in the layer's map
 
 
 class ImageIndex(Protocol):
     """What the views read from a subject's index (:class:`convlens.index.Index`)."""
 
-    n: int
-    labels: np.ndarray  # (N,) int64, -1 unlabelled
-    top_classes: np.ndarray  # (N, 5) int64
-    top_probs: np.ndarray  # (N, 5) float32
-    layers: list[str]
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def labels(self) -> np.ndarray: ...  # (N,) int64, -1 unlabelled
+
+    @property
+    def top_classes(self) -> np.ndarray: ...  # (N, 5) int64, from the logits
+
+    @property
+    def top_probs(self) -> np.ndarray: ...  # (N, 5) float32
+
+    @property
+    def layers(self) -> list[str]: ...
+
+    def map_size(self, layer: str) -> tuple[int, int]: ...
 
     def units(self, layer: str) -> UnitTopK: ...
 
     def neighbours(
-        self, query: int | np.ndarray, k: int, metric: str = "cosine"
+        self, query: int | np.ndarray, k: int = 10, metric: str = "cosine"
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def embedding(self, limit: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def image(self, i: int) -> np.ndarray: ...
+    def image(self, i: int) -> torch.Tensor: ...
 
 
 def evenly(n: int, limit: int | None) -> torch.Tensor:

@@ -69,16 +69,22 @@ def actmax_size(subject: Subject) -> int:
     return subject.image_shape[1]
 
 
-def as_dict(subject: Subject, macs: int | None = None) -> dict[str, Any]:
-    """The defaults of `subject` as JSON (what ``GET /api/subjects/{name}`` gives the page)."""
+def as_dict(
+    subject: Subject, macs: int | None = None, layer: str | bool | None = True
+) -> dict[str, Any]:
+    """The defaults of `subject` as JSON (what ``GET /api/subjects/{name}`` gives the page).
+
+    `layer`: the default layer when already known (True: work it out, one forward pass).
+    """
     side = min(subject.image_shape[1:])
     window = occlusion_window(side)
-    try:
-        layer: str | None = default_layer(subject)
-    except ConvlensError:  # a model without a conv layer has no default layer
-        layer = None
+    if layer is True:
+        try:
+            layer = default_layer(subject)
+        except ConvlensError:  # a model without a conv layer has no default layer
+            layer = None
     return {
-        "layer": layer,
+        "layer": layer or None,
         "occlusion_window": window,
         "occlusion_stride": occlusion_stride(window),
         "actmax_steps": actmax_steps(macs),

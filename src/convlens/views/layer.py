@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from convlens.errors import ConvlensError
@@ -16,7 +17,7 @@ from convlens.views import defaults
 from convlens.views.common import ImageIndex, Report, evenly, images_of, no_report
 
 PARTS = ("filters", "actmax", "patches")
-ACTMAX_CHUNK = 16  # channels optimised per batch when progress is reported
+ACTMAX_CHUNK = 16  # channels optimised per batch (one progress step each)
 
 
 @dataclass(frozen=True)
@@ -145,11 +146,12 @@ def layer_view(
     if unknown:
         raise ConvlensError(f"unknown part {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
     convs = list(conv_layers(subject.model))
-    layer = layer or defaults.default_layer(subject)
-    get_layer(subject.model, layer)  # an unknown name: an error that lists the layers
-    with guard:
+    with guard:  # each of these runs the model once
+        layer = layer or defaults.default_layer(subject)
+        get_layer(subject.model, layer)  # an unknown name: an error that lists the layers
         available = _output_channels(subject, layer)
-    macs = _macs(subject) if channels is None or (steps is None and "actmax" in parts) else None
+        need_macs = channels is None or (steps is None and "actmax" in parts)
+        macs = _macs(subject) if need_macs else None
     if channels is None:
         chans = defaults.channels(available, macs)
     elif isinstance(channels, int):
@@ -180,9 +182,9 @@ def layer_view(
         size = defaults.actmax_size(subject)
         pre = subject.preprocess
         images, values = [], []
-        step = ACTMAX_CHUNK if report is not no_report else max(len(chans), 1)
-        for i in range(0, len(chans), step):
-            part = chans[i : i + step]
+        # Always in chunks of ACTMAX_CHUNK: every face gets the same images for the same channels.
+        for i in range(0, len(chans), ACTMAX_CHUNK):
+            part = chans[i : i + ACTMAX_CHUNK]
             report(
                 1 + i // ACTMAX_CHUNK,
                 total,
@@ -235,7 +237,9 @@ def _patches(
 
     if index is not None and layer in index.layers:
         units = index.units(layer)
-        k = min(n, units.values.shape[1])
+        # Columns where every channel has an image (-1 marks a channel with fewer than k images).
+        filled = int((units.images[chans] >= 0).all(0).sum())
+        k = min(n, filled)
         values = torch.from_numpy(units.values[chans, :k]).float()  # (K, n)
         indices = torch.from_numpy(units.images[chans, :k]).long()  # (K, n) into the index's images
         positions = torch.from_numpy(units.positions[chans, :k]).long()  # (K, n, 2)
@@ -252,8 +256,10 @@ def _patches(
         uniq = torch.unique(indices)
         pool = torch.stack([torch.as_tensor(index.image(int(i))) for i in uniq.tolist()])
         local = torch.searchsorted(uniq, indices)
-        with_local = TopPatches(layer, chans, values, local, positions, boxes, (0, 0), rf_size)
-        labels = torch.as_tensor(index.labels)
+        with_local = TopPatches(
+            layer, chans, values, local, positions, boxes, index.map_size(layer), rf_size
+        )
+        labels = torch.from_numpy(np.array(index.labels, dtype=np.int64))
         classes = [subject.class_name(i) for i in range(len(subject.classes))]
         return _fields(subject, with_local, indices, crop_patches(pool, with_local), pool[local],
                        labels, classes, "index", index.n)  # fmt: skip
@@ -313,5 +319,5 @@ def _fields(
         "source": source,
         "limit": searched,
         "rf_size": tuple(top.rf_size),
-        "map_size": tuple(top.map_size) if top.map_size != (0, 0) else None,
+        "map_size": tuple(top.map_size),
     }

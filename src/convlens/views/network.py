@@ -171,6 +171,6 @@ def network_view(
         blocks=_blocks(model, names),
         conv_layers=tuple(conv_layers(model)),
         default_layer=layer,
-        defaults=defaults.as_dict(subject, macs),
+        defaults=defaults.as_dict(subject, macs, layer=layer),
         problem=problem,
     )

@@ -277,7 +277,7 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
                 req.out / f"top_patches_{slug}.json",
                 {
                     "layer": layer,
-                    "split": "train",
+                    "split": "train" if req.subject.images is None else "images",
                     "searched": v.limit,
                     "channels": list(v.channels),
                     "values": v.values.tolist(),
