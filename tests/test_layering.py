@@ -2,9 +2,9 @@
 back through another.
 
 Layers, top to bottom (DESIGN.md): cli > serve > experiments > render > views > index > inspect >
-subjects > train > anatomy > models > data > validate > progress > fileio > errors. Every import counts, the ones
-inside functions too (an import hidden in a function to dodge a cycle is still a cycle); imports under
-``if TYPE_CHECKING:`` only have to point down.
+subjects > train > anatomy > models > data > validate > progress > fileio > errors. Every import
+counts, the ones inside functions too (an import hidden in a function to dodge a cycle is still a
+cycle); imports under ``if TYPE_CHECKING:`` only have to point down.
 """
 
 from __future__ import annotations

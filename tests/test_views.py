@@ -335,3 +335,37 @@ def test_layer_and_predictions_read_from_an_index(trained_run: Path, image_folde
     assert torch.equal(from_index.crops, computed.crops)
     p = views.prediction_view(sub, sub.data().images[2], image_index=2, index=index)
     assert p.source == "index" and p.predicted == int(index.top_classes[2, 0])
+
+
+def test_views_read_the_real_index_as_they_compute(
+    trained_run: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    """A :class:`convlens.index.Index` built over the folder gives the views the patches, the
+    predictions and the neighbours that they compute from the images themselves."""
+    from convlens.index import build_index
+    from convlens.render.report import ReportOptions, build_report, report_context
+    from convlens.render.report_sections import SECTIONS
+    from convlens.subjects import open_subject
+
+    sub = open_subject(str(trained_run), images=image_folder)
+    index = build_index(sub, layers=["conv2"], k=4, cache_dir=tmp_path, progress=False)
+    kw: dict[str, Any] = {"channels": [1, 7], "patches": 3, "parts": ["patches"]}
+    from_index = views.layer_view(sub, "conv2", index=index, **kw)
+    computed = views.layer_view(sub, "conv2", **kw)
+    assert from_index.source == "index" and from_index.patches == computed.patches
+    images = sub.data().images
+    preds = views.predictions_view(
+        sub, images, image_indices=torch.arange(len(images)), index=index
+    )
+    with torch.inference_mode():
+        argmax = sub.model(sub.normalize(images)).argmax(1)
+    assert torch.equal(preds.predicted, argmax)
+    nb_index = views.neighbours_view(sub, 5, k=3, index=index)
+    nb = views.neighbours_view(sub, 5, k=3)
+    assert nb_index.source == "index"
+    assert [n.image_index for n in nb_index.feature[0]] == [n.image_index for n in nb.feature[0]]
+    options = ReportOptions(top_channels=2, top_images=3)
+    wanted = [s for s in SECTIONS if s.id == "top-patches"]
+    rep = build_report(report_context(sub, options=options, index=index), sections=wanted)
+    assert rep.outcome("top-patches").views["layer"].source == "index"
+    assert "(the index)" in rep.outcome("top-patches").body

@@ -83,6 +83,19 @@ def write_report_with_progress(
         )
 
 
+def _cached_index(subject: Subject) -> ImageIndex | None:
+    """The cached index of the subject's images (`convlens index build`), or None: never builds one."""
+    from convlens.index import find_index
+
+    try:
+        index = find_index(subject)
+    except ConvlensError:  # no images to look at: the sections say so themselves
+        return None
+    if index is not None:
+        console.print(f"report: reading the index of {index.n:,} images", highlight=False)
+    return index
+
+
 def _summarise(path: Path, report: Report) -> None:
     shown = sum(s.status == "ok" for s in report.sections)
     failed = [s.title for s in report.sections if s.status == "failed"]
@@ -143,7 +156,10 @@ def register(app: typer.Typer) -> None:
             run_dir, model=model, weights=weights, images=images, classes=classes,
             download=download, device=dev, data_dir=data_dir,
         )  # fmt: skip
-        path, rep = write_report_with_progress(subject, out, options=ReportOptions(device=dev))
+        index = _cached_index(subject)
+        path, rep = write_report_with_progress(
+            subject, out, options=ReportOptions(device=dev), index=index
+        )
         _summarise(path, rep)
 
     @app.command("demo")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from convlens.data.dataset import Dataset
     from convlens.subjects import Subject
+    from convlens.views import ImageIndex
 
 console = Console(stderr=True)
 
@@ -74,6 +75,25 @@ class VisualizeRequest:
                 data_dir=self.data_dir,
             )  # fmt: skip
         return self._subject
+
+    def index(self, split: str) -> ImageIndex | None:
+        """The cached index of the images `split` names (`convlens index build`), or None.
+
+        An index covers the subject's own images (a run's test split, or --images): a run's
+        training split has none. Never builds one.
+        """
+        from convlens.index import find_index
+
+        sub = self.subject
+        if split != "test" and sub.images is None and sub.image_list is None:
+            return None
+        try:
+            index = find_index(sub)
+        except ConvlensError:
+            return None
+        if index is not None:
+            console.print(f"reading the index of {index.n:,} images", highlight=False)
+        return index
 
     def dataset(self, split: str) -> Dataset:
         """The `--images` set, else the run's `split` (see :meth:`Subject.data`)."""

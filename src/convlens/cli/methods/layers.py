@@ -257,6 +257,7 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
     v = layer_view(
         req.subject, _single_layer(req), channels=channels, patches=_positive(req.k, 8, "--k"),
         limit=req.limit, parts=("patches",), split="train", progress=True,
+        index=req.index("train") if req.limit is None else None,
     )  # fmt: skip
     if v.crops is None or v.boxes is None or v.images is None or v.rf_size is None:
         raise ConvlensError(f"{req.subject.name} has no images to search; pass --images")
