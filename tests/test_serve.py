@@ -462,6 +462,7 @@ def test_bad_runs_are_listed_with_their_reason_and_the_good_one_opens(
         assert set(listed) == {"good", "unfinished", "badjson", "truncated", "nosuchnet"}
         assert listed["good"]["status"] == "ok" and listed["good"]["reason"] is None
         assert listed["good"]["model"] == "lenet5" and listed["good"]["input"] == [1, 28, 28]
+        assert listed["good"]["images"] is None  # the listing loads nothing (from run.json)
         expect = {
             "unfinished": ("unfinished", "has not finished"),
             "badjson": ("broken", "corrupt"),
@@ -480,7 +481,7 @@ def test_bad_runs_are_listed_with_their_reason_and_the_good_one_opens(
         assert e.status_code == 409 and "nosuchnet" in e.json()["error"]
         again = {s["name"]: s for s in c.get("/api/subjects").json()}
         assert again["nosuchnet"]["status"] == "broken"
-        assert again["good"]["status"] == "ok"
+        assert again["good"]["status"] == "ok" and again["good"]["images"] > 0  # now loaded
 
 
 def test_subject_info_carries_the_defaults(client: TestClient, run: Any) -> None:
@@ -721,6 +722,13 @@ def test_cli_refuses_options_that_do_not_apply(
         ["serve", str(served_run), "--images", str(tmp_path / "nope"), *cache], capsys, monkeypatch
     )
     assert "no such file or folder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    err = _cli_error(
+        ["serve", str(served_run), "--images", str(empty), *cache], capsys, monkeypatch
+    )
+    assert "image" in err and str(empty) in err
 
 
 def test_cli_ctrl_c_while_starting_up_is_one_line_and_130(
@@ -770,3 +778,22 @@ def test_ctrl_c_on_a_starting_server_exits_130_without_a_traceback(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "CancelledError" not in err, err
+
+
+def test_uvicorn_report_of_a_lifespan_cancelled_at_exit_is_dropped() -> None:
+    """Ctrl-C twice: uvicorn exits without the lifespan's shutdown, Starlette's lifespan is
+    cancelled and sends its traceback as text, which uvicorn logs as an error: dropped, and only
+    that."""
+    import logging
+
+    from convlens.cli.serve_cmds import _CancelledLifespan
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, msg, None, None)
+
+    cancelled = (
+        'Traceback (most recent call last):\n  File "x.py"\nasyncio.exceptions.CancelledError\n'
+    )
+    assert not _CancelledLifespan().filter(record(cancelled))
+    assert _CancelledLifespan().filter(record("Traceback (most recent call last):\nValueError: x"))
+    assert _CancelledLifespan().filter(record("Application startup failed. Exiting."))

@@ -11,8 +11,10 @@ subject can be opened the command refuses (a server with nothing to show helps n
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
+import logging
 import socket
 import tempfile
 from pathlib import Path
@@ -99,12 +101,34 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _CancelledLifespan(logging.Filter):
+    """Drops uvicorn's report of a lifespan task cancelled as the process ends.
+
+    Ctrl-C twice makes uvicorn exit without the lifespan's shutdown; the event loop then cancels
+    the lifespan task, Starlette reports the cancellation as a failed shutdown (the traceback as
+    text) and uvicorn logs it as an error. Being cancelled at exit is what was asked for.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        text = str(record.msg).rstrip()
+        return not (text.startswith("Traceback") and text.endswith("CancelledError"))
+
+
 def run_server(app: Any, sock: socket.socket) -> None:
     """Serve `app` with uvicorn on the already bound `sock` until Ctrl-C."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    quiet = _CancelledLifespan()
+    log = logging.getLogger("uvicorn.error")
+    log.addFilter(quiet)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        log.removeFilter(quiet)
 
 
 def register(app: typer.Typer) -> None:
@@ -159,6 +183,10 @@ def register(app: typer.Typer) -> None:
                     )
         if images is not None and not images.exists():
             raise ConvlensError(f"--images {images}: no such file or folder")
+        if images is not None and runs_dir is not None:
+            from convlens.subjects.images import scan_images
+
+            scan_images(images)  # a folder without images is refused now, not at the first view
         cache = check_cache_dir(cache_dir or Path.home() / ".cache" / "convlens" / "serve")
         sock = bind(host, port)  # before any work: a port in use or a bad host ends here
         try:
