@@ -419,11 +419,11 @@ def test_deep_link_opens_the_unit(page: Any, url: str) -> None:
     expect(panel.locator("#unit-equal")).to_contain_text("equal ✓")
     expect(panel.locator(".unitchannel")).to_have_count(3)  # 3 of conv2's 6 input channels first
     assert panel.locator(".unitchannel").first.locator("table.kernel tr").count() == 5
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "serve-image-unit.png"))
     panel.locator("button.more").click()
     expect(panel.locator(".unitchannel")).to_have_count(6)
     _no_undefined(page)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / "serve-image-unit.png"))
 
 
 def test_unit_computation_on_a_resnet(page: Any, url: str, photo: Path) -> None:
