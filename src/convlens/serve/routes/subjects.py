@@ -67,8 +67,15 @@ def subjects_list(state: State) -> list[dict[str, Any]]:
 
 @router.get("/{name}")
 def subject_info(served: ServedSubject, state: State) -> dict[str, Any]:
-    """The subject's info and the defaults the page uses."""
-    return {**listing(served), "defaults": defaults_of(served, state)}
+    """The subject's info, how its images are prepared, and the defaults the page uses."""
+    pre = served.subject.preprocess
+    prepared = {
+        "channels": pre.channels,
+        "size": list(pre.size),
+        "resize": pre.resize,  # None: resized straight to `size`; else shorter side, centre crop
+        "interpolation": pre.interpolation,
+    }
+    return {**listing(served), "preprocess": prepared, "defaults": defaults_of(served, state)}
 
 
 @router.get("/{name}/network")
