@@ -797,3 +797,28 @@ def test_uvicorn_report_of_a_lifespan_cancelled_at_exit_is_dropped() -> None:
     assert not _CancelledLifespan().filter(record(cancelled))
     assert _CancelledLifespan().filter(record("Traceback (most recent call last):\nValueError: x"))
     assert _CancelledLifespan().filter(record("Application startup failed. Exiting."))
+
+
+def test_an_indexed_subject_answers_from_its_index(
+    served_run: Path, run: Any, tmp_path: Path
+) -> None:
+    """`convlens index build` then `serve`: the server finds the cached index once and its feature
+    neighbours equal a brute-force cosine search over the model's own penultimate features."""
+    from convlens.index import build_index
+    from convlens.subjects import from_run
+
+    r, data = run
+    build_index(from_run(r, images=data), cache_dir=tmp_path, progress=False)
+    served = from_run_dir(served_run / NAME)
+    served.index_dir = tmp_path
+    app = create_app([served], cache_dir=tmp_path / "results")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        nb = c.get(api("/neighbors"), params={"index": 7, "k": 5}).json()
+    assert served.index is not None and served.index.n == len(data)
+    with torch.inference_mode():
+        feats = r.model.forward_features(r.normalize(data.images)).double()  # (N, D)
+    feats = feats / feats.norm(dim=1, keepdim=True)
+    sim = feats @ feats[7]
+    sim[7] = -float("inf")
+    expected = sim.argsort(descending=True)[:5].tolist()
+    assert nb["feature"] == expected

@@ -27,6 +27,7 @@ import torch
 from convlens.anatomy.graph import layer_graph
 from convlens.anatomy.summary import Summary, summary
 from convlens.errors import ConvlensError
+from convlens.index import Index, find_index
 from convlens.serve.errors import RequestError, not_found
 from convlens.subjects import Subject, from_run
 from convlens.train.run_dir import RUN_JSON, WEIGHTS, load_run, read_run_json
@@ -45,6 +46,7 @@ class Served:
         status: ``ok``, ``unfinished`` or ``broken``.
         reason: why a subject is not ``ok`` (a sentence), else None.
         meta: what is known without loading (model, data, classes, input), for the listing.
+        index_dir: where cached indexes are looked up (None: the default cache folder).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Served:
     status: str = "ok"
     reason: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    index_dir: Path | None = None
     lock: threading.RLock = field(
         default_factory=threading.RLock
     )  # one model computation at a time
@@ -60,6 +63,8 @@ class Served:
     _summary: Summary | None = None
     _graph: dict[str, list[str]] | None = None
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
+    _index: Index | None = None
+    _index_looked: bool = False
 
     @property
     def ok(self) -> bool:
@@ -105,6 +110,25 @@ class Served:
         """Which layer feeds which (None when the model cannot be traced symbolically)."""
         _ = self.summary
         return self._graph
+
+    @property
+    def index(self) -> Index | None:
+        """The subject's cached index over its images (``convlens index build``), or None.
+
+        Looked up once, when first asked (hashing the weights and the image list is not free); a
+        server never builds an index itself: the views then compute from the images.
+        """
+        if not self._index_looked:
+            with self._load_lock:
+                if not self._index_looked:
+                    s = self.subject
+                    if s.images is not None or s.image_list is not None:
+                        try:
+                            self._index = find_index(s, cache_dir=self.index_dir)
+                        except ConvlensError:  # unreadable images: the views say so themselves
+                            self._index = None
+                    self._index_looked = True
+        return self._index
 
     def layer(self, name: str) -> Any:
         """The summary row of layer `name` (404 listing the layers when there is none)."""

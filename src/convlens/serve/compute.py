@@ -61,8 +61,7 @@ def network(served: Served) -> dict[str, Any]:
 def _index(served: Served) -> views.ImageIndex | None:
     """The subject's index (:class:`convlens.index.Index`) when the catalog found one, else None:
     the views then read top patches, neighbours, the map and predictions from it."""
-    index: views.ImageIndex | None = getattr(served, "index", None)
-    return index
+    return served.index
 
 
 def _label(served: Served, image_index: int | None) -> int | None:
