@@ -32,6 +32,7 @@ from convlens.cli import (
     train_cmds,
     visualize,
 )
+from convlens.cli import checks
 from convlens.cli.checks import EXIT_CODES_HELP, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, UsageError
 from convlens.errors import ConvlensError, Interrupted
 from convlens.interrupts import handle_signals
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     0 success, 1 error, 2 usage error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     try:
+        empty = checks.empty_path_option(typer.main.get_command(app), list(argv or sys.argv[1:]))
+        if empty is not None:
+            raise UsageError(f"{empty} is empty; give a path (. for the current folder)")
         with handle_signals(), _warnings_as_notes():
             status = app(args=argv, prog_name="convlens", standalone_mode=False)
         # Typer returns 130 for a KeyboardInterrupt, without it: it is kept by the handler.
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, _CLICK_ERROR):  # a usage error: unknown option, bad value (exit 2)
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False)
+            # No command at all: click prints the help, then raises with no message.
+            message = e.format_message() or "name a command; they are listed above"
+            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False)
             return int(e.exit_code)
         if isinstance(e, OSError):  # a file system refusal the checks could not foresee
             err_console.print(

@@ -96,12 +96,20 @@ def open_subject(
         sub = _timm_subject(spec.removeprefix("timm:"), weights, download, names)
     elif _USER_CODE.match(spec) and not path.is_file():
         sub = _user_code_subject(spec, weights, images, names)
+    elif path.is_file() and path.suffix == ".py":
+        raise InputError(_name_the_function(path))
     elif path.is_file():
         sub = _file_subject(path, weights, images, device)
     else:
         sub = _registry_subject(spec, weights, names)
     sub.model.to(device).eval()
     notices: list[str] = list(sub.info.pop("notices", []))
+    if sub.info.get("weights") == "random":
+        pretrained = spec.startswith(("torchvision:", "timm:"))
+        notices.append(
+            f"{spec} has random weights (no --weights given): what it shows is untrained; pass "
+            + ("--weights DEFAULT for the pretrained ones" if pretrained else "--weights FILE")
+        )
     if names is not None:
         k = num_outputs(sub.model, sub.preprocess)
         if len(names) != k:
@@ -124,7 +132,18 @@ def read_class_names(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no class names file at {p}")
-    text = p.read_text(encoding="utf-8-sig")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{p} is not a text file (byte {e.start} is not UTF-8); class names are one name per "
+            "line, or a JSON list"
+        ) from None
+    if "\0" in text:
+        raise InputError(
+            f"{p} is a binary file, not class names (one name per line, or a JSON list)"
+        )
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
@@ -282,6 +301,8 @@ def _user_code_subject(
         raise InputError(f"{target} has no function {fn_name!r}.{did_you_mean(fn_name, found)}")
     try:
         result = fn()
+    except SystemExit as e:  # sys.exit() in a factory: a failure, not the end of convlens
+        raise InputError(f"{spec} called sys.exit({e.code!r}) instead of returning a model") from None
     except Exception as e:  # the user's code: report where it failed, in one line
         raise InputError(f"{spec} raised {_where(e, target)}") from None
     if isinstance(result, Subject):
@@ -303,6 +324,28 @@ def _user_code_subject(
     return Subject(result, pre, _numbered(k), name=spec, info=info)
 
 
+def _name_the_function(path: Path) -> str:
+    """The message for ``--model file.py`` without ``:function``: the functions it defines (read
+    with `ast`, so none of its code runs)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes())
+        found = [
+            n.name
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.name.startswith("_")
+        ]
+    except (SyntaxError, ValueError, OSError):
+        found = []
+    listed = f"; it defines {', '.join(found[:8])}" if found else ""
+    example = found[0] if found else "build"
+    return (
+        f"{path} is Python code: name the function that builds the model, as "
+        f"--model {path}:{example}{listed}"
+    )
+
+
 def _import_user_module(target: str) -> Any:
     """Import `target` (a .py file or a dotted module): this runs the user's code."""
     if target.endswith(".py"):
@@ -316,6 +359,8 @@ def _import_user_module(target: str) -> Any:
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
+        except SystemExit as e:
+            raise InputError(f"importing {target} called sys.exit({e.code!r})") from None
         except Exception as e:
             raise InputError(f"importing {target} raised {_where(e, str(path))}") from None
         return module
@@ -325,6 +370,8 @@ def _import_user_module(target: str) -> Any:
         raise InputError(
             f"no Python module {target!r} ({e}); is it installed or on PYTHONPATH?"
         ) from None
+    except SystemExit as e:
+        raise InputError(f"importing {target} called sys.exit({e.code!r})") from None
     except Exception as e:
         raise InputError(f"importing {target} raised {_where(e, target)}") from None
 
