@@ -112,16 +112,29 @@ def torchvision_pretrained(
             torch.hub.load_state_dict_from_url(w.url, check_hash=True, weights_only=True)
         except Exception as e:  # URLError, hash mismatch, disk full: all mean "not fetched"
             raise ConvlensError(f"could not download {w.url} to {path} ({e})") from None
-    read_state_dict(path)  # tensors only: proves torchvision's own load below runs no code
+    state = read_state_dict(path)  # tensors only: proves torchvision's own load below runs no code
     try:
         model = tv.models.get_model(arch, weights=w)
     except RuntimeError as e:
         raise InputError(
             f"{path} does not hold the weights of torchvision's {arch} {w.name} "
-            f"({str(e).splitlines()[0]}); delete it and put the right file there"
+            f"({_first_difference(tv, arch, w, state) or str(e).splitlines()[0]}); delete it and "
+            "put the right file there"
         ) from None
     info = {"weights": f"{type(w).__name__}.{w.name}", "weights file": str(path)}
     return model, preprocess_of(w), list(w.meta["categories"]), info
+
+
+def _first_difference(tv: Any, arch: str, w: Any, state: dict[str, torch.Tensor]) -> str | None:
+    """The first key where the cached file differs from torchvision's `arch` as `w` builds it
+    (None when the keys match and torchvision refused for another reason)."""
+    from convlens.models.weights import first_mismatch
+
+    try:
+        bare = tv.models.get_model(arch, weights=None, num_classes=len(w.meta["categories"]))
+    except Exception:  # an option the builder refuses: no comparison, torchvision's line stays
+        return None
+    return first_mismatch(bare, state)
 
 
 def default_preprocess(arch: str) -> tuple[Preprocess, list[str] | None]:

@@ -32,13 +32,14 @@ import importlib.util
 import json
 import re
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from convlens.errors import InputError, did_you_mean
+from convlens.errors import ConvlensError, InputError, did_you_mean
 from convlens.models.weights import (
     classifier_and_input_sizes,
     is_torchscript,
@@ -55,7 +56,7 @@ from convlens.subjects.core import (
     from_run,
     num_outputs,
 )
-from convlens.subjects.images import common_size, is_labelled, load_image_set
+from convlens.subjects.images import image_sizes, is_labelled, load_image_set
 
 _USER_CODE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w.]*):(?P<fn>[A-Za-z_]\w*)$")
 
@@ -282,9 +283,10 @@ def _file_subject(
     if weights is not None:
         raise InputError(f"{path} is a TorchScript file with its own weights; drop --weights")
     model = load_torchscript(path, device)
-    pre = _guess_preprocess(model, images)
-    k = num_outputs(model, pre)
-    info = {"model": f"TorchScript {path.name}", "weights": str(path)}
+    notices: list[str] = []
+    pre = _guess_preprocess(model, images, notices)
+    k = _outputs_of_guess(model, pre, images, f"TorchScript file {path.name}")
+    info = {"model": f"TorchScript {path.name}", "weights": str(path), "notices": notices}
     return Subject(model, pre, _numbered(k), name=path.name, info=info)
 
 
@@ -315,12 +317,13 @@ def _user_code_subject(
             f"{spec} returned {type(result).__name__}; it must return an nn.Module "
             "(or a convlens Subject)"
         )
-    info = {"model": spec, "weights": "as built"}
+    info: dict[str, Any] = {"model": spec, "weights": "as built"}
     if weights is not None:
         load_into(result, read_state_dict(weights), source=weights, what=f"the model of {spec}")
         info["weights"] = weights
-    pre = _guess_preprocess(result, images)
-    k = num_outputs(result, pre)
+    info["notices"] = notices = []
+    pre = _guess_preprocess(result, images, notices)
+    k = _outputs_of_guess(result, pre, images, f"the model of {spec}")
     return Subject(result, pre, _numbered(k), name=spec, info=info)
 
 
@@ -409,12 +412,46 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _guess_preprocess(model: nn.Module, images: str | Path | None) -> Preprocess:
-    """For a model that does not say its input: its first conv's channels; the images' common size
-    (else 224x224)."""
+def _guess_preprocess(
+    model: nn.Module, images: str | Path | None, notices: list[str]
+) -> Preprocess:
+    """For a model that does not say its input: its first conv's channels, and the size more than
+    half of the images share; else 224x224, each image's shorter side resized to 256 and the
+    centre cropped (ImageNet's evaluation), with a notice: squashing every image to the shape of
+    one of them would distort the others."""
     c = _first_conv_channels(model) or 3
-    size = common_size(images) if images is not None else None
-    return _default_preprocess(c if c in (1, 3) else 3, size or (224, 224))
+    c = c if c in (1, 3) else 3
+    sizes = image_sizes(images) if images is not None else {}
+    if sizes:
+        size, n = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))
+        total = sum(sizes.values())
+        if 2 * n > total:
+            return _default_preprocess(c, size)
+        notices.append(
+            f"the {total} images of {images} have {len(sizes)} different sizes, none shared by "
+            "more than half, and the model does not say its input size: 224x224, each image's "
+            "shorter side resized to 256 and its centre cropped"
+        )
+        return replace(_default_preprocess(c, (224, 224)), resize=256)
+    return _default_preprocess(c, (224, 224))
+
+
+def _outputs_of_guess(
+    model: nn.Module, pre: Preprocess, images: str | Path | None, what: str
+) -> int:
+    """:func:`num_outputs` for a model whose input size was guessed; a failure says so, and how
+    to give the size (the images')."""
+    try:
+        return num_outputs(model, pre)
+    except ConvlensError as e:
+        c, h, w = pre.image_shape
+        source = (
+            f"the size most of {images} share" if images is not None else "a guess (no --images)"
+        )
+        raise InputError(
+            f"{e}. The {what} does not say its input size: {c}x{h}x{w} was {source}; pass "
+            "--images with images of the size it takes (a folder of them, or one file)"
+        ) from None
 
 
 def _match_labels(sub: Subject, names_given: bool) -> list[str]:
