@@ -19,8 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "convlens"
 FORBIDDEN = {
     "torch.ops (private kernels such as torch.ops.mkldnn)": r"\btorch\.ops\.",
     "an underscore module or attribute of torch (torch._C, torch._dynamo, ...)": r"\btorch\._(?!_)\w",
-    "torch.fx.experimental (no stability promise; may change or go in any release)":
-        r"\btorch\.fx\.experimental\b",
+    "torch.fx.experimental (no stability promise; may change or go in any release)": r"\btorch\.fx\.experimental\b",
     "AMX probing": r"_is_amx",
     "openTSNE internals": r"\bopenTSNE\._|\bfrom openTSNE import _|\._tsne\b",
     "an underscore module of another package": r"^\s*(from\s+(?!convlens\b)[\w.]*\._\w+\s+import|import\s+(?!convlens\b)[\w.]*\._\w+)",

@@ -165,9 +165,7 @@ def empty_path_option(root: object, argv: list[str]) -> str | None:
         sub = getattr(cmd, "commands", None)
         if isinstance(sub, dict) and token in sub:
             cmd = sub[token]
-            options = {
-                o: p for p in getattr(cmd, "params", []) for o in getattr(p, "opts", [])
-            }
+            options = {o: p for p in getattr(cmd, "params", []) for o in getattr(p, "opts", [])}
             continue
         name, eq, value = token.partition("=")
         if eq and name in options and value == "":

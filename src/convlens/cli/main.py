@@ -24,6 +24,7 @@ from rich.console import Console
 from convlens import __version__, interrupts
 from convlens.cli import (
     anatomy_cmds,
+    checks,
     data_cmds,
     experiment_cmds,
     model_cmds,
@@ -32,7 +33,6 @@ from convlens.cli import (
     train_cmds,
     visualize,
 )
-from convlens.cli import checks
 from convlens.cli.checks import EXIT_CODES_HELP, EXIT_ERROR, EXIT_SIGINT, EXIT_USAGE, UsageError
 from convlens.errors import ConvlensError, Interrupted
 from convlens.interrupts import handle_signals

@@ -249,7 +249,9 @@ def evaluate(
         from convlens.train import evaluate as run_evaluate
         from convlens.train.run_dir import read_run_json
 
-        raw = read_run_json(run_dir)  # a missing or foreign folder fails before the device is touched
+        raw = read_run_json(
+            run_dir
+        )  # a missing or foreign folder fails before the device is touched
         names = _class_names_for(classes, raw["data"].get("classes") or [])
         who = str(run_dir)
         ev = run_evaluate(

@@ -229,7 +229,9 @@ def _describe_folder(name: str) -> DatasetInfo:
 
     text = name[len("folder:") :].strip()
     if not text:  # not the current directory: a path the user forgot
-        return DatasetInfo(name, None, [], {}, None, [], "folder: needs a path, e.g. folder:~/pictures/pets")
+        return DatasetInfo(
+            name, None, [], {}, None, [], "folder: needs a path, e.g. folder:~/pictures/pets"
+        )
     path = Path(text).expanduser()
     try:
         with warnings.catch_warnings():  # listing: the notices are for loading

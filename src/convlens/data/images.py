@@ -184,7 +184,9 @@ def scan_folder(root: Path) -> ImageTree:
         classes = [p.name for p in _class_dirs(tree_root)]
         splits = {"all": _scan_class_dirs(tree_root, classes, skipped)}
     if not classes:
-        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        loose = sum(
+            1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
         flat = f" ({loose} images lie in it directly: put each in a folder named by its class)"
         raise ConvlensError(
             f"{root} holds no class folders{flat if loose else ''}; an ImageFolder tree is "

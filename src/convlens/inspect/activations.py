@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.models.hooks import capture, evaluating, get_layer, model_device
 from convlens.inspect.attribution import model_input
+from convlens.models.hooks import capture, evaluating, get_layer, model_device
 
 # The layers that make a "conv/pool stage" of a CNN.
 STAGE_TYPES: tuple[type[nn.Module], ...] = (

@@ -304,7 +304,9 @@ def _user_code_subject(
     try:
         result = fn()
     except SystemExit as e:  # sys.exit() in a factory: a failure, not the end of convlens
-        raise InputError(f"{spec} called sys.exit({e.code!r}) instead of returning a model") from None
+        raise InputError(
+            f"{spec} called sys.exit({e.code!r}) instead of returning a model"
+        ) from None
     except Exception as e:  # the user's code: report where it failed, in one line
         raise InputError(f"{spec} raised {_where(e, target)}") from None
     if isinstance(result, Subject):
@@ -321,7 +323,8 @@ def _user_code_subject(
     if weights is not None:
         load_into(result, read_state_dict(weights), source=weights, what=f"the model of {spec}")
         info["weights"] = weights
-    info["notices"] = notices = []
+    notices: list[str] = []
+    info["notices"] = notices
     pre = _guess_preprocess(result, images, notices)
     k = _outputs_of_guess(result, pre, images, f"the model of {spec}")
     return Subject(result, pre, _numbered(k), name=spec, info=info)
@@ -454,6 +457,20 @@ def _outputs_of_guess(
         ) from None
 
 
+def _label_lookup(classes: list[str]) -> dict[str, int]:
+    """Folder name (lower case) -> output index. A class named by several comma-separated names
+    (timm's ImageNet "tench, Tinca tinca") is also found by its first name ("tench"); a full name
+    wins over another class's first name."""
+    lookup: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        first = c.split(",")[0].strip().lower()
+        if first:
+            lookup.setdefault(first, i)
+    for i, c in enumerate(classes):
+        lookup[c.strip().lower()] = i
+    return lookup
+
+
 def _match_labels(sub: Subject, names_given: bool) -> list[str]:
     """Make class folders label the model's outputs when their names allow; return notices."""
     ds = sub.images
@@ -465,8 +482,8 @@ def _match_labels(sub: Subject, names_given: bool) -> list[str]:
         sub.classes = folders
         return [f"class names from the folders of {ds.source}: {', '.join(folders[:5])}"
                 + (", ..." if len(folders) > 5 else "")]  # fmt: skip
-    lookup = {c.lower(): i for i, c in enumerate(sub.classes)}
-    index = [lookup.get(f.lower()) for f in folders]
+    lookup = _label_lookup(sub.classes)
+    index = [lookup.get(f.strip().lower()) for f in folders]
     if all(i is not None for i in index):
         ds.labels = torch.tensor(index, dtype=torch.int64)[ds.labels]
         ds.classes = list(sub.classes)

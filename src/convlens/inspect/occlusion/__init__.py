@@ -255,7 +255,12 @@ def occlusion(
                         engine, chosen = None, "plain"
                 fill(
                     occluded_outputs(
-                        model, x, b, rows, cols, batch_size or _PLAIN_BATCH["cuda" if cuda else "cpu"]
+                        model,
+                        x,
+                        b,
+                        rows,
+                        cols,
+                        batch_size or _PLAIN_BATCH["cuda" if cuda else "cpu"],
                     )
                 )
         ar = torch.arange(N, device=clean.device)
