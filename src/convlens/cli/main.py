@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     0 success, 1 error, 2 usage error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     try:
-        empty = checks.empty_path_option(typer.main.get_command(app), list(argv or sys.argv[1:]))
+        given = list(argv) if argv is not None else sys.argv[1:]
+        empty = checks.empty_path_option(typer.main.get_command(app), given)
         if empty is not None:
             raise UsageError(f"{empty} is empty; give a path (. for the current folder)")
         with handle_signals(), _warnings_as_notes():

@@ -300,5 +300,6 @@ def register(app: typer.Typer) -> None:
             read_run_json(req.run_dir)
         checks.input_dir(data_dir, "--data-dir")
         req.device = checks.device(device)
+        _ = req.subject  # opened (or refused) before the output folder is made
         for p in run_method(req):
             typer.echo(str(p))

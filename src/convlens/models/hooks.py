@@ -40,9 +40,9 @@ def require_hooks(model: nn.Module, what: str) -> None:
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise HooksUnsupported(
-            f"{what} reads layers inside the model, which a TorchScript model does not allow "
-            "(no hooks on ScriptModules); saliency and occlusion apply, or pass the Python module "
-            "(file.py:build_fn) for this method"
+            f"{what} needs hooks on the model's layers, which a TorchScript model does not allow "
+            "(no hooks on ScriptModules): saliency and occlusion apply to it; for this method "
+            "pass the Python module (file.py:build_fn)"
         )
 
 
