@@ -576,7 +576,7 @@ def test_torchscript_saliency_runs(
 ) -> None:
     monkeypatch.chdir(ws)
     argv = ["visualize", "--model", "scripted.pt", "saliency", "--images", "grey28", "--out"]
-    code, out, err = run_cli(capsys, [*argv, str(tmp_path / "v")])
+    code, _, err = run_cli(capsys, [*argv, str(tmp_path / "v")])
     assert code == 0, err
     assert (tmp_path / "v" / "saliency.png").is_file()
 
