@@ -90,6 +90,7 @@ def classifier(model: nn.Module) -> nn.Module:
     convs = list(conv_layers(model).values())
     if convs:
         return convs[-1]
+    require_hooks(model, "a method that reads the features before the classifier")
     raise ConvlensError(f"{type(model).__name__} has no linear or convolutional final layer")
 
 
