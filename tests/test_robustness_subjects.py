@@ -206,7 +206,7 @@ def scripted() -> tuple[nn.Module, nn.Module]:
 
 
 @pytest.mark.parametrize(
-    "method", ["grad_cam", "guided_grad_cam", "guided_backprop", "activations"]
+    "method", ["grad_cam", "guided_grad_cam", "guided_backprop", "activations", "extract_features"]
 )
 def test_torchscript_methods_that_need_hooks_refuse_in_one_line(
     scripted: tuple[nn.Module, nn.Module], method: str
