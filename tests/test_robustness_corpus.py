@@ -450,6 +450,9 @@ SERVE_BAD: list[tuple[list[str], int]] = [
     (["serve", "--model", "lenet5", "--images", "missing"], 1),
     (["serve", "--model", "torchvision:resnet_nope"], 1),
     (["serve", "--model", "lenet6"], 1),
+    (["serve", "--model", "lenet5", "--weights", "empty.pt"], 1),
+    (["serve", "--model", "resnet20", "--weights", "lenet_sd.pt"], 1),
+    (["serve", "--model", "scripted.pt"], 1),
 ]
 
 # Unusual but valid: exit 0, and only the named output appears.
