@@ -27,6 +27,7 @@ from convlens.cli import (
     checks,
     data_cmds,
     experiment_cmds,
+    index_cmds,
     model_cmds,
     report_cmds,
     serve_cmds,
@@ -76,6 +77,7 @@ for _module in (
     report_cmds,
     serve_cmds,
     experiment_cmds,
+    index_cmds,
 ):
     _module.register(app)
 
