@@ -359,3 +359,35 @@ def test_fit_on_cuda_leaves_tf32_and_benchmark_as_they_were(tmp_path: Path) -> N
     )
     fit("lenet5", "sample", out=tmp_path / "run", config=cfg, progress=False)
     assert (cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32) == before
+
+
+# ---- the report's predictions: the arg-max of the logits ------------------------------------------
+
+
+def test_report_predictions_are_the_argmax_of_the_logits() -> None:
+    """1,000 classes, one logit 2e-8 above the rest: float32's softmax ties them all at 1/1000
+    (its arg-max says class 0); the report must name the class with the largest logit."""
+    from convlens.data.dataset import Dataset
+    from convlens.render.report_context import ReportContext
+    from convlens.subjects import subject
+
+    class Fixed(nn.Module):
+        def __init__(self, best: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+            logits = torch.zeros(1, 1000)
+            logits[0, best] = 2e-8  # exp(2e-8) == 1 in float32
+            self.register_buffer("logits", logits)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.logits.expand(len(x), -1) + 0 * self.conv(x).mean((1, 2, 3))[:, None]
+
+    net = Fixed(best=7).eval()
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    assert torch.softmax(net(images.float()), 1).argmax(1).tolist() == [0, 0]  # the old answer
+    ds = Dataset(name="zeros", split="test", images=images, labels=torch.zeros(2, dtype=torch.int64),
+                 classes=["unlabelled"], mean=(0.5,), std=(0.5,))  # fmt: skip
+    ds.extra["labelled"] = False
+    sub = subject(net, input_size=(1, 8, 8), images=ds)
+    oracle = net(images.float()).double().argmax(1)  # the logits' own arg-max
+    assert ReportContext(sub).predictions().predicted.tolist() == oracle.tolist() == [7, 7]
