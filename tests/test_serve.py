@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from convlens import load_run
-from convlens.serve import create_app, from_run_dir
+from convlens.serve import create_app, from_run_dir, run_dirs
 
 NAME = "lenet5-sample"
 
@@ -74,7 +74,7 @@ def wait(client: TestClient, job: dict[str, Any]) -> dict[str, Any]:
     if job["status"] not in ("done", "error"):
         with client.stream("GET", f"/api/jobs/{job['id']}/events") as s:
             events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
-        assert events[-1]["status"] in ("done", "error")
+        assert events[-1]["status"] in ("done", "error", "cancelled")
         done = [e["done"] for e in events]
         assert done == sorted(done)  # progress only moves forward
     return dict(client.get(f"/api/jobs/{job['id']}").json())
@@ -277,24 +277,33 @@ def test_page_and_static_files(client: TestClient) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _no_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, int]]:
+    """Stop `convlens serve` at the point it would start uvicorn; record (app, bound port)."""
+    from convlens.cli import serve_cmds
+
+    calls: list[tuple[Any, int]] = []
+    monkeypatch.setattr(
+        serve_cmds, "run_server", lambda app, sock: calls.append((app, sock.getsockname()[1]))
+    )
+    return calls
+
+
 def test_cli_prints_the_loopback_url_and_opens_nothing(
     served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     import webbrowser
 
-    import uvicorn
-
     from convlens.cli.main import main
 
-    calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: calls.append((host, port)))
+    calls = _no_server(monkeypatch)
     monkeypatch.setattr(webbrowser, "open", lambda url: pytest.fail(f"opened {url}"))
-    code = main(["serve", str(served_run), "--port", "8123", "--cache-dir", str(tmp_path)])
+    # --port 0: the system picks a free port, and the URL names that port, not 0.
+    code = main(["serve", str(served_run), "--port", "0", "--cache-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code in (0, None)
-    assert "http://127.0.0.1:8123/" in out
+    assert len(calls) == 1 and calls[0][1] > 0
+    assert f"http://127.0.0.1:{calls[0][1]}/" in out
     assert "warning" not in err
-    assert calls == [("127.0.0.1", 8123)]
 
     opened: list[str] = []
     monkeypatch.setattr(webbrowser, "open", opened.append)
@@ -304,6 +313,8 @@ def test_cli_prints_the_loopback_url_and_opens_nothing(
             str(served_run / NAME),
             "--host",
             "0.0.0.0",
+            "--port",
+            "0",
             "--open",
             "--cache-dir",
             str(tmp_path),
@@ -311,7 +322,7 @@ def test_cli_prints_the_loopback_url_and_opens_nothing(
     )
     out, err = capsys.readouterr()
     assert "warning" in err and "0.0.0.0" in err
-    assert opened == ["http://127.0.0.1:8000/"]
+    assert opened == [f"http://127.0.0.1:{calls[1][1]}/"]
 
 
 @pytest.mark.parametrize("args", [["serve"], ["serve", "/no/such/folder"], ["serve", "."]])
@@ -371,8 +382,6 @@ def test_layer_graph_of_an_untraceable_model_is_none() -> None:
 def test_cli_model_option_goes_through_open_subject(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    import uvicorn
-
     from convlens import models, subjects
     from convlens.cli.main import main
 
@@ -384,18 +393,21 @@ def test_cli_model_option_goes_through_open_subject(
             models.create("lenet5", in_channels=1), input_size=(1, 28, 28), name=spec
         )
 
-    apps: list[Any] = []
+    calls = _no_server(monkeypatch)
     monkeypatch.setattr(subjects, "open_subject", fake_open_subject, raising=False)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    photos = tmp_path / "photos"
+    photos.mkdir()
     code = main(
         [
             "serve",
+            "--port",
+            "0",
             "--model",
             "my_net.py:build",
             "--weights",
             "w.safetensors",
             "--images",
-            "photos",
+            str(photos),
             "--cache-dir",
             str(tmp_path),
         ]
@@ -404,11 +416,384 @@ def test_cli_model_option_goes_through_open_subject(
     assert seen == {
         "spec": "my_net.py:build",
         "weights": "w.safetensors",
-        "images": "photos",
+        "images": str(photos),
         "classes": None,
         "data_dir": None,
     }
-    with TestClient(apps[0]) as c:
+    with TestClient(calls[0][0]) as c:
         (info,) = c.get("/api/subjects").json()
         assert info["name"] == "my_net.py:build" and info["images"] == 0
         assert c.get(f"/api/subjects/{info['name']}/network").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving that never hides a good subject; the defaults; cancelling jobs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_runs(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of runs: one good, one still training, one with a corrupt run.json, one with
+    truncated weights, one whose run.json names a model that does not exist."""
+    folder = tmp_path_factory.mktemp("mixed")
+    (folder / "good").symlink_to(trained_run, target_is_directory=True)
+    raw = json.loads((trained_run / "run.json").read_text())
+    weights = (trained_run / "model.safetensors").read_bytes()
+    for name in ("unfinished", "badjson", "truncated", "nosuchnet"):
+        (folder / name).mkdir()
+    (folder / "unfinished" / "run.json").write_text(json.dumps({**raw, "status": "running"}))
+    (folder / "badjson" / "run.json").write_text('{"format": 1, "model": ')
+    (folder / "truncated" / "run.json").write_text(json.dumps(raw))
+    (folder / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    other = {**raw, "model": {"name": "nosuchnet", "options": {}}}
+    (folder / "nosuchnet" / "run.json").write_text(json.dumps(other))
+    (folder / "nosuchnet" / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_bad_runs_are_listed_with_their_reason_and_the_good_one_opens(
+    mixed_runs: Path, tmp_path: Path
+) -> None:
+    app = create_app([from_run_dir(p) for p in run_dirs(mixed_runs)], cache_dir=tmp_path)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/api/subjects")
+        assert r.status_code == 200, r.text
+        listed = {s["name"]: s for s in r.json()}
+        assert set(listed) == {"good", "unfinished", "badjson", "truncated", "nosuchnet"}
+        assert listed["good"]["status"] == "ok" and listed["good"]["reason"] is None
+        assert listed["good"]["model"] == "lenet5" and listed["good"]["input"] == [1, 28, 28]
+        assert listed["good"]["images"] is None  # the listing loads nothing (from run.json)
+        expect = {
+            "unfinished": ("unfinished", "has not finished"),
+            "badjson": ("broken", "corrupt"),
+            "truncated": ("broken", "truncated"),
+        }
+        for name, (status, words) in expect.items():
+            assert listed[name]["status"] == status and words in listed[name]["reason"], name
+            e = c.get(f"/api/subjects/{name}/network")
+            assert e.status_code == 409 and set(e.json()) == {"error"}
+            assert e.json()["error"].startswith(f"{name} cannot be opened: ")
+        assert c.get("/api/subjects/good/network").status_code == 200
+        assert c.post("/api/subjects/good/predict", json={"image": "test:0"}).status_code == 200
+        # Found broken only when loaded: listed ok, then one readable 409, then listed broken.
+        assert listed["nosuchnet"]["status"] == "ok"
+        e = c.get("/api/subjects/nosuchnet")
+        assert e.status_code == 409 and "nosuchnet" in e.json()["error"]
+        again = {s["name"]: s for s in c.get("/api/subjects").json()}
+        assert again["nosuchnet"]["status"] == "broken"
+        assert again["good"]["status"] == "ok" and again["good"]["images"] > 0  # now loaded
+
+
+def test_subject_info_carries_the_defaults(client: TestClient, run: Any) -> None:
+    _, data = run
+    r = client.get(api(""))
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert info["status"] == "ok" and info["images"] == len(data)
+    d = info["defaults"]
+    # LeNet-5 on 28 x 28: C5 (conv3) has a 1 x 1 map, so the default is C3 (conv2).
+    assert d["layer"] == "conv2"
+    assert d["conv_layers"] == ["conv1", "conv2", "conv3"]
+    # A seventh of 28 px, the stride half of it (as `convlens visualize occlusion` chooses).
+    assert d["occlusion_window"] == 4 and d["occlusion_stride"] == 2
+    assert d["actmax_size"] == 28 and d["actmax_steps"] >= 1
+    assert d["patches"] >= 1 and d["k"] >= 1 and d["images_limit"] >= 1
+
+
+def test_unit_computation_equals_the_network(client: TestClient, run: Any) -> None:
+    model, data = run
+    m = model.model
+    x = model.normalize(data.images[3:4])
+    with torch.no_grad():  # the oracle: LeNet-5's own layers, called one after the other
+        c1 = m.conv1(x)
+        c3 = m.conv2(m.pool1(m.act1(c1)))
+    for layer, out, units in [
+        ("conv1", c1, [(0, 0, 0), (5, 13, 20), (2, 27, 1)]),
+        ("conv2", c3, [(0, 0, 0), (15, 9, 4)]),
+    ]:
+        for ch, row, col in units:
+            params = {"image": "test:3", "layer": layer, "channel": ch, "row": row, "col": col}
+            r = client.get(api("/unit"), params=params)
+            assert r.status_code == 200, r.text
+            u = r.json()
+            want = float(out[0, ch, row, col])
+            products = np.array(u["products"])
+            scale = max(float(np.abs(products).sum()), 1e-6)
+            assert u["network_value"] == pytest.approx(want, rel=1e-6, abs=1e-7)
+            assert abs(u["pre_activation"] - want) <= 1e-5 * scale
+            assert u["equal"] is True and u["truncated"] is False
+            np.testing.assert_allclose(products, np.array(u["patch"]) * np.array(u["kernel"]))
+            assert float(products.sum()) + u["bias"] == pytest.approx(u["pre_activation"])
+            assert u["activation"] == max(0.0, u["pre_activation"])
+            assert u["steps"][-1]["kind"] == "ReLU"
+    # conv1 pads by 2: the corner unit's first two rows and columns are padding, and zero.
+    u = client.get(
+        api("/unit"), params={"image": "test:3", "layer": "conv1", "channel": 0, "row": 0, "col": 0}
+    ).json()
+    padded = np.array(u["padded"])
+    assert padded[:2].all() and padded[:, :2].all() and not padded[2:, 2:].any()
+    assert (np.array(u["patch"])[0][padded] == 0).all()
+    assert u["first_layer"] is True and u["in_channels"] == [0]
+
+
+def test_cancel_a_job(client: TestClient) -> None:
+    params = {"layer": "conv2", "steps": 1024, "patches": 32, "limit": 100_000}
+    job = client.post(api("/jobs/layer"), json=params).json()
+    r = client.delete(f"/api/jobs/{job['id']}")
+    assert r.status_code == 200, r.text
+    done = wait(client, job)
+    assert done["status"] == "cancelled" and done["result"] is None
+    # Asking again starts a new computation (the cancelled one is not reused); cancel it too.
+    again = client.post(api("/jobs/layer"), json=params).json()
+    assert again["id"] != job["id"]
+    client.delete(f"/api/jobs/{again['id']}")
+    assert wait(client, again)["status"] == "cancelled"
+    expect = client.delete("/api/jobs/1-nope")
+    assert expect.status_code == 404 and "no job" in expect.json()["error"]
+
+
+def test_job_pool_cancel_is_cooperative_and_skips_queued_jobs() -> None:
+    import threading
+    import time
+
+    from convlens.serve.jobs import JobPool
+
+    pool = JobPool(workers=1)
+    started, steps = threading.Event(), []
+
+    def slow(job: Any) -> str:
+        for i in range(500):
+            job.report(i, 500, f"step {i}")
+            steps.append(i)
+            started.set()
+            time.sleep(0.01)
+        return "finished"
+
+    running = pool.submit("a", "test", slow)
+    queued = pool.submit("b", "test", lambda job: pytest.fail("a cancelled queued job ran"))
+    assert started.wait(30)
+    pool.cancel(queued.id)
+    pool.cancel(running.id)
+    deadline = time.monotonic() + 30
+    while not (running.finished and queued.finished) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running.status == "cancelled" and running.result is None and len(steps) < 500
+    assert queued.status == "cancelled"
+    assert pool.submit("a", "test", lambda job: 1) is not running
+    pool.shutdown()
+
+
+def test_a_job_is_cancelled_when_its_page_goes_away(trained_run: Path, tmp_path: Path) -> None:
+    """A real server: the browser's event stream closes, the job it followed stops."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from convlens.cli.serve_cmds import bind
+
+    app = create_app([from_run_dir(trained_run)], cache_dir=tmp_path)
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def slow(job: Any) -> None:
+            for i in range(3000):
+                job.report(i, 3000, "working")
+                time.sleep(0.01)
+
+        job = app.state.serve.pool.submit("slow", "test", slow)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/jobs/{job.id}/events"
+        with httpx.stream("GET", url, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break  # one event seen; the page goes away
+        while not job.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job.status == "cancelled"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# `convlens serve` start-up: checked before the "serving" line, one line each
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cli_images_option_is_used(
+    served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, run: Any
+) -> None:
+    from convlens.cli.main import main
+
+    _, data = run
+    photos = tmp_path / "photos" / data.classes[0]
+    photos.mkdir(parents=True)
+    for i in range(3):
+        (photos / f"{i}.png").write_bytes(png_bytes(data.images[i]))
+    calls = _no_server(monkeypatch)
+    args = ["serve", str(served_run), "--images", str(tmp_path / "photos"), "--port", "0"]
+    code = main([*args, "--cache-dir", str(tmp_path / "cache")])
+    assert code in (0, None), capsys.readouterr().err
+    with TestClient(calls[0][0]) as c:
+        assert c.get(api("")).json()["images"] == 3
+        for i in range(3):
+            png = c.get(api(f"/images/{i}.png")).content
+            np.testing.assert_array_equal(
+                np.asarray(Image.open(io.BytesIO(png))), data.images[i, 0]
+            )
+
+
+def _cli_error(args: list[str], capsys: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    from convlens.cli.main import main
+
+    calls = _no_server(monkeypatch)
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert not calls and "serving" not in err and "open http" not in out
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    return err
+
+
+def test_cli_refuses_a_cache_dir_that_is_a_file(
+    served_run: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    err = _cli_error(["serve", str(served_run), "--cache-dir", str(f)], capsys, monkeypatch)
+    assert "is a file" in err
+
+
+def test_cli_refuses_a_port_in_use_and_an_unknown_host(
+    served_run: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = str(busy.getsockname()[1])
+    cache = ["--cache-dir", str(tmp_path)]
+    try:
+        err = _cli_error(["serve", str(served_run), "--port", port, *cache], capsys, monkeypatch)
+        assert f"port {port}" in err and "in use" in err
+    finally:
+        busy.close()
+    err = _cli_error(
+        ["serve", str(served_run), "--host", "no-such-host.invalid", *cache], capsys, monkeypatch
+    )
+    assert "unknown --host 'no-such-host.invalid'" in err
+
+
+def test_cli_with_truncated_weights(
+    mixed_runs: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convlens.cli.main import main
+
+    cache = ["--cache-dir", str(tmp_path)]
+    # The only subject: refused, with the reason.
+    err = _cli_error(["serve", str(mixed_runs / "truncated"), *cache], capsys, monkeypatch)
+    assert "truncated cannot be served" in err and "truncated:" in err
+    # Among good ones: served, and each bad one named with its reason before "serving".
+    calls = _no_server(monkeypatch)
+    assert main(["serve", str(mixed_runs), "--port", "0", *cache]) in (0, None)
+    _, err = capsys.readouterr()
+    assert "truncated is broken" in err and "unfinished is unfinished" in err
+    serving = next(line for line in err.splitlines() if line.startswith("serving"))
+    assert "good" in serving and "truncated" not in serving
+    assert len(calls) == 1
+
+
+def test_cli_refuses_options_that_do_not_apply(
+    served_run: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ["--cache-dir", str(tmp_path)]
+    err = _cli_error(["serve", str(served_run), "--classes", "c.txt", *cache], capsys, monkeypatch)
+    assert "--classes is for --model" in err
+    err = _cli_error(
+        ["serve", str(served_run), "--images", str(tmp_path / "nope"), *cache], capsys, monkeypatch
+    )
+    assert "no such file or folder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    err = _cli_error(
+        ["serve", str(served_run), "--images", str(empty), *cache], capsys, monkeypatch
+    )
+    assert "image" in err and str(empty) in err
+
+
+def test_cli_ctrl_c_while_starting_up_is_one_line_and_130(
+    served_run: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convlens.cli.main import main
+    from convlens.serve import catalog
+
+    def interrupted(path: Path) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C while the runs are being looked at
+
+    monkeypatch.setattr(catalog, "check_run", interrupted)
+    calls = _no_server(monkeypatch)
+    code = main(["serve", str(served_run), "--port", "0", "--cache-dir", str(tmp_path)])
+    _, err = capsys.readouterr()
+    assert code == 130 and not calls
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+
+
+def test_ctrl_c_on_a_starting_server_exits_130_without_a_traceback(
+    served_run: Path, tmp_path: Path
+) -> None:
+    """A real process: SIGINT as soon as the URL is printed (uvicorn is starting up)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    cmd = [sys.executable, "-m", "convlens.cli.main", "serve", str(served_run), "--port", "0"]
+    proc = subprocess.Popen(
+        [*cmd, "--cache-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "convlens serve: open http://127.0.0.1:PORT/ ..."
+    assert "open http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.stderr else "")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+
+
+def test_uvicorn_report_of_a_lifespan_cancelled_at_exit_is_dropped() -> None:
+    """Ctrl-C twice: uvicorn exits without the lifespan's shutdown, Starlette's lifespan is
+    cancelled and sends its traceback as text, which uvicorn logs as an error: dropped, and only
+    that."""
+    import logging
+
+    from convlens.cli.serve_cmds import _CancelledLifespan
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, msg, None, None)
+
+    cancelled = (
+        'Traceback (most recent call last):\n  File "x.py"\nasyncio.exceptions.CancelledError\n'
+    )
+    assert not _CancelledLifespan().filter(record(cancelled))
+    assert _CancelledLifespan().filter(record("Traceback (most recent call last):\nValueError: x"))
+    assert _CancelledLifespan().filter(record("Application startup failed. Exiting."))

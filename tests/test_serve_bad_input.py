@@ -41,6 +41,10 @@ def api(path: str) -> str:
     return f"/api/subjects/{NAME}{path}"
 
 
+def unit(layer: str, image: str = "test:1", channel: Any = 0, row: Any = 0, col: Any = 0) -> str:
+    return api(f"/unit?image={image}&{layer}&channel={channel}&row={row}&col={col}")
+
+
 def expect_error(r: Any, status: int, *words: str) -> None:
     assert r.status_code == status, (r.status_code, r.text)
     body = r.json()
@@ -63,7 +67,7 @@ def test_the_default_upload_limit_is_20_mb() -> None:
         ("get", api("/rf?layer=conv2&row=x&col=0"), None, 422, ["row"]),
         ("get", api("/images/2000.png"), None, 404, ["no image 2000"]),
         ("get", api("/images/-1.png"), None, 404, ["no image -1"]),
-        ("get", api("/neighbors?index=5&k=0"), None, 400, ["k must be"]),
+        ("get", api("/neighbors?index=5&k=0"), None, 422, ["k must be greater", "not 0"]),
         (
             "post",
             api("/jobs/layer"),
@@ -102,8 +106,29 @@ def test_the_default_upload_limit_is_20_mb() -> None:
         ),
         ("post", api("/jobs/occlusion"), {"image": "test:1", "target": -1}, 404, ["no class -1"]),
         ("get", "/api/explain/conv?size=5&kernel=9", None, 400, ["does not fit"]),
-        ("get", "/api/explain/conv?size=0", None, 400, ["size"]),
+        ("get", "/api/explain/conv?size=0", None, 422, ["size must be"]),
+        (
+            "get",
+            "/api/explain/conv?size=513",
+            None,
+            422,
+            ["size must be less than or equal to 512"],
+        ),
+        ("get", "/api/explain/conv?kernel=65", None, 422, ["kernel must be"]),
+        ("get", "/api/explain/conv?stride=65", None, 422, ["stride must be"]),
+        ("get", "/api/explain/conv?padding=65", None, 422, ["padding must be"]),
+        ("get", "/api/explain/conv?padding=-1", None, 422, ["padding must be", "not -1"]),
         ("get", "/api/jobs/123-nope", None, 404, ["no job"]),
+        ("delete", "/api/jobs/123-nope", None, 404, ["no job"]),
+        ("get", unit("layer=pool1"), None, 400, ["pool1", "not a convolution"]),
+        ("get", unit("layer=conv9"), None, 404, ["no layer 'conv9'", "conv1"]),
+        ("get", unit("layer=conv1", channel=6), None, 404, ["6 channels", "no channel 6"]),
+        ("get", unit("layer=conv1", row=28), None, 404, ["28 x 28", "(28, 0)"]),
+        ("get", unit("layer=conv1", image="x:1"), None, 400, ["test:INDEX"]),
+        ("get", unit("layer=conv1", image="test:99999"), None, 404, ["no image 99999"]),
+        ("get", unit("layer=conv1", channel=-1), None, 422, ["channel must be", "not -1"]),
+        ("get", unit("layer=conv1", row="x"), None, 422, ["row must be a valid integer"]),
+        ("get", api("/unit?image=test:1&channel=0&row=0&col=0"), None, 422, ["layer is required"]),
         ("get", "/api/nothing/here", None, 404, ["no endpoint"]),
         ("delete", api("/network"), None, 405, []),
     ],
@@ -142,6 +167,8 @@ def _png(size: tuple[int, int] = (40, 30)) -> bytes:
 def test_bad_uploads(client: TestClient, data: bytes, status: int, words: list[str]) -> None:
     r = client.post(api("/uploads"), files={"file": ("x.png", data, "image/png")})
     expect_error(r, status, *words)
+    # A sentence a person can read: no Python object's repr (`<_io.BytesIO object at 0x...>`).
+    assert "object at 0x" not in r.json()["error"] and "<" not in r.json()["error"]
 
 
 def test_upload_needs_a_file_field(client: TestClient) -> None:

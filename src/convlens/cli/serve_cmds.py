@@ -1,13 +1,24 @@
 """`convlens serve`: start the local web app on run directories or on a model given by --model.
 
 Only parses options, makes the served subjects and starts uvicorn; the app is
-:func:`convlens.serve.create_app`.
+:func:`convlens.serve.create_app`. Everything a user can get wrong is checked before the "serving"
+line, each with one line and exit 1: the cache folder (a file, or not writable), the address (an
+unknown --host, a port in use: the socket is bound here and handed to uvicorn, so that --port 0
+prints the port it got), options that do not apply, and subjects that cannot be opened. A folder of
+runs where some are unfinished or broken is served, each bad one named with its reason; when no
+subject can be opened the command refuses (a server with nothing to show helps nobody).
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
+import logging
+import socket
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -27,6 +38,97 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_cache_dir(path: Path) -> Path:
+    """`path` as a writable folder (created when missing).
+
+    Raises:
+        ConvlensError: it is a file, or cannot be created or written.
+    """
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConvlensError(
+            f"--cache-dir {path} is a file; give a folder (it is created if missing)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConvlensError(
+            f"--cache-dir {path} cannot be written ({e.strerror or e}); give a folder you can write"
+        ) from None
+    return path
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host`:`port` (port 0: a free port the system picks).
+
+    Raises:
+        ConvlensError: the host is unknown, the port is in use, or the address cannot be used.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConvlensError(
+            f"unknown --host {host!r} ({reason}); use an address of this machine such as "
+            "127.0.0.1 (this machine only) or 0.0.0.0 (every network)"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConvlensError(
+                f"port {port} on {host} is in use (another server?); pick another with --port, "
+                "or --port 0 for a free one"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise ConvlensError(
+                f"port {port} on {host} needs administrator rights; use a port above 1023"
+            ) from None
+        raise ConvlensError(
+            f"cannot listen on {host} port {port} ({e.strerror or e}); is {host} an address of "
+            "this machine?"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _CancelledLifespan(logging.Filter):
+    """Drops uvicorn's report of a lifespan task cancelled as the process ends.
+
+    Ctrl-C twice makes uvicorn exit without the lifespan's shutdown; the event loop then cancels
+    the lifespan task, Starlette reports the cancellation as a failed shutdown (the traceback as
+    text) and uvicorn logs it as an error. Being cancelled at exit is what was asked for.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        text = str(record.msg).rstrip()
+        return not (text.startswith("Traceback") and text.endswith("CancelledError"))
+
+
+def run_server(app: Any, sock: socket.socket) -> None:
+    """Serve `app` with uvicorn on the already bound `sock` until Ctrl-C."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    quiet = _CancelledLifespan()
+    log = logging.getLogger("uvicorn.error")
+    log.addFilter(quiet)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        log.removeFilter(quiet)
 
 
 def register(app: typer.Typer) -> None:
@@ -68,44 +170,83 @@ def register(app: typer.Typer) -> None:
 
         Listens on 127.0.0.1 (this machine only) and opens no browser unless --open. Everything the page needs is served by convlens: it works offline.
         """
-        import uvicorn
-
-        from convlens.serve import create_app, from_run_dir, from_subject, run_dirs
+        from convlens.serve import create_app
 
         if runs_dir is None and model is None:
             raise ConvlensError("give a run directory (or a folder of them) or --model; see --help")
-        root = str(data_dir) if data_dir else None
-        served = [from_run_dir(p, data_dir=root) for p in run_dirs(runs_dir)] if runs_dir else []
-        if model is not None:
-            from convlens import subjects
+        if model is None:
+            for given, option in ((weights, "--weights"), (classes, "--classes")):
+                if given is not None:
+                    raise ConvlensError(
+                        f"{option} is for --model; a run directory has its own "
+                        f"{'weights' if option == '--weights' else 'class names'}"
+                    )
+        if images is not None and not images.exists():
+            raise ConvlensError(f"--images {images}: no such file or folder")
+        if images is not None and runs_dir is not None:
+            from convlens.subjects.images import scan_images
 
-            # Any way of naming a model (issue #17's subjects): run dir, registry, torchvision...
-            open_subject = getattr(subjects, "open_subject", None)
-            if open_subject is None:
-                raise ConvlensError("--model needs a newer convlens; serve a run directory instead")
-            subject = open_subject(
-                model,
-                weights=weights,
-                images=str(images) if images else None,
-                classes=str(classes) if classes else None,
-                data_dir=root,
-            )
-            served.append(from_subject(subject, name=model))
-        cache = cache_dir or Path.home() / ".cache" / "convlens" / "serve"
-        web = create_app(served, cache_dir=cache)
-        shown = LOOPBACK if host in ("0.0.0.0", "::") else host
-        url = f"http://{shown}:{port}/"
-        if not is_loopback(host):
-            console.print(
-                f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can "
-                "use the app and run the models; use --host 127.0.0.1 to keep it local",
-                highlight=False,
-            )
-        names = ", ".join(s.name for s in served)
-        console.print(f"serving {names}", highlight=False)
-        typer.echo(f"convlens serve: open {url}  (Ctrl+C to stop)")
-        if open_browser:
-            import webbrowser
+            scan_images(images)  # a folder without images is refused now, not at the first view
+        cache = check_cache_dir(cache_dir or Path.home() / ".cache" / "convlens" / "serve")
+        sock = bind(host, port)  # before any work: a port in use or a bad host ends here
+        try:
+            served = _subjects(runs_dir, model, weights, images, classes, data_dir)
+            web = create_app(served, cache_dir=cache)
+            shown = LOOPBACK if host in ("0.0.0.0", "::") else host
+            url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{sock.getsockname()[1]}/"
+            if not is_loopback(host):
+                console.print(
+                    f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine "
+                    "can use the app and run the models; use --host 127.0.0.1 to keep it local",
+                    highlight=False,
+                )
+            for s in served:
+                if not s.ok:
+                    console.print(
+                        f"[yellow]note:[/] {s.name} is {s.status}: {s.reason}", highlight=False
+                    )
+            console.print(f"serving {', '.join(s.name for s in served if s.ok)}", highlight=False)
+            typer.echo(f"convlens serve: open {url}  (Ctrl+C to stop)")
+            if open_browser:
+                import webbrowser
 
-            webbrowser.open(url)
-        uvicorn.run(web, host=host, port=port, log_level="warning")
+                webbrowser.open(url)
+            run_server(web, sock)
+        finally:
+            sock.close()
+
+
+def _subjects(
+    runs_dir: Path | None,
+    model: str | None,
+    weights: str | None,
+    images: Path | None,
+    classes: Path | None,
+    data_dir: Path | None,
+) -> list[Any]:
+    """The served subjects; refuses when none of them can be opened."""
+    from convlens.serve import from_run_dir, from_subject, run_dirs
+
+    root = str(data_dir) if data_dir else None
+    served = []
+    if runs_dir is not None:
+        served = [from_run_dir(p, data_dir=root, images_dir=images) for p in run_dirs(runs_dir)]
+    if model is not None:
+        from convlens import subjects
+
+        subject = subjects.open_subject(
+            model,
+            weights=weights,
+            images=str(images) if images else None,
+            classes=str(classes) if classes else None,
+            data_dir=root,
+        )
+        served.append(from_subject(subject, name=model))
+    bad = [s for s in served if not s.ok]
+    if len(bad) == len(served) == 1:
+        raise ConvlensError(f"{bad[0].name} cannot be served: {bad[0].reason}")
+    if len(bad) == len(served):
+        raise ConvlensError(
+            f"none of the {len(bad)} runs can be served; the first, {bad[0].name}: {bad[0].reason}"
+        )
+    return served

@@ -3,11 +3,18 @@
 Requests name a subject; the name is looked up in this catalog, never joined to a path. A run's model
 and test images are loaded on first use. Each subject has a lock: one model computation at a time per
 subject (hooks and eval/train flags live on the model), while reads of cached results run freely.
+
+A bad run never hides the good ones: every run directory is checked cheaply when the catalog is made
+(``run.json`` readable, ``model.safetensors`` present and not truncated) and gets a status, ``ok``,
+``unfinished`` (training has not written its weights yet) or ``broken``, with the reason. A subject
+that fails to load later turns ``broken`` too. Only the subject itself answers an error (409).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +29,7 @@ from convlens.anatomy.summary import Summary, summary
 from convlens.errors import ConvlensError
 from convlens.serve.errors import RequestError, not_found
 from convlens.subjects import Subject, from_run
-from convlens.train.run_dir import RUN_JSON, WEIGHTS, load_run
+from convlens.train.run_dir import RUN_JSON, WEIGHTS, load_run, read_run_json
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 
@@ -35,11 +42,17 @@ class Served:
         name: the name requests use.
         load: makes the subject (called once, on first use).
         key: a digest that changes when the weights change (names the subject's cache folder).
+        status: ``ok``, ``unfinished`` or ``broken``.
+        reason: why a subject is not ``ok`` (a sentence), else None.
+        meta: what is known without loading (model, data, classes, input), for the listing.
     """
 
     name: str
     load: Callable[[], Subject]
     key: str
+    status: str = "ok"
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(
         default_factory=threading.RLock
     )  # one model computation at a time
@@ -49,12 +62,32 @@ class Served:
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def ok(self) -> bool:
+        """Whether the subject can be opened (as far as is known)."""
+        return self.status == "ok"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the subject has been loaded."""
+        return self._subject is not None
+
+    @property
     def subject(self) -> Subject:
-        """The subject, loaded on first use."""
+        """The subject, loaded on first use.
+
+        Raises:
+            RequestError: 409 when the subject is unfinished or broken (loading failed now or
+                before), with the reason.
+        """
         if self._subject is None:
             with self._load_lock:
-                if self._subject is None:
-                    self._subject = self.load()
+                if self._subject is None and self.ok:
+                    try:
+                        self._subject = self.load()
+                    except ConvlensError as e:
+                        self.status, self.reason = "broken", str(e)
+        if self._subject is None:
+            raise RequestError(f"{self.name} cannot be opened: {self.reason}", 409)
         return self._subject
 
     @property
@@ -132,23 +165,108 @@ def run_dirs(folder: str | Path) -> list[Path]:
     return runs
 
 
-def from_run_dir(path: Path, *, images: bool = True, data_dir: str | None = None) -> Served:
+def from_run_dir(
+    path: Path,
+    *,
+    images: bool = True,
+    data_dir: str | None = None,
+    images_dir: str | Path | None = None,
+) -> Served:
     """A run directory as a served subject, named after its folder; its test split as images.
 
-    `data_dir`: where the run's data set lives when not where it was trained (default: as recorded).
+    Args:
+        path: the run directory.
+        images: look at the run's test split (when `images_dir` is not given).
+        data_dir: where the run's data set lives when not where it was trained (default: as
+            recorded).
+        images_dir: a file or folder of images to look at instead of the test split (prepared as
+            the run's preprocessing says).
     """
+    path = Path(path)
+    status, reason, meta = check_run(path)
 
     def load() -> Subject:
-        run = load_run(path)
-        data = None
-        if images:
-            try:
-                data = run.load_data("test", root=data_dir)
-            except ConvlensError:
-                data = None  # the data set is not on this machine: the views that need it say so
-        return from_run(run, images=data)
+        from convlens.subjects import load_image_set
 
-    return Served(name=_checked_name(path.name), load=load, key=_weights_key(path / WEIGHTS))
+        run = load_run(path)
+        s = from_run(run)
+        if images_dir is not None:
+            s.images = load_image_set(images_dir, s.preprocess)
+        elif images:
+            # The data set may not be on this machine: then the views that need images say so.
+            with contextlib.suppress(ConvlensError):
+                s.images = run.load_data("test", root=data_dir)
+        return s
+
+    return Served(
+        name=_checked_name(path.name),
+        load=load,
+        key=_weights_key(path / WEIGHTS),
+        status=status,
+        reason=reason,
+        meta=meta,
+    )
+
+
+def check_run(path: Path) -> tuple[str, str | None, dict[str, Any]]:
+    """``(status, reason, meta)`` of a run directory, without loading it.
+
+    ``ok`` when run.json reads and ``model.safetensors`` is complete (its header and the size of
+    the file agree); ``unfinished`` when training has not written the weights yet; ``broken``
+    otherwise. `meta`: model, data, classes and input shape from run.json (empty when unreadable).
+    """
+    try:
+        raw = read_run_json(path)
+    except ConvlensError as e:
+        return "broken", str(e), {}
+    data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
+    meta = {
+        "model": raw["model"]["name"],
+        "data": data.get("name"),
+        "classes": data.get("classes"),
+        "input": data.get("image_shape"),
+        "run_status": raw.get("status"),
+    }
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        state = raw.get("status", "unknown")
+        if state == "failed":
+            why = raw.get("error") or "no reason recorded"
+            return "broken", f"its training failed ({why}) and there is no {WEIGHTS}", meta
+        return (
+            "unfinished",
+            f"its training has not finished (status: {state}); there is no {WEIGHTS} yet",
+            meta,
+        )
+    problem = safetensors_problem(weights)
+    return ("broken", problem, meta) if problem else ("ok", None, meta)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file at a glance (empty, truncated, bad header), or None.
+
+    The format: 8 bytes (little-endian header length N), N bytes of JSON naming each tensor's
+    ``data_offsets`` [begin, end) in the data that follows; the file must reach the largest end.
+    """
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 0 or 8 + n > size:
+                return f"{path.name} is empty or truncated ({size} bytes)"
+            header = json.loads(f.read(n))
+        ends = [
+            int(v["data_offsets"][1])
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict)
+        ]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return f"{path.name} is corrupt: its header is not a safetensors header"
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"{path.name} is truncated: {size} bytes of {need}"
+    return None
 
 
 def from_subject(s: Subject, *, name: str | None = None) -> Served:

@@ -4,6 +4,11 @@ A job is submitted with a key (subject, kind and parameters): asking again for a
 running returns the same job, so a hundred clicks make one computation. Progress is a count of steps
 and a message; :meth:`Job.events` yields a new snapshot whenever it changes (served as server-sent
 events).
+
+Cancelling is cooperative: :meth:`Job.cancel` sets a flag, and the job's next :meth:`Job.report`
+raises :class:`Cancelled` inside the computation, which ends it with status ``cancelled`` (a job
+still queued never starts). The web app cancels a job when asked (``DELETE /api/jobs/{id}``) and
+when the last page following its events goes away.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from typing import Any
 from convlens.errors import ConvlensError
 from convlens.serve.errors import RequestError
 
+FINISHED = ("done", "error", "cancelled")
+
+
+class Cancelled(Exception):
+    """Raised inside a computation whose job was cancelled (at its next progress report)."""
+
 
 @dataclass
 class Progress:
@@ -37,15 +48,39 @@ class Job:
 
     id: str
     kind: str
-    status: str = "queued"  # queued, running, done, error
+    status: str = "queued"  # queued, running, done, error, cancelled
     progress: Progress = field(default_factory=Progress)
     result: Any = None
     error: str | None = None
     version: int = 0  # bumped on every change, so that event streams know when to send
     started: float = field(default_factory=time.monotonic)
+    watchers: int = 0  # event streams following the job
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """Done, failed or cancelled."""
+        return self.status in FINISHED
+
+    @property
+    def cancelling(self) -> bool:
+        """Cancel was asked for (the job stops at its next report)."""
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next progress report (nothing happens to a finished job)."""
+        if not self.finished:
+            self._cancel.set()
+            self.version += 1
 
     def report(self, done: int, total: int, message: str) -> None:
-        """Called by the computation as it advances (from a worker thread)."""
+        """Called by the computation as it advances (from a worker thread).
+
+        Raises:
+            Cancelled: the job was cancelled; the computation ends here.
+        """
+        if self._cancel.is_set():
+            raise Cancelled(f"cancelled at step {self.progress.done} of {self.progress.total}")
         self.progress = Progress(done, total, message)
         self.version += 1
 
@@ -60,13 +95,14 @@ class Job:
             "total": p.total,
             "message": p.message,
             "error": self.error,
+            "cancelling": self.cancelling and not self.finished,
         }
 
     async def events(self, poll: float = 0.05) -> AsyncIterator[dict[str, Any]]:
-        """Snapshots as the job changes, ending with the final one (done or error)."""
+        """Snapshots as the job changes, ending with the final one (done, error or cancelled)."""
         seen = -1
         while True:
-            version, finished = self.version, self.status in ("done", "error")
+            version, finished = self.version, self.finished
             if version != seen:
                 seen = version
                 yield self.snapshot()
@@ -100,9 +136,9 @@ class JobPool:
         """Run `work(job)` in a worker, or return the unfinished job already submitted with `key`."""
         with self._lock:
             running = self._by_key.get(key)
-            if running is not None and running.status in ("queued", "running"):
+            if running is not None and not running.finished and not running.cancelling:
                 return running
-            waiting = sum(j.status in ("queued", "running") for j in self._jobs.values())
+            waiting = sum(not j.finished for j in self._jobs.values())
             if waiting >= self._max_waiting:
                 raise RequestError(f"{waiting} computations are waiting; try again shortly", 429)
             job = Job(id=f"{next(self._ids)}-{key[:12]}", kind=kind)
@@ -128,16 +164,28 @@ class JobPool:
             raise RequestError(f"no job {job_id!r} (finished jobs are kept for a while only)", 404)
         return job
 
+    def cancel(self, job_id: str) -> Job:
+        """Cancel the job with this id (see :meth:`Job.cancel`); return it."""
+        job = self.get(job_id)
+        job.cancel()
+        return job
+
     def shutdown(self) -> None:
-        """Stop taking jobs; running ones finish."""
+        """Stop taking jobs; cancel the running ones (they stop at their next report)."""
+        with self._lock:
+            for job in self._jobs.values():
+                job.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, job: Job, work: Work) -> None:
-        job.status = "running"
-        job.report(0, job.progress.total, "starting")
         try:
+            job.report(0, job.progress.total, "starting")
+            job.status = "running"
             job.result = work(job)
             job.status = "done"
+        except Cancelled:
+            job.status = "cancelled"
+            job.progress = Progress(job.progress.done, job.progress.total, "cancelled")
         except ConvlensError as e:
             job.error, job.status = str(e), "error"
         except Exception as e:  # a failing model must not take the worker down; say what happened
@@ -147,7 +195,7 @@ class JobPool:
     def _forget_old(self) -> None:
         while len(self._jobs) > self._keep:
             old_id, old = next(iter(self._jobs.items()))
-            if old.status in ("queued", "running"):
+            if not old.finished:
                 break
             del self._jobs[old_id]
             for k, j in list(self._by_key.items()):

@@ -8,6 +8,7 @@ bounded LRU); nothing an upload sends is written under a name it chose.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 
@@ -18,6 +19,9 @@ from convlens.serve.errors import RequestError
 from convlens.subjects import Preprocess, images
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Pillow names the file object it could not read: "(cannot identify image file <_io.BytesIO object
+# at 0x7f...>)". An upload has no file name, and the repr means nothing to a person: drop it.
+_OBJECT_REPR = re.compile(r" \([^()]*<[^<>]* object at 0x[0-9a-fA-F]+>[^()]*\)")
 
 
 def decode_image(
@@ -40,7 +44,10 @@ def decode_image(
     try:
         return images.decode_image(data, pre, name="the upload")
     except InputError as e:
-        raise RequestError(str(e)) from None
+        message = _OBJECT_REPR.sub("", str(e))
+        if "not an image" in message:
+            message += "; send an image file (JPEG, PNG, WebP, BMP, GIF or TIFF)"
+        raise RequestError(message) from None
 
 
 class UploadStore:
