@@ -22,11 +22,21 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The folder of real data sets; tests that need it are skipped when it is absent."""
+    """The folder of real data sets; tests that need it are skipped when it is absent, except in
+    CI (``CI`` set to true, as GitHub Actions and most CI services do): there a missing folder is a
+    failure, so that a broken data step cannot turn every data test into a silent skip."""
     root = os.environ.get("CONVLENS_DATA")
     if not root or not Path(root).is_dir():
-        pytest.skip("CONVLENS_DATA is not set to a folder of data sets")
+        why = f"CONVLENS_DATA is not set to a folder of data sets (it is {root!r})"
+        if in_ci():
+            pytest.fail(f"{why}; in CI the data tests must run, not skip", pytrace=False)
+        pytest.skip(why)
     return Path(root)
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (the ``CI`` environment variable is set to a true value)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,72 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "emptyclass" / "dog").mkdir()
     png(root / "img.png")
     (root / "bad.png").write_bytes(b"not an image")
+    _model_and_class_files(root, rng)
     return root
+
+
+def _model_and_class_files(root: Path, rng: np.random.Generator) -> None:
+    """Issue 25's inputs: weights and model files good and bad, class files, image folders, runs
+    of another format."""
+    import json
+    import zipfile
+
+    from convlens import models
+
+    (root / "empty.pt").write_bytes(b"")
+    (root / "garbage.pt").write_bytes(rng.integers(0, 255, 300, dtype=np.uint8).tobytes())
+    (root / "text.safetensors").write_text("hello, I am not weights\n")
+    with zipfile.ZipFile(root / "junk.zip", "w") as z:
+        z.writestr("a.txt", "a zip that is neither TorchScript nor a state dict")
+    torch.save(torch.nn.Linear(2, 2), root / "pickled.pt")  # a whole pickled module
+    torch.manual_seed(0)
+    lenet = models.create("lenet5", in_channels=1).eval()
+    torch.save(lenet.state_dict(), root / "lenet_sd.pt")
+    torch.save(models.create("resnet20").state_dict(), root / "resnet20_sd.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(lenet, torch.zeros(1, 1, 28, 28)).save(str(root / "scripted.pt"))
+    (root / "good.py").write_text(
+        "import sys\nfrom torch import nn\n\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
+        " nn.Linear(4, 2))\n\n"
+        "def bye():\n    sys.exit(3)\n\n"
+        "def boom():\n    raise ValueError('no model today')\n\n"
+        "def number():\n    return 3\n"
+    )
+    (root / "exits.py").write_text("import sys\nsys.exit(0)\ndef build():\n    return None\n")
+    (root / "syntax.py").write_text("def build(:\n    pass\n")
+    (root / "bin.txt").write_bytes(b"\x00\xff\xfe\x89PNG binary")
+    (root / "nul.txt").write_bytes(b"cat\x00dog\n")
+    (root / "latin1.txt").write_bytes(b"caf\xe9\nth\xe9\n")
+    (root / "empty.txt").write_text("")
+    (root / "blank.txt").write_text("  \n\n\t\n")
+    (root / "badjson.txt").write_text("[1, 2")
+    (root / "dictjson.txt").write_text('[{"name": "cat"}]')
+    (root / "two.txt").write_text("a\nb\n")
+    (root / "three.txt").write_text("a\nb\nc\n")
+    (root / "ten.txt").write_text("\n".join(f"kind {i}" for i in range(10)) + "\n")
+    (root / "flatdir").mkdir()  # images with no class folders
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+            root / "flatdir" / f"{i}.png"
+        )
+    (root / "nonimg" / "a").mkdir(parents=True)
+    (root / "nonimg" / "a" / "notes.txt").write_text("no images here\n")
+    for c in ("a", "b"):
+        (root / "grey28" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(
+                root / "grey28" / c / f"{i}.png"
+            )
+    for name, fmt in (("run99", 99), ("runfmt", "x")):
+        shutil.copytree(root / RUN, root / name)
+        raw = json.loads((root / name / "run.json").read_text())
+        raw["format"] = fmt
+        (root / name / "run.json").write_text(json.dumps(raw))
 
 
 RUN = "run"
@@ -244,6 +309,152 @@ BAD_CLI: list[tuple[list[str], int, str]] = [
     (["explain", "stack", "--depth", "0"], 1, "--depth must be a positive"),
 ]
 
+# Issue 25: model files, class files, image folders, empty paths, run formats, experiments. Each
+# fails before any work with one `error:` line.
+_M = ["report", "--model"]  # report opens the subject before writing anything
+BAD_CLI_25: list[tuple[list[str], int, str]] = [
+    # -- model and weights files
+    ([*_M, "empty.pt"], 1, "empty.pt is empty (0 bytes)"),
+    (["visualize", "--model", "empty.pt", "filters"], 1, "empty.pt is empty"),
+    (["evaluate", "--model", "empty.pt", "--images", "oneclass"], 1, "empty.pt is empty"),
+    ([*_M, "lenet5", "--weights", "empty.pt"], 1, "empty.pt is empty"),
+    (["visualize", "--model", "lenet5", "--weights", "empty.pt", "filters"], 1, "is empty"),
+    ([*_M, "torchvision:resnet18", "--weights", "empty.pt"], 1, "empty.pt is empty"),
+    ([*_M, "resnet20", "--weights", "empty.pt"], 1, "empty.pt is empty"),
+    ([*_M, "garbage.pt"], 1, "garbage.pt is truncated or corrupt"),
+    ([*_M, "lenet5", "--weights", "garbage.pt"], 1, "garbage.pt is truncated or corrupt"),
+    ([*_M, "text.safetensors"], 1, "text.safetensors is truncated or corrupt"),
+    ([*_M, "lenet5", "--weights", "text.safetensors"], 1, "is truncated or corrupt"),
+    ([*_M, "junk.zip"], 1, "junk.zip is truncated or corrupt"),
+    ([*_M, "lenet5", "--weights", "junk.zip"], 1, "junk.zip is truncated or corrupt"),
+    ([*_M, "pickled.pt"], 1, "holds a whole pickled model"),
+    ([*_M, "lenet5", "--weights", "pickled.pt"], 1, "holds a whole pickled model"),
+    ([*_M, "lenet_sd.pt"], 1, "holds weights but no architecture"),
+    ([*_M, "resnet20", "--weights", "lenet_sd.pt"], 1, "does not hold weights of resnet20"),
+    ([*_M, "lenet5", "--weights", "resnet20_sd.pt"], 1, "does not hold weights of lenet5"),
+    ([*_M, "scripted.pt", "--weights", "lenet_sd.pt"], 1, "TorchScript file with its own"),
+    ([*_M, "lenet5", "--weights", "scripted.pt"], 1, "scripted.pt is a TorchScript file"),
+    ([*_M, "scripted.pt"], 1, "1x224x224 was a guess (no --images); pass --images"),
+    ([*_M, "scripted.pt", "--images", "oneclass"], 1, "does not say its input size"),
+    ([*_M, "lenet5", "--weights", "missing.pt"], 1, "no weights file at missing.pt"),
+    ([*_M, "lenet5", "--weights", "dir"], 1, "no weights file at dir"),
+    ([*_M, "file.txt"], 1, "file.txt is truncated or corrupt"),
+    ([*_M, "good.py"], 1, "good.py is Python code: name the function"),
+    (["visualize", "--model", "good.py", "filters"], 1, "--model good.py:build"),
+    (["evaluate", "--model", "good.py", "--images", "oneclass"], 1, "good.py is Python code"),
+    ([*_M, "good.py:bye"], 1, "good.py:bye called sys.exit(3)"),
+    ([*_M, "good.py:boom"], 1, "good.py:boom raised ValueError: no model today (good.py:"),
+    ([*_M, "good.py:nosuch"], 1, "good.py has no function 'nosuch'"),
+    ([*_M, "good.py:number"], 1, "good.py:number returned int"),
+    ([*_M, "exits.py:build"], 1, "importing exits.py called sys.exit(0)"),
+    ([*_M, "syntax.py:build"], 1, "importing syntax.py raised SyntaxError"),
+    ([*_M, "missing.py:build"], 1, "no Python file at missing.py"),
+    ([*_M, "no_such_module_xyz:build"], 1, "no Python module 'no_such_module_xyz'"),
+    ([*_M, "torchvision:resnet_nope"], 1, "torchvision has no classification model"),
+    ([*_M, "torchvision:resnet18", "--weights", "NOPE"], 1, "has no weights 'NOPE'"),
+    ([*_M, "timm:no_such_timm_model"], 1, "timm"),
+    ([*_M, "lenet6"], 1, "'lenet6' is not a run directory, a file, or a model name"),
+    ([*_M, RUN, "--weights", "lenet_sd.pt"], 1, "is a run directory with its own weights"),
+    # -- class-name files
+    ([*_M, "lenet5", "--classes", "bin.txt"], 1, "bin.txt is not a text file"),
+    ([*_M, "lenet5", "--classes", "latin1.txt"], 1, "latin1.txt is not a text file"),
+    ([*_M, "lenet5", "--classes", "nul.txt"], 1, "nul.txt is a binary file"),
+    ([*_M, "lenet5", "--classes", "empty.txt"], 1, "empty.txt holds no class names"),
+    ([*_M, "lenet5", "--classes", "blank.txt"], 1, "blank.txt holds no class names"),
+    ([*_M, "lenet5", "--classes", "badjson.txt"], 1, "starts like JSON but is not valid JSON"),
+    ([*_M, "lenet5", "--classes", "dictjson.txt"], 1, "must hold a JSON list of names"),
+    ([*_M, "lenet5", "--classes", "missing.txt"], 1, "no class names file at missing.txt"),
+    ([*_M, "lenet5", "--classes", "dir"], 1, "no class names file at dir"),
+    ([*_M, "good.py:build", "--classes", "three.txt"], 1, "names 3 classes but the model has 2"),
+    (["visualize", "--model", "lenet5", "--classes", "bin.txt", "filters"], 1, "not a text file"),
+    (["evaluate", RUN, "--classes", "bin.txt"], 1, "bin.txt is not a text file"),
+    (["evaluate", RUN, "--classes", "two.txt"], 1, "names 2 classes but the run has 10 outputs"),
+    (["evaluate", RUN, "--classes", "empty.txt"], 1, "holds no class names"),
+    (["evaluate", RUN, "--classes", "missing.txt"], 1, "no class names file at missing.txt"),
+    (["evaluate", "--model", "lenet5", "--images", "oneclass", "--classes", "nul.txt"], 1,
+     "binary file"),
+    # -- image folders as data sets
+    (["datasets", "folder:missing"], 1, "no folder at"),
+    (["datasets", "folder:/nonexistent/deeper"], 1, "no folder at /nonexistent/deeper"),
+    (["datasets", "folder:dir"], 1, "holds no class folders"),
+    (["datasets", "folder:flatdir"], 1, "(3 images lie in it directly"),
+    (["datasets", "folder:nonimg"], 1, "holds no images"),
+    (["datasets", "folder:file.txt"], 1, "file.txt is a file, not a folder"),
+    (["datasets", "folder:"], 1, "folder: needs a path"),
+    (["datasets", "folder:   "], 1, "folder: needs a path"),
+    (["datasets", "sample", "folder:missing"], 1, "1 of the data sets named cannot be read"),
+    (["datasets", "nosuchdata"], 1, "unknown data set 'nosuchdata'"),
+    (["train", "lenet5", "--data", "folder:", "--out", "newrun"], 1, "folder: needs a path"),
+    (["train", "lenet5", "--data", "folder:flatdir", "--out", "newrun"], 1, "lie in it directly"),
+    (["train", "lenet5", "--data", "folder:file.txt", "--out", "newrun"], 1, "is a file"),
+    (["evaluate", RUN, "--data", "folder:nonimg"], 1, "holds no images"),
+    # -- empty paths: never the current folder
+    (["train", "lenet5", "--out", ""], 2, "--out is empty; give a path"),
+    (["train", "lenet5", "--out="], 2, "--out is empty"),
+    (["train", "lenet5", "--data-dir", "", "--out", "newrun"], 2, "--data-dir is empty"),
+    (["visualize", RUN, "filters", "--out", ""], 2, "--out is empty"),
+    (["report", RUN, "--out", ""], 2, "--out is empty"),
+    (["report", RUN, "-o", ""], 2, "-o is empty"),
+    (["demo", "--out", ""], 2, "--out is empty"),
+    (["summary", "lenet5", "--output", ""], 2, "--output is empty"),
+    (["evaluate", RUN, "--data-dir", ""], 2, "--data-dir is empty"),
+    (["evaluate", RUN, "--classes", ""], 2, "--classes is empty"),
+    ([*_M, "lenet5", "--images", ""], 2, "--images is empty"),
+    (["experiment", "stack", "--out", ""], 2, "--out is empty"),
+    # -- run directories of another format
+    (["evaluate", "run99"], 1, "run99/run.json has format 99; this convlens"),
+    (["report", "run99"], 1, "written by a newer convlens: upgrade convlens"),
+    (["visualize", "run99", "filters"], 1, "has format 99"),
+    (["train", "lenet5", "--out", "run99", "--resume"], 1, "has format 99"),
+    (["evaluate", "runfmt"], 1, "runfmt/run.json has format 'x'"),
+    # -- subject options that do not go together
+    (["evaluate", RUN, "--model", "lenet5"], 2, "give RUN_DIR (run) or --model (lenet5), not both"),
+    (["report", "--weights", "lenet_sd.pt"], 2, "Missing argument 'RUN_DIR'"),
+    (["report", RUN, "--weights", "lenet_sd.pt"], 2, "--weights goes with --model"),
+    (["visualize", "--model", "lenet5"], 2, "Missing argument 'METHOD'"),
+    (["evaluate", "--model", "lenet5"], 1, "--model needs --images"),
+    (["evaluate", "--model", "lenet5", "--images", "oneclass", "--tta", "flip"], 1,
+     "--data and --tta apply to a run's own data set"),
+    # -- no command at all
+    ([], 2, "name a command"),
+    # -- experiments: refused before anything is trained or written
+    (["experiment", "bogus"], 1, "unknown experiment 'bogus'"),
+    (["experiment", "stack", "--budget", "huge"], 1, "unknown budget 'huge'"),
+    (["experiment", "stack", "--depths", "20,56"], 1, "--depths applies to the degradation"),
+    (["experiment", "degradation", "--depths", "x"], 1, "--depths takes two depths"),
+    (["experiment", "degradation", "--depths", "20"], 1, "takes two depths, shallow then deep"),
+    (["experiment", "stack", "--report", "missing"], 1, "missing is not an experiment directory"),
+    (["experiment", "stack", "--report", "dir"], 1, "dir is not an experiment directory"),
+    (["experiment", "stack", "--report", "file.txt"], 1, "is not an experiment directory"),
+    (["experiment"], 2, "Missing argument"),
+]
+BAD_CLI += BAD_CLI_25
+
+# `serve` options refused before the server starts (the server itself is stubbed to fail loudly).
+SERVE_BAD: list[tuple[list[str], int]] = [
+    (["serve"], 1),
+    (["serve", "missing"], 1),
+    (["serve", "file.txt"], 1),
+    (["serve", "dir"], 1),
+    (["serve", RUN, "--port", "70000"], 2),
+    (["serve", RUN, "--port", "-1"], 2),
+    (["serve", RUN, "--port", "x"], 2),
+    (["serve", "--model", "empty.pt"], 1),
+    (["serve", "--model", "garbage.pt"], 1),
+    (["serve", "--model", "pickled.pt"], 1),
+    (["serve", "--model", "good.py"], 1),
+    (["serve", "--model", "good.py:bye"], 1),
+    (["serve", "--model", "good.py:boom"], 1),
+    (["serve", "--model", "lenet5", "--classes", "bin.txt"], 1),
+    (["serve", "--model", "lenet5", "--classes", "empty.txt"], 1),
+    (["serve", "--model", "lenet5", "--images", "missing"], 1),
+    (["serve", "--model", "torchvision:resnet_nope"], 1),
+    (["serve", "--model", "lenet6"], 1),
+    (["serve", "--model", "lenet5", "--weights", "empty.pt"], 1),
+    (["serve", "--model", "resnet20", "--weights", "lenet_sd.pt"], 1),
+    (["serve", "--model", "scripted.pt"], 1),
+]
+
 # Unusual but valid: exit 0, and only the named output appears.
 GOOD_CLI: list[tuple[list[str], str | None]] = [
     (["--help"], None),
@@ -292,7 +503,7 @@ def test_bad_cli(
     assert code == status, err
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note:")]
     assert lines, "no message"
-    if status == 1 or (argv[0] == "visualize" and "does not apply" in first):
+    if status == 1 or (argv[:1] == ["visualize"] and "does not apply" in first):
         assert lines[0].startswith("error: ")
     assert first in lines[0]
     assert changed(before, snapshot(ws)) == []
@@ -317,6 +528,101 @@ def test_unusual_but_valid_cli(
     if output is not None:
         assert (ws / output).exists()
         shutil.rmtree(ws / output) if (ws / output).is_dir() else (ws / output).unlink()
+
+
+@pytest.mark.parametrize(("argv", "status"), SERVE_BAD, ids=[" ".join(c[0]) for c in SERVE_BAD])
+def test_serve_refuses_before_it_starts(
+    ws: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    status: int,
+) -> None:
+    import uvicorn
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the server started for {argv}")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    monkeypatch.setattr(uvicorn.Server, "serve", started)
+    monkeypatch.chdir(ws)
+    before = snapshot(ws)
+    code, out, err = run_cli(capsys, argv)
+    assert "Traceback" not in out + err
+    assert code == status, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "serving" not in out + err and "http://" not in out
+    assert changed(before, snapshot(ws)) == []
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam", "guided-backprop", "activations"])
+def test_torchscript_methods_needing_hooks_are_one_line(
+    ws: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+) -> None:
+    monkeypatch.chdir(ws)
+    argv = ["visualize", "--model", "scripted.pt", method, "--images", "grey28", "--out"]
+    code, out, err = run_cli(capsys, [*argv, str(tmp_path / "v")])
+    assert "Traceback" not in out + err
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note:")]
+    assert lines == [lines[0]] and "TorchScript" in lines[0] and lines[0].startswith("error: ")
+
+
+def test_torchscript_saliency_runs(
+    ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(ws)
+    argv = ["visualize", "--model", "scripted.pt", "saliency", "--images", "grey28", "--out"]
+    code, _, err = run_cli(capsys, [*argv, str(tmp_path / "v")])
+    assert code == 0, err
+    assert (tmp_path / "v" / "saliency.png").is_file()
+
+
+def test_evaluate_classes_names_the_rows(
+    ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    monkeypatch.chdir(ws)
+    code, out, err = run_cli(capsys, ["evaluate", RUN, "--classes", "ten.txt", "--limit", "20",
+                                      "--json", "--device", "cpu"])  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["classes"] == [f"kind {i}" for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "hint"), [("lenet5", "--weights FILE"), ("torchvision:alexnet", "--weights DEFAULT")]
+)
+def test_random_weights_are_said(
+    ws: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    spec: str,
+    hint: str,
+) -> None:
+    monkeypatch.chdir(ws)
+    argv = ["visualize", "--model", spec, "filters", "--out", str(tmp_path / "v")]
+    code, _, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert f"note: {spec} has random weights (no --weights given)" in err and hint in err
+
+
+def test_device_defaults_to_auto() -> None:
+    import typer
+
+    from convlens.cli.main import app
+
+    root = typer.main.get_command(app)
+    for name in ("report", "visualize", "evaluate"):
+        device = next(p for p in root.commands[name].params if p.name == "device")  # type: ignore[attr-defined]
+        assert device.default == "auto", name
 
 
 def test_evaluate_sample_run_on_fashion_mnist_says_it_overlaps(
@@ -415,6 +721,7 @@ def test_dataset_repr_is_short() -> None:
 
 def test_corpus_is_large_enough() -> None:
     assert len(BAD_CLI) + len(GOOD_CLI) + len(API) >= 150
+    assert len(BAD_CLI_25) + len(SERVE_BAD) >= 80  # issue 25's own cases
 
 
 @pytest.mark.parametrize(

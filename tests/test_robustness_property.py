@@ -157,3 +157,109 @@ def test_any_options_end_in_0_1_or_2(ws: Path, name: str, cmd: Any) -> None:
         assert "Traceback" not in text, (argv, text)
 
     check()
+
+
+# ---- past the option checks: the commands' work on small inputs -----------------------------------
+# A real tiny run, real images (good, wrong channels, not an image), class files and image folders:
+# the drawn commands get as far as evaluating, attributing, occluding and describing data sets.
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    from robustness_helpers import train_tiny
+
+    root = tmp_path_factory.mktemp("work")
+    train_tiny(root / "run")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / "digit.png")
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(root / "photo.png")
+    (root / "bad.png").write_bytes(b"\x89PNG not really")
+    (root / "ten.txt").write_text("\n".join(f"k{i}" for i in range(10)))
+    (root / "two.txt").write_text("a\nb\n")
+    (root / "bin.txt").write_bytes(b"\x00\xff\xfe")
+    (root / "empty.pt").write_bytes(b"")
+    for c in ("cat", "dog"):
+        (root / "pets" / c).mkdir(parents=True)
+        for i in range(5):
+            size = (20 + i, 24) if c == "cat" else (28, 28)
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+                root / "pets" / c / f"{i}.png"
+            )
+    (root / "flat").mkdir()
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "flat" / "a.png")
+    return root
+
+
+_IMAGE = st.sampled_from(["digit.png", "photo.png", "bad.png", "missing.png", "pets/cat/0.png"])
+_METHODS = ["filters", "activations", "saliency", "guided-backprop", "gradcam", "guided-gradcam",
+            "occlusion", "erf"]  # fmt: skip
+_LAYERS = ["conv1", "conv2", "conv3", "pool1", "bogus", "fc1"]
+
+
+@st.composite
+def _work_argv(draw: Any, command: str) -> list[str]:
+    maybe = st.booleans()
+    if command == "evaluate":
+        argv = ["evaluate", draw(st.sampled_from(["run", "run", "run", "empty.pt"]))]
+        if draw(maybe):
+            argv += ["--limit", str(draw(st.integers(1, 40)))]
+        else:
+            argv += ["--limit", "8"]
+        for flag, values in (("--split", ["test", "train"]), ("--tta", ["none", "flip"]),
+                             ("--classes", ["ten.txt", "two.txt", "bin.txt", "missing.txt"]),
+                             ("--device", ["cpu", "auto"])):  # fmt: skip
+            if draw(maybe):
+                argv += [flag, draw(st.sampled_from(values))]
+        return argv + (["--json"] if draw(maybe) else [])
+    if command == "visualize":
+        method = draw(st.sampled_from(_METHODS))
+        if draw(st.integers(0, 3)) == 0:  # any model with images, instead of the run
+            argv = ["visualize", "--model", draw(st.sampled_from(["lenet5", "empty.pt"])),
+                    method, "--images", draw(st.sampled_from(["pets", "flat", "digit.png"]))]  # fmt: skip
+        else:
+            argv = ["visualize", "run", method]
+        argv += ["--out", "out", "--device", "cpu"]
+        if method in ("saliency", "guided-backprop", "gradcam", "guided-gradcam", "occlusion"):
+            if draw(maybe):
+                argv += ["--image", draw(_IMAGE)]
+            if draw(maybe):
+                argv += ["--target", str(draw(st.sampled_from([0, 3, 9, 10, 1000])))]
+        if method in ("filters", "activations", "gradcam", "guided-gradcam", "erf") and draw(maybe):
+            argv += ["--layer", draw(st.sampled_from(_LAYERS))]
+        if method == "occlusion":
+            argv += ["--window", str(draw(st.integers(1, 40)))]
+            argv += ["--stride", str(draw(st.integers(1, 40)))]
+        if method in ("filters", "activations", "erf") and draw(maybe):
+            argv += ["--count", str(draw(st.integers(1, 4)))]
+        return argv
+    names = ["sample", "folder:pets", "folder:flat", "folder:", "folder:missing", "folder:ten.txt"]
+    return ["datasets", *draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "visualize", "datasets"])
+def test_commands_at_work_end_in_0_1_or_2(work: Path, command: str) -> None:
+    @settings(
+        max_examples=SCALE * (12 if command == "visualize" else 8),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(argv=_work_argv(command))
+    def check(argv: list[str]) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        with (
+            contextlib.chdir(work),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            code = main(argv)
+        text = out.getvalue() + err.getvalue()
+        assert code in (0, 1, 2), (argv, text)
+        assert "Traceback" not in text, (argv, text)
+        if code == 1:  # a refusal is one line that says why
+            assert "error: " in err.getvalue(), (argv, text)
+
+    check()

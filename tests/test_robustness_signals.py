@@ -9,8 +9,10 @@ the second is refused with the first one's PID.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -151,3 +153,23 @@ def test_interrupted_commands_write_nothing_half_done(
     if (tmp_path / "vis").exists():  # figures written before the signal are whole PNGs
         for png in (tmp_path / "vis").glob("*.png"):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "1 error"), ("", "1 skipped")])
+def test_data_tests_fail_in_ci_when_the_data_is_missing(
+    tmp_path: Path, ci: str, outcome: str
+) -> None:
+    """In CI a missing data folder fails the tests that need it; on a laptop they are skipped."""
+    (tmp_path / "test_needs_data.py").write_text("def test_x(data_root):\n    pass\n")
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env["PYTHONPATH"]
+    env.update(CI=ci, CONVLENS_DATA=str(tmp_path / "no-data-here"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+         str(tmp_path / "test_needs_data.py")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert outcome in done.stdout, done.stdout + done.stderr
+    assert done.returncode == (1 if ci else 0), done.stdout  # a setup failure fails the run
+    if ci:
+        assert "in CI the data tests must run" in done.stdout

@@ -148,3 +148,33 @@ def positive(value: int | float | None, option: str) -> None:
     """Numbers that count something (images, epochs, steps) must be at least 1."""
     if value is not None and value < 1:
         raise ConvlensError(f"{option} must be at least 1, not {value}")
+
+
+def empty_path_option(root: object, argv: list[str]) -> str | None:
+    """The first path option given an empty value (``--out ""``, ``--out=``) in `argv`, else None.
+
+    An empty path would become ``Path("")`` == ``Path(".")``: the current folder, which nobody
+    asked for (a run written into it, a listing of it). `root` is the program's command tree; the
+    command is found by walking its sub-command names, and its options by their declared type.
+    """
+    from pathlib import Path as _Path
+
+    cmd: object = root
+    options: dict[str, object] = {}
+    for i, token in enumerate(argv):
+        sub = getattr(cmd, "commands", None)
+        if isinstance(sub, dict) and token in sub:
+            cmd = sub[token]
+            options = {o: p for p in getattr(cmd, "params", []) for o in getattr(p, "opts", [])}
+            continue
+        name, eq, value = token.partition("=")
+        if eq and name in options and value == "":
+            param = options[name]
+        elif token in options and i + 1 < len(argv) and argv[i + 1] == "":
+            param, name = options[token], token
+        else:
+            continue
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        if _Path in (annotation, *getattr(annotation, "__args__", ())):
+            return name
+    return None

@@ -69,12 +69,22 @@ def datasets(
         shape = "x".join(map(str, info.image_shape)) if info.image_shape else "-"
         table.add_row(info.name, where, *sizes, shape, _classes(info.classes))
     console = Console()
+    broken = [i for i in infos if i.error and names]
+    if broken and len(infos) == 1:  # the one data set asked about: its reason is the whole answer
+        info = broken[0]
+        said = info.name.startswith("folder:")  # the message names the folder already
+        raise ConvlensError(info.error if said else f"{info.name}: {info.error}")
     console.print(table)
     if any(i.found is None for i in infos):
         console.print(
             "Point convlens at your files with --data-dir DIR or CONVLENS_DATA=DIR (DIR holds <name>/), "
             "or fetch them with --download.",
             highlight=False,
+        )
+    if broken:  # named, and unreadable: listed above, and the exit status says so
+        raise ConvlensError(
+            f"{len(broken)} of the data sets named cannot be read: "
+            + "; ".join(f"{i.name}: {i.error}" for i in broken)
         )
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from convlens import __version__, interrupts
 from convlens.cli import (
     anatomy_cmds,
+    checks,
     data_cmds,
     experiment_cmds,
     index_cmds,
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     0 success, 1 error, 2 usage error, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     try:
+        given = list(argv) if argv is not None else sys.argv[1:]
+        empty = checks.empty_path_option(typer.main.get_command(app), given)
+        if empty is not None:
+            raise UsageError(f"{empty} is empty; give a path (. for the current folder)")
         with handle_signals(), _warnings_as_notes():
             status = app(args=argv, prog_name="convlens", standalone_mode=False)
         # Typer returns 130 for a KeyboardInterrupt, without it: it is kept by the handler.
@@ -165,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, _CLICK_ERROR):  # a usage error: unknown option, bad value (exit 2)
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False)
+            # No command at all: click prints the help, then raises with no message.
+            message = e.format_message() or "name a command; they are listed above"
+            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False)
             return int(e.exit_code)
         if isinstance(e, OSError):  # a file system refusal the checks could not foresee
             err_console.print(

@@ -128,7 +128,9 @@ def register(app: typer.Typer) -> None:
         data_dir: Path | None = typer.Option(
             None, "--data-dir", help="Where the run's data set lives, if not where it was trained."
         ),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        device: str = typer.Option(
+            "auto", "--device", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+        ),
         model: str | None = so.model_option(),
         weights: str | None = so.weights_option(),
         images: Path | None = so.images_option(),

@@ -222,7 +222,9 @@ def evaluate(
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the data sets."),
     split: str = typer.Option("test", "--split", help="test or train."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+    ),
     limit: int | None = typer.Option(
         None, "--limit", min=1, help="Only N images (as train's --limit-test)."
     ),
@@ -247,7 +249,10 @@ def evaluate(
         from convlens.train import evaluate as run_evaluate
         from convlens.train.run_dir import read_run_json
 
-        read_run_json(run_dir)  # a missing or foreign folder fails before the device is touched
+        raw = read_run_json(
+            run_dir
+        )  # a missing or foreign folder fails before the device is touched
+        names = _class_names_for(classes, raw["data"].get("classes") or [])
         who = str(run_dir)
         ev = run_evaluate(
             run_dir,
@@ -258,6 +263,8 @@ def evaluate(
             limit=limit,
             tta=tta,
         )
+        if names is not None:  # --classes renames the run's classes in what is printed
+            ev.classes = names
     else:
         from convlens.index.evaluate import evaluate_folder
 
@@ -309,6 +316,20 @@ def evaluate(
         cells = (f"[bold]{v}[/]" if i == j else str(v) for j, v in enumerate(row))
         cm.add_row(f"{i} {ev.classes[i]}", *cells)
     console.print(cm)
+
+
+def _class_names_for(classes: Path | None, own: list[str]) -> list[str] | None:
+    """The names of `--classes` for a run whose classes are `own`; the count must match."""
+    if classes is None:
+        return None
+    from convlens.subjects.open import read_class_names
+
+    names = read_class_names(classes)
+    if own and len(names) != len(own):
+        raise ConvlensError(
+            f"{classes} names {len(names)} classes but the run has {len(own)} outputs"
+        )
+    return names
 
 
 def register(app: typer.Typer) -> None:

@@ -55,7 +55,7 @@ class VisualizeRequest:
     precision: str = "auto"
     objective: str | None = None
     save_data: bool = False
-    device: str = "cpu"
+    device: str = "auto"
     seed: int = 0
     data_dir: Path | None = None
     model: str | None = None
@@ -281,7 +281,9 @@ def register(app: typer.Typer) -> None:
             help="actmax: auto (float32, as fp32) or bf16 (autocast; faster where bf16 units exist).",
         ),
         save_data: bool = typer.Option(False, help="Also write the raw numbers (.npy / .json)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        device: str = typer.Option(
+            "auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+        ),
         seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Random seed."),
         data_dir: Path | None = typer.Option(None, help="Where the run's data set lives."),
         model: str | None = so.model_option(),
@@ -325,5 +327,6 @@ def register(app: typer.Typer) -> None:
             read_run_json(req.run_dir)
         checks.input_dir(data_dir, "--data-dir")
         req.device = checks.device(device)
+        _ = req.subject  # opened (or refused) before the output folder is made
         for p in run_method(req):
             typer.echo(str(p))

@@ -227,7 +227,12 @@ def describe(name: str, root: Root = None) -> DatasetInfo:
 def _describe_folder(name: str) -> DatasetInfo:
     from convlens.data.folder import plan_folder
 
-    path = Path(name[len("folder:") :]).expanduser()
+    text = name[len("folder:") :].strip()
+    if not text:  # not the current directory: a path the user forgot
+        return DatasetInfo(
+            name, None, [], {}, None, [], "folder: needs a path, e.g. folder:~/pictures/pets"
+        )
+    path = Path(text).expanduser()
     try:
         with warnings.catch_warnings():  # listing: the notices are for loading
             warnings.simplefilter("ignore")

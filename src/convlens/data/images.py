@@ -155,6 +155,11 @@ def scan_folder(root: Path) -> ImageTree:
     Raises:
         ConvlensError: no such folder, no class folders, or no images at all.
     """
+    if root.exists() and not root.is_dir():
+        raise ConvlensError(
+            f"{root} is a file, not a folder; folder:PATH needs an ImageFolder tree "
+            "PATH/<class>/<image>"
+        )
     if not root.is_dir():
         raise ConvlensError(
             f"no folder at {root}; folder:PATH needs an ImageFolder tree PATH/<class>/<image>"
@@ -179,9 +184,13 @@ def scan_folder(root: Path) -> ImageTree:
         classes = [p.name for p in _class_dirs(tree_root)]
         splits = {"all": _scan_class_dirs(tree_root, classes, skipped)}
     if not classes:
+        loose = sum(
+            1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        flat = f" ({loose} images lie in it directly: put each in a folder named by its class)"
         raise ConvlensError(
-            f"{root} holds no class folders; an ImageFolder tree is PATH/<class>/<image> "
-            "(or PATH/train/<class>/<image> and PATH/test/<class>/<image>)"
+            f"{root} holds no class folders{flat if loose else ''}; an ImageFolder tree is "
+            "PATH/<class>/<image> (or PATH/train/<class>/<image> and PATH/test/<class>/<image>)"
         )
     if not any(splits.values()):
         raise ConvlensError(

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.inspect.attribution import model_input
 from convlens.models.hooks import capture, evaluating, get_layer, model_device
-from convlens.validate import check_images
 
 # The layers that make a "conv/pool stage" of a CNN.
 STAGE_TYPES: tuple[type[nn.Module], ...] = (
@@ -64,7 +64,7 @@ def activations(
         `(N, D)` is given as `(N, D, 1, 1)`. Outputs are copied when recorded, so in-place ops that follow (e.g.
         `ReLU(inplace=True)`) do not change them.
     """
-    x = check_images(images).to(model_device(model))
+    x = model_input(model, images).to(model_device(model))
     if layers is None:
         wanted = [n for n, m in model.named_modules() if n and isinstance(m, STAGE_TYPES)]
     else:

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.models.hooks import evaluating, get_layer
+from convlens.models.hooks import evaluating, get_layer, require_hooks
 from convlens.models.interface import default_layer
 from convlens.validate import check_images
 
-__all__ = ["grad_cam", "guided_backprop", "guided_grad_cam", "saliency"]
+__all__ = ["grad_cam", "guided_backprop", "guided_grad_cam", "model_input", "saliency"]
 
 Target = int | torch.Tensor | list[int] | None
 
@@ -50,6 +50,37 @@ def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
             f"target class {t.tolist()} out of range: the model has {K} classes (0-{K - 1})"
         )
     return t
+
+
+def model_input(model: nn.Module, images: Any, name: str = "images") -> torch.Tensor:
+    """The check every method makes on the images it is given, and the one cast it allows.
+
+    ``(N, C, H, W)`` normalised floats (:func:`convlens.validate.check_images`: uint8, NaN, a NumPy
+    array or one unbatched image are an :class:`~convlens.errors.InputError` saying how to fix
+    it); as many channels as the model's first convolution takes (an ``InputError`` too, whatever
+    the method); float64 or float16 images are cast to the model's own float type, so a method
+    answers instead of failing inside torch with a dtype error.
+    """
+    check_images(images, name=name, channels=input_channels(model))
+    p = next((t for t in model.parameters() if t.is_floating_point()), None)
+    if p is not None and images.dtype != p.dtype:
+        images = images.to(p.dtype)
+    return images
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """The channels the model's first convolution takes; None when there is none to read.
+
+    TorchScript hides the module types: there, the first 4-D weight tells.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    if isinstance(model, torch.jit.ScriptModule):
+        for t in model.parameters():
+            if t.ndim == 4:
+                return int(t.shape[1])
+    return None
 
 
 def _score(model: nn.Module, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +106,7 @@ def saliency(model: nn.Module, images: torch.Tensor, target: Target = None) -> t
     The absolute gradient of the target's logit with respect to each input pixel, maximised over
     channels: `(N, H, W)`. Equals ``Saliency(model).attribute(x, target, abs=True).amax(1)``.
     """
-    check_images(images)
+    images = model_input(model, images)
     with evaluating(model):
         return _input_grad(model, images, target).abs().amax(dim=1)
 
@@ -120,7 +151,8 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target = Non
     The gradient of the target's logit with respect to the input, where every ``nn.ReLU`` module
     passes back only positive gradients through its open units. Equals Captum's ``GuidedBackprop``.
     """
-    check_images(images)
+    images = model_input(model, images)
+    require_hooks(model, "guided backpropagation")
     with evaluating(model), _guided_relus(model):
         return _input_grad(model, images, target)
 
@@ -172,7 +204,8 @@ def grad_cam(
     ``LayerGradCam(model, layer).attribute(x, target, relu_attributions=True)`` followed by
     ``LayerAttribution.interpolate(..., "bilinear")``.
     """
-    check_images(images)
+    images = model_input(model, images)
+    require_hooks(model, "Grad-CAM")
     with evaluating(model):
         layer = layer or default_layer(model, _shape(images))
         cam = _layer_cam(model, images, target, layer)
@@ -188,7 +221,8 @@ def guided_grad_cam(
 
     Equals Captum's ``GuidedGradCam(model, layer).attribute(x, target)``.
     """
-    check_images(images)
+    images = model_input(model, images)
+    require_hooks(model, "guided Grad-CAM")
     with evaluating(model):
         layer = layer or default_layer(model, _shape(images))
         cam = _layer_cam(model, images, target, layer)

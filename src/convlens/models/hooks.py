@@ -25,6 +25,27 @@ from torch import nn
 from convlens.errors import ConvlensError, did_you_mean
 
 
+class HooksUnsupported(ConvlensError):
+    """A method that reads or changes a layer's output (hooks) asked of a TorchScript model."""
+
+
+def require_hooks(model: nn.Module, what: str) -> None:
+    """Refuse, in one line, a method that needs hooks on a model that cannot take them.
+
+    TorchScript modules (``torch.jit.script`` / ``trace``) refuse ``register_forward_hook``;
+    methods that only run the model (saliency, occlusion) still apply to them.
+
+    Raises:
+        HooksUnsupported: `model` is a TorchScript module.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise HooksUnsupported(
+            f"{what} needs hooks on the model's layers, which a TorchScript model does not allow "
+            "(no hooks on ScriptModules): saliency and occlusion apply to it; for this method "
+            "pass the Python module (file.py:build_fn)"
+        )
+
+
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called `name` in `model.named_modules()`; a clear error listing valid names if none."""
     modules = dict(model.named_modules())
@@ -56,6 +77,7 @@ def capture(
         clone: store a copy, so that a later in-place op (VGG's `ReLU(inplace=True)` after a conv)
             cannot change the recorded output.
     """
+    require_hooks(model, "reading a layer's output")
     outputs: dict[str, torch.Tensor] = {}
     handles = []
     try:
@@ -105,6 +127,7 @@ def truncated_forward(
     """
     if layer is None:
         return model(x)
+    require_hooks(model, "running a model up to a layer")
     module = get_layer(model, layer) if isinstance(layer, str) else layer
     result: list[torch.Tensor] = []
 

@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.models.hooks import capture, evaluating, model_device, model_dtype, truncated_forward
+from convlens.models.hooks import (
+    capture,
+    evaluating,
+    model_device,
+    model_dtype,
+    require_hooks,
+    truncated_forward,
+)
 
 
 class ConvNet(nn.Module):
@@ -83,6 +90,7 @@ def classifier(model: nn.Module) -> nn.Module:
     convs = list(conv_layers(model).values())
     if convs:
         return convs[-1]
+    require_hooks(model, "a method that reads the features before the classifier")
     raise ConvlensError(f"{type(model).__name__} has no linear or convolutional final layer")
 
 
@@ -152,6 +160,8 @@ def default_layer(model: nn.Module, input_shape: Sequence[int] | None = None) ->
     """
     names = [n for n in conv_layers(model) if "aux" not in n.lower()]
     if not names:
+        # TorchScript hides its layers' types, and a named layer would not take hooks either
+        require_hooks(model, "a method that looks inside a layer")
         raise ConvlensError(f"{type(model).__name__} has no Conv2d layer; pass a layer by name")
     if input_shape is None:
         return names[-1]

@@ -53,6 +53,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no weights file at {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): not a weights file; was it copied or saved?")
     if is_torchscript(path):
         raise InputError(
             f"{path} is a TorchScript file: it holds its own architecture, so pass it as the model "
@@ -105,9 +107,8 @@ def _load_error(path: Path, e: Exception) -> InputError:
             f"{path} needs {what} to unpickle, which torch.load(weights_only=True) refuses; "
             f"{_SAVE_INSTEAD}"
         )
-    return InputError(
-        f"{path} is truncated or corrupt, or not a weights file ({text.splitlines()[0]})"
-    )
+    first = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    return InputError(f"{path} is truncated or corrupt, or not a weights file ({first})")
 
 
 def load_torchscript(path: str | Path, device: str = "cpu") -> nn.Module:

@@ -112,16 +112,29 @@ def torchvision_pretrained(
             torch.hub.load_state_dict_from_url(w.url, check_hash=True, weights_only=True)
         except Exception as e:  # URLError, hash mismatch, disk full: all mean "not fetched"
             raise ConvlensError(f"could not download {w.url} to {path} ({e})") from None
-    read_state_dict(path)  # tensors only: proves torchvision's own load below runs no code
+    state = read_state_dict(path)  # tensors only: proves torchvision's own load below runs no code
     try:
         model = tv.models.get_model(arch, weights=w)
     except RuntimeError as e:
         raise InputError(
             f"{path} does not hold the weights of torchvision's {arch} {w.name} "
-            f"({str(e).splitlines()[0]}); delete it and put the right file there"
+            f"({_first_difference(tv, arch, w, state) or str(e).splitlines()[0]}); delete it and "
+            "put the right file there"
         ) from None
     info = {"weights": f"{type(w).__name__}.{w.name}", "weights file": str(path)}
     return model, preprocess_of(w), list(w.meta["categories"]), info
+
+
+def _first_difference(tv: Any, arch: str, w: Any, state: dict[str, torch.Tensor]) -> str | None:
+    """The first key where the cached file differs from torchvision's `arch` as `w` builds it
+    (None when the keys match and torchvision refused for another reason)."""
+    from convlens.models.weights import first_mismatch
+
+    try:
+        bare = tv.models.get_model(arch, weights=None, num_classes=len(w.meta["categories"]))
+    except Exception:  # an option the builder refuses: no comparison, torchvision's line stays
+        return None
+    return first_mismatch(bare, state)
 
 
 def default_preprocess(arch: str) -> tuple[Preprocess, list[str] | None]:
@@ -162,26 +175,35 @@ def timm_preprocess(model: nn.Module) -> Preprocess:
     )
 
 
-def _timm_cached(cfg: Any) -> bool:
-    """Whether the Hugging Face hub cache already holds the weights of pretrained config `cfg`."""
+def _timm_cached(cfg: Any) -> Path | None:
+    """The Hugging Face hub cache's file of the weights of pretrained config `cfg`, else None.
+
+    Read from the cache's folders only (``huggingface_hub.try_to_load_from_cache``): no network.
+    """
     hub_id = getattr(cfg, "hf_hub_id", None) or (
         cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
     )
     if not hub_id:
-        return False
+        return None
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, _ = str(hub_id).partition("@")
-    return any(
-        isinstance(try_to_load_from_cache(repo, f), str)
-        for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
-    )
+    for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, f)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def timm_pretrained(
     arch: str, weights: str, *, download: bool = False
 ) -> tuple[nn.Module, Preprocess, list[str] | None, dict[str, Any]]:
     """timm's `arch` with pretrained weights (``DEFAULT`` = its default tag) from the HF cache.
+
+    Without `download` no network access is attempted: the cached file is found in the cache's
+    folders, read here (tensors only) and handed to timm as an in-memory state dict (timm's own
+    key filters and classifier handling still apply), so timm never asks the hub whether a newer
+    file exists (five requests and ~40 s without a network).
 
     Raises:
         ConvlensError: timm missing, unknown model, or weights neither cached nor allowed to download.
@@ -190,16 +212,29 @@ def timm_pretrained(
     name = arch if weights.upper() == "DEFAULT" else f"{arch}.{weights}"
     if not timm.is_model(arch):
         raise InputError(f"timm has no model {arch!r}.{did_you_mean(arch, timm.list_models())}")
-    probe = timm.create_model(name, pretrained=False)
+    try:
+        probe = timm.create_model(name, pretrained=False)
+    except RuntimeError as e:  # an unknown tag: timm's "Invalid pretrained tag"
+        raise InputError(f"timm:{arch} has no weights {weights!r} ({e})") from None
     cfg = getattr(probe, "pretrained_cfg", {})
-    if not download and not _timm_cached(cfg):
-        hub_id = cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
+    overlay: dict[str, Any] | None = None
+    if not download:
+        cached = _timm_cached(cfg)
+        if cached is None:
+            hub_id = cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
+            raise InputError(
+                f"timm:{arch} --weights {weights} needs the weights of {hub_id or name} in the "
+                "Hugging Face cache (HF_HOME, default ~/.cache/huggingface); this machine does not "
+                "fetch them unless asked: pass --download (download=True)"
+            )
+        overlay = {"state_dict": read_state_dict(cached), "custom_load": False}
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    except RuntimeError as e:  # the cached file holds another model's weights
         raise InputError(
-            f"timm:{arch} --weights {weights} needs the weights of {hub_id or name} in the Hugging "
-            "Face cache (HF_HOME, default ~/.cache/huggingface); this machine does not fetch them "
-            "unless asked: pass --download (download=True)"
-        )
-    model = timm.create_model(name, pretrained=True)
+            f"the cached weights of timm:{arch} do not fit it ({str(e).splitlines()[0]}); "
+            "delete them from the Hugging Face cache, or pass --download"
+        ) from None
     classes = None
     if getattr(model, "num_classes", 0) == 1000 and hasattr(timm.data, "ImageNetInfo"):
         classes = list(timm.data.ImageNetInfo().label_descriptions())

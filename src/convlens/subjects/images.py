@@ -87,10 +87,12 @@ def prepare(im: Image.Image, pre: Preprocess, name: str, notices: list[str]) -> 
                 f"{name}: {im.width}x{im.height} is too elongated to resize its shorter side to "
                 f"{pre.resize} pixels ({rw}x{rh}); crop it first"
             )
-        if (rw, rh, w, h) != (*im.size, *im.size):
+        if (rw, rh) != im.size:
             notices.append(
                 f"{name}: resized {im.width}x{im.height} to {rw}x{rh}, centre {w}x{h} cropped"
             )
+        elif (w, h) != im.size:  # already the resize's size: only the crop happens
+            notices.append(f"{name}: centre {w}x{h} of {im.width}x{im.height} cropped")
         if (rw, rh) != im.size:
             im = im.resize((rw, rh), flt)
         # torchvision's center_crop: pad when the crop is larger, then round the offsets
@@ -316,6 +318,14 @@ def load_image_list(images: ImageList, pre: Preprocess) -> Dataset:
 
 def common_size(path: str | Path) -> tuple[int, int] | None:
     """The ``(H, W)`` most of the images under `path` share (from headers), None when none is read."""
+    sizes = image_sizes(path)
+    if not sizes:
+        return None
+    return max(sizes.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def image_sizes(path: str | Path) -> dict[tuple[int, int], int]:
+    """How many of the (first 1,000) images under `path` have each ``(H, W)`` (from headers)."""
     files, _, _ = scan_images(path)
     sizes: dict[tuple[int, int], int] = {}
     with warnings.catch_warnings():
@@ -328,9 +338,7 @@ def common_size(path: str | Path) -> tuple[int, int] | None:
                     sizes[hw] = sizes.get(hw, 0) + 1
             except (UnidentifiedImageError, OSError):
                 continue
-    if not sizes:
-        return None
-    return max(sizes.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return sizes
 
 
 def _summarise(notices: list[str], limit: int = 5) -> list[str]:

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import re
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.errors import InputError, did_you_mean
+from convlens.errors import ConvlensError, InputError, did_you_mean
 from convlens.models.weights import (
     classifier_and_input_sizes,
     is_torchscript,
@@ -56,7 +57,7 @@ from convlens.subjects.core import (
     from_run,
     num_outputs,
 )
-from convlens.subjects.images import common_size, is_labelled, load_image_set, scan_image_list
+from convlens.subjects.images import image_sizes, is_labelled, load_image_set, scan_image_list
 
 _USER_CODE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w.]*):(?P<fn>[A-Za-z_]\w*)$")
 
@@ -101,12 +102,20 @@ def open_subject(
         sub = _timm_subject(spec.removeprefix("timm:"), weights, download, names)
     elif _USER_CODE.match(spec) and not path.is_file():
         sub = _user_code_subject(spec, weights, images, names)
+    elif path.is_file() and path.suffix == ".py":
+        raise InputError(_name_the_function(path))
     elif path.is_file():
         sub = _file_subject(path, weights, images, device)
     else:
         sub = _registry_subject(spec, weights, names)
     sub.model.to(device).eval()
     notices: list[str] = list(sub.info.pop("notices", []))
+    if sub.info.get("weights") == "random":
+        pretrained = spec.startswith(("torchvision:", "timm:"))
+        notices.append(
+            f"{spec} has random weights (no --weights given): what it shows is untrained; pass "
+            + ("--weights DEFAULT for the pretrained ones" if pretrained else "--weights FILE")
+        )
     if names is not None:
         k = num_outputs(sub.model, sub.preprocess)
         if len(names) != k:
@@ -133,7 +142,18 @@ def read_class_names(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no class names file at {p}")
-    text = p.read_text(encoding="utf-8-sig")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{p} is not a text file (byte {e.start} is not UTF-8); class names are one name per "
+            "line, or a JSON list"
+        ) from None
+    if "\0" in text:
+        raise InputError(
+            f"{p} is a binary file, not class names (one name per line, or a JSON list)"
+        )
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
@@ -272,9 +292,10 @@ def _file_subject(
     if weights is not None:
         raise InputError(f"{path} is a TorchScript file with its own weights; drop --weights")
     model = load_torchscript(path, device)
-    pre = _guess_preprocess(model, images)
-    k = num_outputs(model, pre)
-    info = {"model": f"TorchScript {path.name}", "weights": str(path)}
+    notices: list[str] = []
+    pre = _guess_preprocess(model, images, notices)
+    k = _outputs_of_guess(model, pre, images, f"TorchScript file {path.name}")
+    info = {"model": f"TorchScript {path.name}", "weights": str(path), "notices": notices}
     return Subject(model, pre, _numbered(k), name=path.name, info=info)
 
 
@@ -291,6 +312,10 @@ def _user_code_subject(
         raise InputError(f"{target} has no function {fn_name!r}.{did_you_mean(fn_name, found)}")
     try:
         result = fn()
+    except SystemExit as e:  # sys.exit() in a factory: a failure, not the end of convlens
+        raise InputError(
+            f"{spec} called sys.exit({e.code!r}) instead of returning a model"
+        ) from None
     except Exception as e:  # the user's code: report where it failed, in one line
         raise InputError(f"{spec} raised {_where(e, target)}") from None
     if isinstance(result, Subject):
@@ -303,13 +328,37 @@ def _user_code_subject(
             f"{spec} returned {type(result).__name__}; it must return an nn.Module "
             "(or a convlens Subject)"
         )
-    info = {"model": spec, "weights": "as built"}
+    info: dict[str, Any] = {"model": spec, "weights": "as built"}
     if weights is not None:
         load_into(result, read_state_dict(weights), source=weights, what=f"the model of {spec}")
         info["weights"] = weights
-    pre = _guess_preprocess(result, images)
-    k = num_outputs(result, pre)
+    notices: list[str] = []
+    info["notices"] = notices
+    pre = _guess_preprocess(result, images, notices)
+    k = _outputs_of_guess(result, pre, images, f"the model of {spec}")
     return Subject(result, pre, _numbered(k), name=spec, info=info)
+
+
+def _name_the_function(path: Path) -> str:
+    """The message for ``--model file.py`` without ``:function``: the functions it defines (read
+    with `ast`, so none of its code runs)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes())
+        found = [
+            n.name
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.name.startswith("_")
+        ]
+    except (SyntaxError, ValueError, OSError):
+        found = []
+    listed = f"; it defines {', '.join(found[:8])}" if found else ""
+    example = found[0] if found else "build"
+    return (
+        f"{path} is Python code: name the function that builds the model, as "
+        f"--model {path}:{example}{listed}"
+    )
 
 
 def _import_user_module(target: str) -> Any:
@@ -325,6 +374,8 @@ def _import_user_module(target: str) -> Any:
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
+        except SystemExit as e:
+            raise InputError(f"importing {target} called sys.exit({e.code!r})") from None
         except Exception as e:
             raise InputError(f"importing {target} raised {_where(e, str(path))}") from None
         return module
@@ -334,6 +385,8 @@ def _import_user_module(target: str) -> Any:
         raise InputError(
             f"no Python module {target!r} ({e}); is it installed or on PYTHONPATH?"
         ) from None
+    except SystemExit as e:
+        raise InputError(f"importing {target} called sys.exit({e.code!r})") from None
     except Exception as e:
         raise InputError(f"importing {target} raised {_where(e, target)}") from None
 
@@ -371,12 +424,60 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _guess_preprocess(model: nn.Module, images: str | Path | None) -> Preprocess:
-    """For a model that does not say its input: its first conv's channels; the images' common size
-    (else 224x224)."""
+def _guess_preprocess(
+    model: nn.Module, images: str | Path | None, notices: list[str]
+) -> Preprocess:
+    """For a model that does not say its input: its first conv's channels, and the size more than
+    half of the images share; else 224x224, each image's shorter side resized to 256 and the
+    centre cropped (ImageNet's evaluation), with a notice: squashing every image to the shape of
+    one of them would distort the others."""
     c = _first_conv_channels(model) or 3
-    size = common_size(images) if images is not None else None
-    return _default_preprocess(c if c in (1, 3) else 3, size or (224, 224))
+    c = c if c in (1, 3) else 3
+    sizes = image_sizes(images) if images is not None else {}
+    if sizes:
+        size, n = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))
+        total = sum(sizes.values())
+        if 2 * n > total:
+            return _default_preprocess(c, size)
+        notices.append(
+            f"the {total} images of {images} have {len(sizes)} different sizes, none shared by "
+            "more than half, and the model does not say its input size: 224x224, each image's "
+            "shorter side resized to 256 and its centre cropped"
+        )
+        return replace(_default_preprocess(c, (224, 224)), resize=256)
+    return _default_preprocess(c, (224, 224))
+
+
+def _outputs_of_guess(
+    model: nn.Module, pre: Preprocess, images: str | Path | None, what: str
+) -> int:
+    """:func:`num_outputs` for a model whose input size was guessed; a failure says so, and how
+    to give the size (the images')."""
+    try:
+        return num_outputs(model, pre)
+    except ConvlensError as e:
+        c, h, w = pre.image_shape
+        source = (
+            f"the size most of {images} share" if images is not None else "a guess (no --images)"
+        )
+        raise InputError(
+            f"{e}. The {what} does not say its input size: {c}x{h}x{w} was {source}; pass "
+            "--images with images of the size it takes (a folder of them, or one file)"
+        ) from None
+
+
+def _label_lookup(classes: list[str]) -> dict[str, int]:
+    """Folder name (lower case) -> output index. A class named by several comma-separated names
+    (timm's ImageNet "tench, Tinca tinca") is also found by its first name ("tench"); a full name
+    wins over another class's first name."""
+    lookup: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        first = c.split(",")[0].strip().lower()
+        if first:
+            lookup.setdefault(first, i)
+    for i, c in enumerate(classes):
+        lookup[c.strip().lower()] = i
+    return lookup
 
 
 def _match_labels(sub: Subject, names_given: bool) -> list[str]:
@@ -417,8 +518,8 @@ def _folder_outputs(
             f"class names from the folders of {source}: {', '.join(folders[:5])}"
             + (", ..." if len(folders) > 5 else "")
         ]
-    lookup = {c.lower(): i for i, c in enumerate(sub.classes)}
-    index = [lookup.get(f.lower()) for f in folders]
+    lookup = _label_lookup(sub.classes)
+    index = [lookup.get(f.strip().lower()) for f in folders]
     if all(i is not None for i in index):
         return [int(i) for i in index if i is not None], []
     unknown = [f for f, i in zip(folders, index, strict=True) if i is None]

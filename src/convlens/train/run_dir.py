@@ -47,6 +47,7 @@ RUN_JSON = "run.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+RUN_FORMAT = 1  # the `format` of run.json this code writes and reads
 
 
 @dataclass
@@ -103,6 +104,16 @@ def read_run_json(path: Path) -> dict[str, Any]:
         raw["model"]["name"], raw["data"]["name"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConvlensError(f"{f} is corrupt or not a convlens run file ({e})") from None
+    fmt = raw.get("format", RUN_FORMAT)
+    if fmt != RUN_FORMAT:
+        import convlens
+
+        newer = isinstance(fmt, int) and fmt > RUN_FORMAT
+        raise ConvlensError(
+            f"{f} has format {fmt!r}; this convlens {convlens.__version__} reads format "
+            f"{RUN_FORMAT}"
+            + ("; it was written by a newer convlens: upgrade convlens" if newer else "")
+        )
     return dict(raw)
 
 

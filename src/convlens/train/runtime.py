@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -40,6 +40,20 @@ def physical_cores() -> int:
     return max(1, logical // 2 if smt else logical)
 
 
+@contextlib.contextmanager
+def fast_cuda_kernels() -> Iterator[None]:
+    """cuDNN benchmark and TF32 on for the block (training: input shapes are fixed within a run,
+    so cuDNN picks the fastest kernels once), then each switch as it was: they are global, and a
+    later inspection in the same process expects full float32."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32)
+    cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = True, True, True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
 def _env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
@@ -59,6 +73,8 @@ class Runtime:
     channels_last: bool = False
     distributed: bool = False  # this object initialised the process group (and must destroy it)
     previous_threads: int | None = None  # restored by close(): threads are process-wide state
+    # The cuDNN / TF32 switches set for training, restored by close(): also process-wide state.
+    backends: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @classmethod
     def setup(
@@ -88,12 +104,10 @@ class Runtime:
             dev = torch.device(device)
 
         previous_threads = None
+        backends = contextlib.ExitStack()
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-            # Input shapes are fixed within a run: let cuDNN pick the fastest kernels once.
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            backends.enter_context(fast_cuda_kernels())  # undone by close()
         else:
             previous_threads = torch.get_num_threads()
             if threads is not None:
@@ -119,6 +133,7 @@ class Runtime:
             channels_last=channels_last,
             distributed=distributed,
             previous_threads=previous_threads,
+            backends=backends,
         )
 
     @property
@@ -180,6 +195,7 @@ class Runtime:
         if self.previous_threads is not None:
             torch.set_num_threads(self.previous_threads)
             self.previous_threads = None
+        self.backends.close()
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
             self.distributed = False

@@ -19,6 +19,7 @@ from torch import nn
 from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
 from convlens.train.config import TrainConfig
+from convlens.train.run_dir import RUN_FORMAT
 
 # How run.json names a module the user passed in (it cannot be rebuilt from a name).
 USER_MODEL_PREFIX = "user:"
@@ -166,7 +167,7 @@ def versions() -> dict[str, str]:
     }
 
 
-FORMAT = 1  # run.json's format
+FORMAT = RUN_FORMAT  # run.json's format
 
 
 def describe_run(

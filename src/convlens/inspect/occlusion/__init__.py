@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.inspect.attribution import Target, resolve_targets
+from convlens.inspect.attribution import Target, model_input, resolve_targets
 from convlens.inspect.occlusion.incremental import IncrementalOcclusion
 from convlens.inspect.occlusion.plain import occluded_outputs
 from convlens.models.hooks import evaluating
@@ -191,10 +191,7 @@ def occlusion(
     Returns:
         An :class:`OcclusionResult`.
     """
-    if images.dim() != 4:
-        raise ConvlensError(
-            f"occlusion expects images (N, C, H, W), got shape {tuple(images.shape)}"
-        )
+    images = model_input(model, images)  # the check every method makes: InputError if wrong
     if method not in ("auto", "plain", "incremental"):
         raise ConvlensError(
             f"occlusion method must be 'auto', 'plain' or 'incremental', not {method!r}"
@@ -234,8 +231,30 @@ def occlusion(
         with progress_bar(N * gh * gw, "occlusion", enabled=progress) as advance:
             for n in range(N):
                 x, b = images[n : n + 1], base[n : n + 1]  # (1, C, H, W) each
-                if engine is None:
-                    batches = occluded_outputs(
+
+                def fill(batches: Iterator[tuple[np.ndarray, torch.Tensor]], n: int = n) -> None:
+                    for flat, out in batches:  # (P,) window indices, (P, K) outputs
+                        at = torch.as_tensor(flat, device=out.device)
+                        occluded[n, at] = out[:, tgt[n]]
+                        occluded_p[n, at] = out.softmax(1)[:, tgt[n]]
+                        advance(len(flat))
+
+                if engine is not None:
+                    try:
+                        fill(_incremental_outputs(engine, x, b, gh * gw, batch_size, first=n == 0))
+                        continue
+                    except ConvlensError:
+                        raise
+                    except Exception as e:  # a graph the engine mis-planned (a ViT): the docs
+                        # promise the plain path, which every model runs; this image starts over
+                        warnings.warn(
+                            f"occlusion: the incremental path failed on {type(model).__name__} "
+                            f"({type(e).__name__}: {e}); every occluded copy is computed in full",
+                            stacklevel=2,
+                        )
+                        engine, chosen = None, "plain"
+                fill(
+                    occluded_outputs(
                         model,
                         x,
                         b,
@@ -243,13 +262,7 @@ def occlusion(
                         cols,
                         batch_size or _PLAIN_BATCH["cuda" if cuda else "cpu"],
                     )
-                else:
-                    batches = _incremental_outputs(engine, x, b, gh * gw, batch_size, first=n == 0)
-                for flat, out in batches:  # (P,) window indices, (P, K) outputs
-                    at = torch.as_tensor(flat, device=out.device)
-                    occluded[n, at] = out[:, tgt[n]]
-                    occluded_p[n, at] = out.softmax(1)[:, tgt[n]]
-                    advance(len(flat))
+                )
         ar = torch.arange(N, device=clean.device)
         logit_drop = (clean[ar, tgt][:, None] - occluded).reshape(N, gh, gw)
         prob_drop = (clean.softmax(1)[ar, tgt][:, None] - occluded_p).reshape(N, gh, gw)
