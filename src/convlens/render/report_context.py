@@ -81,12 +81,22 @@ class ReportContext:
 
             self._cache["conv_layers"] = dict(models.conv_layers(self.model))
         convs: dict[str, nn.Conv2d] = self._cache["conv_layers"]
+        if not convs and self.scripted:
+            raise Unavailable(
+                f"{self.subject.name} is a TorchScript model: its layers are compiled, so convlens "
+                "cannot hook them (filters, feature maps, receptive fields, Grad-CAM need hooks)."
+            )
         if not convs:
             raise Unavailable(
                 f"{type(self.model).__name__} has no convolutional layer, so there are no filters, "
                 "feature maps or receptive fields to show."
             )
         return convs
+
+    @property
+    def scripted(self) -> bool:
+        """Whether the model is TorchScript (no hooks: only the methods that need none apply)."""
+        return isinstance(self.model, torch.jit.ScriptModule)
 
     def network(self) -> NetworkView:
         """The network view (layer table, default layer), computed once."""

@@ -16,6 +16,7 @@ maximisation, attributions, receptive field) are in :mod:`convlens.render.report
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -277,6 +278,68 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
         + f"<div>{per_class}</div></div>",
         views={"predictions": ctx.predictions()},
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# 3b. Predictions
+# --------------------------------------------------------------------------------------------------
+
+MAX_PREDICTION_ROWS = 50  # rows of each predictions table (a run's test split has thousands)
+
+
+@section(
+    "predictions",
+    "Predictions",
+    "What the network answers for each image: its five most probable classes, with probabilities "
+    "computed from its logits (the first one is the largest logit), and, where the images carry the "
+    "model's classes as labels, the true class, with a cross where the answer is wrong.",
+)
+def predictions_section(ctx: ReportContext) -> Section | Skipped:
+    ds = ctx.images()
+    view = ctx.predictions()
+    classes, probs = view.classes.tolist(), view.probs.tolist()  # (N, k) each
+    labelled = ctx.labelled()
+    n = len(ds)
+
+    def name(i: int) -> str:
+        files = ds.extra.get("files")
+        if isinstance(files, list) and i < len(files):
+            return Path(str(files[i])).name
+        return f"image {i}"
+
+    def rows(indices: list[int]) -> list[list[str]]:
+        out = []
+        for i in indices:
+            top = [
+                f"{ctx.class_name(c)} ({100 * p:.1f} %)"
+                for c, p in zip(classes[i], probs[i], strict=True)
+            ]
+            row = [str(i), name(i), top[0], ", ".join(top[1:])]
+            if labelled:
+                truth = int(ds.labels[i])
+                row += [ctx.class_name(truth), "" if classes[i][0] == truth else "✗ wrong"]
+            out.append(row)
+        return out
+
+    headers = ["#", "image", "predicted", "next four"] + (["true class", ""] if labelled else [])
+    numeric = [True, False, False, False] + ([False, False] if labelled else [])
+    shown = list(range(min(n, MAX_PREDICTION_ROWS)))
+    parts = []
+    if labelled:
+        wrong = [i for i in range(n) if classes[i][0] != int(ds.labels[i])]
+        parts.append(
+            para(
+                f"{fmt_int(n - len(wrong))} of {fmt_int(n)} images right "
+                f"({100 * (n - len(wrong)) / max(n, 1):.2f} %), {fmt_int(len(wrong))} wrong."
+            )
+        )
+    parts.append(table(headers, rows(shown), numeric=numeric))
+    if n > len(shown):
+        parts.append(para(f"The first {len(shown)} of {fmt_int(n)} images.", "note"))
+    if labelled and wrong:
+        parts.append(f"<h3>Misclassified (the first {min(len(wrong), MAX_PREDICTION_ROWS)})</h3>")
+        parts.append(table(headers, rows(wrong[:MAX_PREDICTION_ROWS]), numeric=numeric))
+    return Section("".join(parts), views={"predictions": view})
 
 
 # --------------------------------------------------------------------------------------------------

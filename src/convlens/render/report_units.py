@@ -134,8 +134,11 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
     "spatial convolution's maps support the class. Saliency: how strongly each pixel moves the class score.",
 )
 def attribution_section(ctx: ReportContext) -> Section | Skipped:
-    layer = ctx.spatial_conv()
     from convlens.views import attribution_view
+
+    # Occlusion and saliency need only forward and backward passes; Grad-CAM needs a hooked layer,
+    # which a TorchScript model does not offer: its column is then left out, with the reason.
+    layer: str | None = None if ctx.scripted else ctx.spatial_conv()
 
     ds = ctx.images()
     preds = ctx.predictions()
@@ -161,13 +164,17 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
         o_view = attribution_view(ctx.subject, images, "occlusion", target=target)
         window, stride = o_view.window, o_view.stride
         occ = o_view.maps.numpy()  # (n, H, W)
-        cam = attribution_view(ctx.subject, images, "gradcam", target=target, layer=layer)
-        cam_maps = cam.maps.numpy()  # (n, H, W)
+        cam = (
+            None
+            if layer is None
+            else attribution_view(ctx.subject, images, "gradcam", target=target, layer=layer)
+        )
         sal_view = attribution_view(ctx.subject, images, "saliency", target=target)
         sal = sal_view.maps.numpy()  # (n, H, W)
         drawn[title] = {"indices": idx, "occlusion": o_view, "gradcam": cam, "saliency": sal_view}
-        fig = Figure(figsize=(7.2, 1.9 * len(idx) + 0.3))
-        axes = fig.subplots(len(idx), 4, squeeze=False)
+        columns = ["image", "occlusion"] + ([f"Grad-CAM ({layer})"] if cam else []) + ["saliency"]
+        fig = Figure(figsize=(1.8 * len(columns), 1.9 * len(idx) + 0.3))
+        axes = fig.subplots(len(idx), len(columns), squeeze=False)
         for r, i in enumerate(idx):
             truth = ctx.class_name(int(ds.labels[i])) if labelled else ctx.image_title(ds, i)
             guess = ctx.class_name(int(pred[i]))
@@ -179,9 +186,10 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
                 fontsize=7,
             )
             overlay_heatmap(axes[r, 1], images[r], occ[r], alpha=0.6, symmetric=True)
-            overlay_heatmap(axes[r, 2], images[r], cam_maps[r], alpha=0.5)
-            overlay_heatmap(axes[r, 3], images[r], sal[r], alpha=0.6, cmap="hot")
-        for col, name in enumerate(("image", "occlusion", f"Grad-CAM ({layer})", "saliency")):
+            if cam is not None:
+                overlay_heatmap(axes[r, 2], images[r], cam.maps[r].numpy(), alpha=0.5)
+            overlay_heatmap(axes[r, -1], images[r], sal[r], alpha=0.6, cmap="hot")
+        for col, name in enumerate(columns):
             axes[0, col].set_title(axes[0, col].get_title() if col == 0 else name, fontsize=8)
         fig.tight_layout()
         parts.append(f"<h3>{esc(title)}</h3>")
@@ -191,7 +199,13 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
                 f"{title.lower()} images with occlusion, Grad-CAM and saliency maps",
                 f"Every map explains the predicted class. Occlusion: {window}x{window} patches of the mean colour at "
                 f"stride {stride}, mean drop of the class score per pixel (red: hiding it lowers the score; blue: "
-                f"raises it). Grad-CAM at layer {layer}, upsampled. Saliency: |gradient|, max over channels.",
+                f"raises it). "
+                + (
+                    f"Grad-CAM at layer {layer}, upsampled. "
+                    if cam is not None
+                    else "No Grad-CAM: a TorchScript model's layers cannot be hooked. "
+                )
+                + "Saliency: |gradient|, max over channels.",
             )
         )
     return Section("".join(parts), views=drawn)
