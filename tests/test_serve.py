@@ -207,6 +207,34 @@ def test_layer_grid_job_progress_cache_and_values(client: TestClient, run: Any) 
     assert client.get(f"/api/jobs/{again['id']}").json()["result"] == done["result"]
 
 
+def test_layer_grid_in_two_parts_equals_the_whole(client: TestClient) -> None:
+    """The page asks for filters and patches first, then the synthesised images: together they are
+    the whole grid, and a deeper layer never sends its filters as pictures."""
+    base = {"layer": "conv1", "steps": 8, "patches": 3, "limit": 200}
+    whole = wait(client, client.post(api("/jobs/layer"), json=base).json())["result"]
+    quick = wait(
+        client,
+        client.post(api("/jobs/layer"), json={**base, "parts": ["filters", "patches"]}).json(),
+    )
+    slow = wait(client, client.post(api("/jobs/layer"), json={**base, "parts": ["actmax"]}).json())
+    for w, q, s in zip(
+        whole["channels"], quick["result"]["channels"], slow["result"]["channels"], strict=True
+    ):
+        assert "actmax" not in q and "patches" not in s and "filter" not in s
+        assert q["filter"] == w["filter"] and q["patches"] == w["patches"]
+        assert s["actmax"] == w["actmax"]
+    deep = wait(
+        client,
+        client.post(
+            api("/jobs/layer"),
+            json={"layer": "conv2", "count": 2, "parts": ["filters", "patches"], "limit": 50},
+        ).json(),
+    )
+    assert all("filter" not in c and len(c["patches"]) > 0 for c in deep["result"]["channels"])
+    bad = client.post(api("/jobs/layer"), json={**base, "parts": ["pixels"]})
+    assert bad.status_code == 422
+
+
 def test_occlusion_job(client: TestClient) -> None:
     job = client.post(api("/jobs/occlusion"), json={"image": "test:2", "window": 6, "stride": 3})
     done = wait(client, job.json())

@@ -171,13 +171,20 @@ def layer_grid(
     patches: int | None,
     limit: int | None,
     report: Report,
+    parts: list[str] | None = None,
 ) -> dict[str, Any]:
     """Per channel: the filter (first layer), the activation-maximisation image, top patches (one
-    PNG each, with the image, its label and the clipped receptive-field box)."""
+    PNG each, with the image, its label and the clipped receptive-field box).
+
+    `parts` (default all): which of "filters", "actmax", "patches" to compute; the page asks for the
+    quick ones first (filters and patches, read from the index) and the synthesised images second.
+    """
     s = served.subject
+    if parts is not None and s.images is None and s.image_list is None and _index(served) is None:
+        parts = [p for p in parts if p != "patches"]  # no images: no patches to look for
     v = views.layer_view(
         s, layer, channels=list(range(start, start + count)), steps=steps, patches=patches,
-        limit=limit, index=_index(served), lock=served.lock, report=report,
+        limit=limit, index=_index(served), lock=served.lock, report=report, parts=parts,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
     for k, c in enumerate(v.channels):
@@ -188,7 +195,7 @@ def layer_grid(
                 for b, p in enumerate(v.patches[k])
             ]
             ch["top_value"] = v.patches[k][0].value if v.patches[k] else None
-        if v.filters is not None:
+        if v.filters is not None and v.first_layer:  # a deeper layer's filters are not images
             f = v.filters[k]  # (C_in, kh, kw)
             ch["filter"] = data_url(
                 scaled_png(f if f.shape[0] in (1, 3) else f.mean(0, keepdim=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -30,6 +30,9 @@ class LayerGridRequest(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=1024)
     patches: int | None = Field(default=None, ge=1, le=32)
     limit: int | None = Field(default=None, ge=1, le=100_000)
+    parts: list[Literal["filters", "actmax", "patches"]] | None = Field(
+        default=None, min_length=1, max_length=3
+    )  # None: all three
 
 
 class OcclusionRequest(BaseModel):

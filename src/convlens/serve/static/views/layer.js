@@ -72,6 +72,11 @@ export async function render(root, ctx) {
       el("img", { src, alt, class: cls }));
   }
 
+  function actmaxPicture(c) {
+    return picture(c.actmax, "actmax", `${name} channel ${c.channel}: the image synthesised to excite it most` +
+      (c.actmax_value !== undefined ? ` (activation ${num(c.actmax_value)})` : ""), `actmax ${c.channel}`);
+  }
+
   function card(c) {
     const fig = el("figure", { class: "channel", "data-channel": c.channel, tabindex: 0 },
       el("figcaption", {}, `channel ${c.channel}`,
@@ -79,10 +84,7 @@ export async function render(root, ctx) {
     fig.addEventListener("click", () => select(fig, c.channel));
     fig.addEventListener("keydown", (e) => { if (e.key === "Enter" && e.target === fig) select(fig, c.channel); });
     if (c.filter) fig.append(picture(c.filter, "filter", `${name} channel ${c.channel}: its filter`, `filter ${c.channel}`));
-    if (c.actmax) {
-      fig.append(picture(c.actmax, "actmax", `${name} channel ${c.channel}: the image synthesised to excite it most` +
-        (c.actmax_value !== undefined ? ` (activation ${num(c.actmax_value)})` : ""), `actmax ${c.channel}`));
-    }
+    if (c.actmax) fig.append(actmaxPicture(c));
     if (Array.isArray(c.patches)) {
       const strip = el("div", { class: "patchlist" });
       for (const p of c.patches) {
@@ -111,12 +113,24 @@ export async function render(root, ctx) {
     if (objective && Array.isArray(objectives)) body.objective = objective;
     status.textContent = "";
     try {
-      const result = await runJob(`${base}/jobs/layer`, body, bar.update, jobAbort.signal);
+      // The quick parts first (filters, and top patches read from the subject's index), then the
+      // synthesised images, which take gradient ascent: the page is useful while they are computed.
+      const quick = await runJob(`${base}/jobs/layer`, { ...body, parts: ["filters", "patches"] }, bar.update, jobAbort.signal);
       if (!ctx.alive()) return;
-      for (const c of result.channels) {
+      const figs = new Map();
+      for (const c of quick.channels) {
         const fig = card(c);
+        figs.set(c.channel, fig);
         grid.append(fig);
         if (c.channel === wanted) { select(fig, c.channel, false); fig.scrollIntoView({ block: "center" }); }
+      }
+      const slow = await runJob(`${base}/jobs/layer`, { ...body, parts: ["actmax"] }, bar.update, jobAbort.signal);
+      if (!ctx.alive()) return;
+      for (const c of slow.channels) {
+        const fig = figs.get(c.channel);
+        if (!fig || !c.actmax) continue;
+        const after = fig.querySelector("button.pic.filter") ?? fig.querySelector("figcaption");
+        after.after(actmaxPicture(c));
       }
     } catch (e) {
       bar.hidden = true;
