@@ -66,9 +66,9 @@ def plan(budget: str, data: str, *, width: int = 32, seeds: int = SEEDS) -> Plan
             f"crops and flips; {seeds} seeds per arm."
         )
     else:
-        config = small_config(epochs=4, limit_train=3000, limit_test=1000, augment="flip")
+        config = small_config(epochs=4, limit_train=2000, limit_test=1000, augment="flip")
         note = (
-            "Small budget (a 2-core CPU in about 20 minutes): 3,000 training and 1,000 test images, "
+            "Small budget (a 2-core CPU in about 20 minutes): 2,000 training and 1,000 test images, "
             f"4 epochs, batch 64, SGD 0.05 with a cosine schedule, flips; {seeds} paired seeds "
             "per arm."
         )
