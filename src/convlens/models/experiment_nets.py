@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -89,7 +91,13 @@ class StackNet(ConvNet):
 
 
 class SharingNet(ConvNet):
-    """Layer 1 (5x5, `width` filters, shared or not) -> ReLU -> pool -> conv 3x3 -> ReLU -> pool -> linear."""
+    """Layer 1 (5x5, `width` filters, shared or not) -> ReLU -> pool -> conv 3x3 -> ReLU -> pool -> linear.
+
+    ``layer1_lr`` (m) is layer 1's learning-rate multiplier, by reparametrisation: the layer holds
+    ``v = w / sqrt(m)`` and is fed ``sqrt(m) x``, so it computes the same function from the same
+    initial ``w``, while an SGD step moves ``w`` by m times as much (weight decay stays relative).
+    :meth:`layer1_weight` gives ``w``.
+    """
 
     def __init__(
         self,
@@ -99,6 +107,7 @@ class SharingNet(ConvNet):
         shared: bool = True,
         width: int = 16,
         image_size: int = 28,
+        layer1_lr: float = 1.0,
     ) -> None:
         super().__init__()
         self.layer1: nn.Module
@@ -106,6 +115,12 @@ class SharingNet(ConvNet):
             self.layer1 = nn.Conv2d(in_channels, width, 5)
         else:
             self.layer1 = LocallyConnected2d(in_channels, width, 5, (image_size, image_size))
+        if not layer1_lr > 0:
+            raise ConvlensError(f"sharingnet: layer1_lr must be positive, not {layer1_lr}")
+        self.layer1_scale = math.sqrt(float(layer1_lr))
+        if self.layer1_scale != 1.0:
+            with torch.no_grad():
+                self.layer1.weight.div_(self.layer1_scale)  # v = w / sqrt(m)
         self.act1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(width, 2 * width, 3)
@@ -114,8 +129,14 @@ class SharingNet(ConvNet):
         side = ((image_size - 4) // 2 - 2) // 2
         self.fc = nn.Linear(2 * width * side * side, num_classes)
 
+    def layer1_weight(self) -> torch.Tensor:
+        """Layer 1's effective weights ``w = sqrt(m) v`` (the conv's or the LC layer's own shape)."""
+        return self.layer1.weight * self.layer1_scale
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, 28, 28) -> (N, 2 width * 5 * 5)``."""
+        if self.layer1_scale != 1.0:
+            x = x * self.layer1_scale  # (s x) . v = x . w: the reparametrisation
         x = self.pool1(self.act1(self.layer1(x)))  # N x w x 12 x 12
         x = self.pool2(self.act2(self.conv2(x)))  # N x 2w x 5 x 5
         return x.flatten(1)
@@ -221,6 +242,7 @@ def sharingnet(
     shared: bool = True,
     width: int = 16,
     image_size: int = 28,
+    layer1_lr: float = 1.0,
 ) -> SharingNet:
     """The sharing experiment's network.
 
@@ -230,6 +252,7 @@ def sharingnet(
         shared: True for a convolution, False for a locally-connected first layer.
         width: filters of the first layer (the second has twice as many).
         image_size: side of the square input (the locally-connected layer owns weights per position).
+        layer1_lr: learning-rate multiplier of layer 1 (by reparametrisation; see SharingNet).
     """
     if image_size < 14:
         raise ConvlensError(f"sharingnet: image_size must be at least 14, not {image_size}")
@@ -239,6 +262,7 @@ def sharingnet(
         shared=shared,
         width=width,
         image_size=image_size,
+        layer1_lr=layer1_lr,
     )
 
 
