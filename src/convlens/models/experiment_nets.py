@@ -75,9 +75,13 @@ class StackNet(ConvNet):
         self.pool2 = nn.MaxPool2d(2)
         self.head_pool = nn.AdaptiveAvgPool2d(4)
         self.fc = nn.Linear(out * 16, num_classes)
-        for m in self.modules():
+        # He init where a ReLU follows; variance-preserving (gain 1) where none does (the linear
+        # stack), or three linear layers at gain sqrt(2) would blow the activations up 2.8x
+        modules = list(self.modules())
+        for i, m in enumerate(modules):
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                followed = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu" if followed else "linear")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, 32, 32) -> (N, 16 C)``."""
