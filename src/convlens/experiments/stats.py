@@ -153,3 +153,24 @@ def mean_band(rows: Sequence[Sequence[float]] | np.ndarray) -> tuple[np.ndarray,
         return mean, np.zeros_like(mean)
     half = _scipy_stats.t.ppf(0.5 + LEVEL / 2, n - 1) * x.std(0, ddof=1) / math.sqrt(n)
     return mean, half
+
+
+def proportion(k: int, n: int, level: float = LEVEL) -> Interval:
+    """A share ``k / n`` with its exact (Clopper-Pearson) interval; ``sd`` is NaN (unused)."""
+    if n <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan)
+    ci = _scipy_stats.binomtest(int(k), int(n)).proportion_ci(level, method="exact")
+    return Interval(k / n, float(ci.low), float(ci.high), int(n), math.nan)
+
+
+def above(iv: Interval, chance: float, floor: float) -> str:
+    """Status of "the share is above `chance`": held when the interval lies above `chance`,
+    contradicted when it lies below `floor` (>= chance: at most a trace above it), else inconclusive.
+    """
+    if iv.n < 1 or math.isnan(iv.lo):
+        return INCONCLUSIVE
+    if iv.lo > chance:
+        return HELD
+    if iv.hi < floor:
+        return CONTRADICTED
+    return INCONCLUSIVE

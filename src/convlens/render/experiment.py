@@ -389,7 +389,7 @@ def measure_strips_figure(
     for ax, measure in zip(axes, measures, strict=True):
         for y, label in enumerate(labels):
             v = np.asarray(values[label][measure])
-            colour = "tab:grey" if "untrained" in label else "tab:blue"
+            colour = "tab:grey" if ("untrained" in label or "null" in label) else "tab:blue"
             ax.scatter(v, y + rng.uniform(-0.15, 0.15, len(v)), s=9, color=colour, alpha=0.7)
             ax.plot([np.median(v)] * 2, [y - 0.3, y + 0.3], color="k", lw=1.5)
             t = (thresholds or {}).get(label, {}).get(measure)
