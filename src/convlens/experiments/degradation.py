@@ -63,9 +63,7 @@ def _depths(depths: Sequence[int]) -> tuple[int, int]:
     return ds[0], ds[1]
 
 
-def plan(
-    budget: str, data: str, *, depths: Sequence[int] = (20, 56), seeds: int = SEEDS
-) -> Plan:
+def plan(budget: str, data: str, *, depths: Sequence[int] = (20, 56), seeds: int = SEEDS) -> Plan:
     """The four arms times `seeds` runs at `budget`."""
     shallow, deep = _depths(depths)
     if budget == "paper":
@@ -242,9 +240,11 @@ def analyse(ctx: Context) -> Findings:
                     [
                         {"label": lab, **v.interval.to_dict(), "margin": mg}
                         for lab, v, mg in zip(
-                            (f"plain-{deep} − plain-{shallow}",
-                             f"resnet-{shallow} − resnet-{deep}",
-                             f"plain-{deep} − resnet-{deep}"),  # fmt: skip
+                            (
+                                f"plain-{deep} − plain-{shallow}",
+                                f"resnet-{shallow} − resnet-{deep}",
+                                f"plain-{deep} − resnet-{deep}",
+                            ),
                             verdicts,
                             (None, MARGIN, None),
                             strict=True,

@@ -100,7 +100,9 @@ def _normalise(run: Run, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def activation_std(run: Run, images: torch.Tensor, layers: Sequence[str] = POOL_LAYERS) -> dict[str, float]:
+def activation_std(
+    run: Run, images: torch.Tensor, layers: Sequence[str] = POOL_LAYERS
+) -> dict[str, float]:
     """Standard deviation of the input of each of `layers` over clean uint8 `images` ``(N,C,H,W)``."""
     model = run.model.eval()
     found: dict[str, float] = {}
@@ -145,7 +147,9 @@ def noisy_accuracy(
     if where == "activations" and sigma > 0:
         scale = scale or activation_std(run, images)
 
-        def add_noise(m: nn.Module, args: tuple[torch.Tensor, ...], name: str) -> tuple[torch.Tensor]:
+        def add_noise(
+            m: nn.Module, args: tuple[torch.Tensor, ...], name: str
+        ) -> tuple[torch.Tensor]:
             x = args[0]  # (B, C, H, W) the pooling layer's input
             return (x + sigma * scale[name] * torch.randn(x.shape, generator=gen),)
 
@@ -179,7 +183,9 @@ def relative_drop(acc: Sequence[float] | np.ndarray) -> float:
     return float(1.0 - a[1:].mean() / a[0])
 
 
-def _curves(ctx: Context, images: torch.Tensor, labels: torch.Tensor, where: str, levels: list[float]) -> dict[str, np.ndarray]:
+def _curves(
+    ctx: Context, images: torch.Tensor, labels: torch.Tensor, where: str, levels: list[float]
+) -> dict[str, np.ndarray]:
     """Per arm: accuracy ``(n_seeds, n_noise_seeds, levels)``."""
     out = {}
     for arm in ctx.arms:
@@ -219,10 +225,18 @@ def analyse(ctx: Context) -> Findings:
     n = len(ctx.seeds)
     act = _curves(ctx, images, labels, "activations", levels)
     pix = _curves(ctx, images, labels, "pixels", pixel)
-    tables, drops, pdrops = [], {}, {}
+    tables: list[Table] = []
+    drops: dict[str, np.ndarray] = {}
+    pdrops: dict[str, np.ndarray] = {}
     for title, curves, lv, unit, store in (
         ("activation noise at S2 and S4 (σ × the layer's activation std)", act, levels, "σ", drops),
-        ("pixel noise (second test; σ in pixel values of [0, 1], not clipped)", pix, pixel, "σ", pdrops),
+        (
+            "pixel noise (second test; σ in pixel values of [0, 1], not clipped)",
+            pix,
+            pixel,
+            "σ",
+            pdrops,
+        ),
     ):
         rows = []
         for arm in ctx.arms:
@@ -326,8 +340,11 @@ def analyse(ctx: Context) -> Findings:
                     [
                         {"label": lab, **v.interval.to_dict()}
                         for lab, v in zip(
-                            ("max vs average (activations)", "max vs strided (activations)",
-                             "max vs average (pixels)"),  # fmt: skip
+                            (
+                                "max vs average (activations)",
+                                "max vs strided (activations)",
+                                "max vs average (pixels)",
+                            ),
                             verdicts,
                             strict=True,
                         )

@@ -53,6 +53,7 @@ from convlens.experiments.common import (
     small_config,
     tiny,
 )
+from convlens.models.experiment_nets import SharingNet
 from convlens.models.locally_connected import LocallyConnected2d
 from convlens.render.experiment import (
     bars_figure,
@@ -142,7 +143,7 @@ def step_ratio(model: nn.Module, lr_multiplier: float, x: torch.Tensor, y: torch
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     v = model.get_submodule("layer1").weight
-    assert v.grad is not None
+    assert isinstance(v, torch.Tensor) and v.grad is not None
     scale = float(getattr(model, "layer1_scale", 1.0))
     # w = s v: |dL/dw| = |dL/dv| / s, |w| = s |v|, step of w per unit lr = m |dL/dw|
     g_w, w = float(v.grad.norm()) / scale, scale * float(v.detach().norm())
@@ -164,7 +165,10 @@ def analyse(ctx: Context) -> Findings:
         layer = s["layer1"]
         limit = specs[0].config.limit_train
         train = np.array(
-            [100 * evaluate(r, split="train", limit=limit, root=ctx.data_root).accuracy for r in runs]
+            [
+                100 * evaluate(r, split="train", limit=limit, root=ctx.data_root).accuracy
+                for r in runs
+            ]
         )
         test_acc = np.array([100 * last(r, "test_acc") for r in runs])
         shift_acc = np.array([100 * accuracy(r, moved, labels) for r in runs])
@@ -185,7 +189,11 @@ def analyse(ctx: Context) -> Findings:
             "gap": train - test_acc,
             "ratio": float(np.mean(ratios)),
         }
-        ti, si, gi = stats.t_interval(test_acc), stats.t_interval(shift_acc), stats.t_interval(train - test_acc)
+        ti, si, gi = (
+            stats.t_interval(test_acc),
+            stats.t_interval(shift_acc),
+            stats.t_interval(train - test_acc),
+        )
         rows.append(
             [
                 ctx.label(arm),
@@ -282,7 +290,7 @@ def analyse(ctx: Context) -> Findings:
             meaning="A gap needs training long enough to memorise; short runs say little.",
         ),
         compare(
-            f"(Check of the rule) The learning-rate multiplier helps the locally-connected "
+            "(Check of the rule) The learning-rate multiplier helps the locally-connected "
             "layer: with it, test accuracy is higher than at the common learning rate.",
             un["test"],
             same["test"],
@@ -320,8 +328,12 @@ def analyse(ctx: Context) -> Findings:
                     [
                         {"label": lab, **v.interval.to_dict()}
                         for lab, v in zip(
-                            ("conv − LC: test", "conv − LC: shifted", "LC − conv: gap",
-                             "LC(lr x16) − LC(same lr)"),  # fmt: skip
+                            (
+                                "conv − LC: test",
+                                "conv − LC: shifted",
+                                "LC − conv: gap",
+                                "LC(lr x16) − LC(same lr)",
+                            ),
                             verdicts[1:],
                             strict=True,
                         )
@@ -339,9 +351,15 @@ def analyse(ctx: Context) -> Findings:
     return Findings([table], verdicts, pictures)
 
 
+def _weight(model: nn.Module) -> torch.Tensor:
+    """Layer 1's effective weights (``SharingNet.layer1_weight``: the learning-rate reparametrisation undone)."""
+    assert isinstance(model, SharingNet)
+    return model.layer1_weight()
+
+
 def _layer1(run: Run) -> tuple[nn.Module, np.ndarray]:
     model = run.model
-    w = model.layer1_weight() if hasattr(model, "layer1_weight") else model.layer1.weight
+    w = _weight(model)
     return model.get_submodule("layer1"), w.detach().numpy()
 
 
@@ -351,7 +369,7 @@ def _filters_picture(ctx: Context) -> Picture:
     spec, lrun = ctx.specs("unshared")[0], ctx.arm_runs("unshared")[0]
     start = initial_model(spec.model, dict(lrun.model_options), spec.config.seed)
     assert isinstance(conv, nn.Conv2d) and isinstance(local, LocallyConnected2d)
-    w0 = (start.layer1_weight() if hasattr(start, "layer1_weight") else start.layer1.weight)
+    w0 = _weight(start)
     dw = wl - w0.detach().numpy()  # (L, F, P): what training changed
     oh, ow = local.output_size
     places = [(0, 0), (0, ow - 1), (oh // 2, ow // 2), (oh - 1, 0), (oh - 1, ow - 1)]
@@ -388,7 +406,7 @@ def _change_picture(ctx: Context) -> Picture:
     spec, run = ctx.specs("unshared")[0], ctx.arm_runs("unshared")[0]
     local, w = _layer1(run)
     start = initial_model(spec.model, dict(run.model_options), spec.config.seed)
-    w0 = (start.layer1_weight() if hasattr(start, "layer1_weight") else start.layer1.weight)
+    w0 = _weight(start)
     assert isinstance(local, LocallyConnected2d)
     w0n = w0.detach().numpy()  # (L, F, P)
     change = (
@@ -403,7 +421,9 @@ def _change_picture(ctx: Context) -> Picture:
     if abs(b - cm) < 0.05 * max(b, cm):
         reading = "about the same on the border as in the centre (within 5 %)"
     elif b < cm:
-        reading = "smaller on the border, where the images are mostly background, than in the centre"
+        reading = (
+            "smaller on the border, where the images are mostly background, than in the centre"
+        )
     else:
         reading = "larger on the border than in the centre"
     return Picture(

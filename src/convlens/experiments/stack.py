@@ -37,6 +37,7 @@ from convlens.experiments.common import (
     Verdict,
     compare,
     error_curves,
+    image_shape,
     last,
     seconds_per_epoch,
     seeded_runs,
@@ -166,9 +167,7 @@ def analyse(ctx: Context) -> Findings:
                 rf_summary,
                 min(rf_measured) if min(rf_measured) == max(rf_measured) else str(rf_measured),
                 relus,
-                summary(runs[0].model, tuple(runs[0].data.image_shape), warn=False).totals[
-                    "params"
-                ],
+                summary(runs[0].model, image_shape(runs[0]), warn=False).totals["params"],
                 float(train_acc.mean()),
                 float(li.mean),
                 float(li.half) if li.n > 1 else float("nan"),
@@ -290,8 +289,10 @@ def analyse(ctx: Context) -> Findings:
             png(
                 intervals_figure(
                     [
-                        {"label": v.claim[:60] + ("…" if len(v.claim) > 60 else ""),
-                         **(v.interval.to_dict() if v.interval else {})}  # fmt: skip
+                        {
+                            "label": v.claim[:60] + ("…" if len(v.claim) > 60 else ""),
+                            **(v.interval.to_dict() if v.interval else {}),
+                        }
                         for v in verdicts
                         if v.interval is not None
                     ]

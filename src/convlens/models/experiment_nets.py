@@ -135,7 +135,9 @@ class SharingNet(ConvNet):
 
     def layer1_weight(self) -> torch.Tensor:
         """Layer 1's effective weights ``w = sqrt(m) v`` (the conv's or the LC layer's own shape)."""
-        return self.layer1.weight * self.layer1_scale
+        weight = self.layer1.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight * self.layer1_scale
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, 28, 28) -> (N, 2 width * 5 * 5)``."""

@@ -285,9 +285,7 @@ def intervals_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> F
     ax.axvline(0, color="tab:grey", lw=1)
     ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(
-        "paired difference, positive favours the claim (95 % t interval; red: −margin)"
-    )
+    ax.set_xlabel("paired difference, positive favours the claim (95 % t interval; red: −margin)")
     ax.grid(alpha=0.3, axis="x")
     if title:
         ax.set_title(title, fontsize=9)
