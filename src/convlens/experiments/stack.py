@@ -60,17 +60,17 @@ def plan(budget: str, data: str, *, width: int = 32, seeds: int = SEEDS) -> Plan
     c = int(width)
     if budget == "paper":
         config = small_config(
-            epochs=30, batch_size=128, lr=0.05, augment="crop,flip", crop_padding=4
+            epochs=30, batch_size=128, lr=0.02, augment="crop,flip", crop_padding=4
         )
         note = (
-            f"Paper-like budget: the full training set, 30 epochs, batch 128, SGD 0.05 cosine, "
+            f"Paper-like budget: the full training set, 30 epochs, batch 128, SGD 0.02 cosine, "
             f"crops and flips; {seeds} seeds per arm."
         )
     else:
-        config = small_config(epochs=4, limit_train=2000, limit_test=1000, augment="flip")
+        config = small_config(epochs=4, lr=0.02, limit_train=2000, limit_test=1000, augment="flip")
         note = (
             "Small budget (a 2-core CPU in about 20 minutes): 2,000 training and 1,000 test images, "
-            f"4 epochs, batch 64, SGD 0.05 with a cosine schedule, flips; {seeds} paired seeds "
+            f"4 epochs, batch 64, SGD 0.02 with a cosine schedule, flips; {seeds} paired seeds "
             "per arm."
         )
         if budget == "tiny":
