@@ -425,3 +425,6 @@ def _mean_pm(iv: Any) -> str:
     if iv.n < 2 or iv.lo != iv.lo:
         return f"{iv.mean:.2f}"
     return f"{iv.mean:.2f} ± {iv.half:.2f}"
+
+
+EVAL_TRAIN = 10_000  # training images evaluated (eval mode) when a budget trains on all of them

@@ -23,6 +23,7 @@ from convlens.anatomy import summary
 from convlens.errors import ConvlensError
 from convlens.experiments import stats
 from convlens.experiments.common import (
+    EVAL_TRAIN,
     TINY_NOTE,
     TINY_SEEDS,
     Context,
@@ -129,7 +130,7 @@ def analyse(ctx: Context) -> Findings:
     for arm in ctx.arms:
         specs, runs = ctx.specs(arm), ctx.arm_runs(arm)
         s = summary(runs[0].model, image_shape(runs[0]), warn=False)
-        limit = specs[0].config.limit_train
+        limit = specs[0].config.limit_train or EVAL_TRAIN  # a fixed subset at the paper budget
         err = np.array(
             [
                 100 * (1 - evaluate(r, split="train", limit=limit, root=ctx.data_root).accuracy)

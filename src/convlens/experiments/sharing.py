@@ -35,6 +35,7 @@ from convlens.anatomy import summary
 from convlens.data import load
 from convlens.experiments import stats
 from convlens.experiments.common import (
+    EVAL_TRAIN,
     TINY_NOTE,
     TINY_SEEDS,
     Context,
@@ -163,7 +164,7 @@ def analyse(ctx: Context) -> Findings:
         specs, runs = ctx.specs(arm), ctx.arm_runs(arm)
         s = summary(runs[0].model, image_shape(runs[0]), warn=False)
         layer = s["layer1"]
-        limit = specs[0].config.limit_train
+        limit = specs[0].config.limit_train or EVAL_TRAIN  # a fixed subset at the paper budget
         train = np.array(
             [
                 100 * evaluate(r, split="train", limit=limit, root=ctx.data_root).accuracy

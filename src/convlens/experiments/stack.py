@@ -26,6 +26,7 @@ from torch import nn
 from convlens.anatomy import effective_receptive_field, summary
 from convlens.experiments import stats
 from convlens.experiments.common import (
+    EVAL_TRAIN,
     TINY_NOTE,
     TINY_SEEDS,
     Context,
@@ -139,7 +140,7 @@ def analyse(ctx: Context) -> Findings:
         rf_measured = [
             brute_force_field(r.model.get_submodule("block"), convs[-1].name, c) for r in runs
         ]
-        limit = specs[0].config.limit_train
+        limit = specs[0].config.limit_train or EVAL_TRAIN  # a fixed subset at the paper budget
         train_evals = [evaluate(r, split="train", limit=limit, root=ctx.data_root) for r in runs]
         test = np.array([100 * last(r, "test_acc") for r in runs])
         train_acc = np.array([100 * e.accuracy for e in train_evals])
