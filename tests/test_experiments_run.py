@@ -73,7 +73,7 @@ def test_stack_table_against_formulas(stack_result: ExperimentResult) -> None:
 
 def test_resume_skips_finished_runs_and_report_redraws(stack_result: ExperimentResult) -> None:
     out = stack_result.out
-    weights = out / "runs" / "three3x3" / "model.safetensors"
+    weights = out / "runs" / "three3x3-s0" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     with pytest.raises(ConvlensError, match="--resume"):
         experiments.run("stack", out=out, budget="tiny", settings={"width": 8}, progress=False)
