@@ -9,7 +9,9 @@ Four ``stacknet`` arms differ only in their block (on a 16x16 map, C channels in
 - ``narrow7x7``: one 7x7 convolution C -> C' with 49 C C' ≈ 27 C² (C' = round(27C/49)):
   separates "fewer weights" from "depth".
 
-Each arm is trained with the same n seeds (paired: same data order and initialisation stream).
+Each arm is trained with the same n seeds (paired: same data order and initialisation stream), all
+with one recipe at SGD 0.02: at 0.05 the linear stack (a deep linear map, whose effective step is
+larger) diverged in both seeds tried.
 Parameters, MACs and the theoretical field come from :func:`convlens.summary` of the block; the
 field is measured again by brute force on the trained weights (the input pixels on which the
 centre unit's gradient is non-zero), and the effective receptive fields (mean |gradient|) of
