@@ -224,10 +224,15 @@ def error_curves_figure(
                 epochs, mean, yerr=half, fmt=style, marker=".", capsize=3,
                 color=colours[label], label=f"{label} (n = {n})",
             )  # fmt: skip
+    last_epoch = max((max(c["epoch"]) for c in curves.values() if len(c["epoch"])), default=1)
     for ax, (_, what) in zip(axes, panels, strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last_epoch <= 20:  # every epoch a tick, integers only
+            ax.set_xticks(range(1, int(last_epoch) + 1))
+            ax.set_xlim(0.5, last_epoch + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
