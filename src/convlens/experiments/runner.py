@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, Interrupted
 from convlens.experiments.common import (
     Context,
     Experiment,
@@ -227,14 +227,18 @@ def run(
                 progress=progress,
                 console=console,
             )
-        except KeyboardInterrupt:
-            # The run saved its checkpoint; the finished runs are complete on disk.
-            console.print(
-                f"[bold yellow]experiment {name} stopped at run {i} of {len(plan.runs)}; "
-                f"nothing finished is lost. Continue it with: convlens experiment {name} "
-                f"--budget {budget} --out {out} --resume[/]",
-                highlight=False,
+        except KeyboardInterrupt as e:
+            # The run saved its checkpoint; the finished runs are complete on disk. The CLI prints
+            # an Interrupted's message as its last line: make it the experiment's resume command.
+            message = (
+                f"experiment {name} stopped at run {i} of {len(plan.runs)}; nothing finished is "
+                f"lost. Continue it with: convlens experiment {name} --budget {budget} "
+                f"--out {out} --resume"
             )
+            if isinstance(e, Interrupted):
+                e.message = message  # printed by the CLI (main) as its one line
+            else:
+                console.print(f"[bold yellow]{message}[/]", highlight=False)
             raise
         console.print(f"{head}: done in {time.perf_counter() - t0:.0f} s")
     return report(out, data_root=root, console=console if progress else None)
