@@ -181,3 +181,22 @@ def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "Traceback" not in err
     assert re.search(r"small or paper", err)
     assert "nothing to resume" in err
+
+
+def test_ctrl_c_names_the_experiments_resume_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convlens import interrupts
+    from convlens.experiments import runner
+
+    def stopped(*args: object, **kwargs: object) -> object:
+        # what fit raises on Ctrl-C: a checkpoint saved, its own (train) resume command
+        raise interrupts.stop("in epoch 1; checkpoint saved. Resume with: convlens train x")
+
+    monkeypatch.setattr(runner, "fit", stopped)
+    out = tmp_path / "stack"
+    code = main(["experiment", "stack", "--budget", "tiny", "--out", str(out)])
+    err = capsys.readouterr().err.replace("\n", "")
+    assert code == 130
+    assert f"convlens experiment stack --budget tiny --out {out} --resume" in err
+    assert "convlens train" not in err
