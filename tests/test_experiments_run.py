@@ -144,16 +144,23 @@ def test_sharing_parameters_against_the_summary(tmp_path: Path, data_root: Path)
 
 
 @pytest.mark.slow
-def test_first_filters_and_degradation_run(tmp_path: Path, data_root: Path) -> None:
+def test_first_filters_runs(tmp_path: Path, data_root: Path) -> None:
     ff = experiments.run("first-filters", out=tmp_path / "ff", budget="tiny", progress=False)
     _check_page(ff)
     t = ff.tables[0]
     assert t.column("filters (all seeds)") == [64, 64, 64, 64, 12, 12]  # 2 seeds, w and w − w0
-    assert main(
-        ["experiment", "degradation", "--budget", "tiny", "--depths", "20,32",
-         "--device", "cpu", "--out", str(tmp_path / "deg")]
-    ) == 0  # fmt: skip
-    deg = experiments.report(tmp_path / "deg")
+
+
+@pytest.mark.slow
+def test_degradation_runs(tmp_path: Path, data_root: Path) -> None:
+    deg = experiments.run(
+        "degradation",
+        out=tmp_path / "deg",
+        budget="tiny",
+        device="cpu",
+        settings={"depths": (20, 32)},
+        progress=False,
+    )
     _check_page(deg)
     t = deg.tables[0]
     assert t.column("network") == ["plain-20", "resnet-20", "plain-32", "resnet-32"]
