@@ -184,10 +184,13 @@ _PALETTE = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab
 
 
 def _colour_groups(labels: Sequence[str]) -> dict[str, str]:
-    """Labels that share a number (plain-20 and resnet-20) share a colour: depth-paired colours."""
-    keys = [re.search(r"\d+", label) for label in labels]
-    groups = [k.group() if k is not None else label for k, label in zip(keys, labels, strict=True)]
-    if len(set(groups)) == len(groups):  # nothing pairs: one colour per label
+    """Depth-paired colours: ``NAME-DEPTH`` labels (plain-20, resnet-20) share a colour per depth.
+
+    Any other labels (``three 3x3``, ``three 3x3, no ReLU between``) get one colour each.
+    """
+    keys = [re.fullmatch(r"[A-Za-z]+-(\d+)", label) for label in labels]
+    groups = [k.group(1) if k is not None else label for k, label in zip(keys, labels, strict=True)]
+    if any(k is None for k in keys) or len(set(groups)) == len(groups):  # one colour per label
         groups = list(labels)
     order = list(dict.fromkeys(groups))
     return {
