@@ -57,6 +57,12 @@ def register(app: typer.Typer) -> None:
         depths: str | None = typer.Option(
             None, "--depths", help="degradation only: shallow and deep depth, e.g. 20,56."
         ),
+        seeds: int | None = typer.Option(
+            None,
+            "--seeds",
+            min=2,
+            help="Paired seeds per arm (default: the experiment's own, 5 or 3; the tiny budget 2).",
+        ),
     ) -> None:
         """Measure one of the notes' claims: train the networks, write tables, verdicts and a page."""
         from convlens import experiments
@@ -70,6 +76,8 @@ def register(app: typer.Typer) -> None:
             settings = _depths(depths)
             if settings and exp.name != "degradation":
                 raise ConvlensError("--depths applies to the degradation experiment only")
+            if seeds is not None:
+                settings["seeds"] = seeds
             result = experiments.run(
                 exp.name,
                 out=out or Path("experiments") / f"{exp.name}-{budget}",
@@ -81,8 +89,9 @@ def register(app: typer.Typer) -> None:
                 settings=settings,
                 console=err_console,
             )
+        colours = {"held": "green", "contradicted": "red"}
         for v in result.verdicts:
-            colour = "green" if v.held else "red"
+            colour = colours.get(v.status, "yellow")
             console.print(f"[{colour}]{v.status}[/]: {v.claim}", highlight=False)
             console.print(f"  [dim]{v.evidence}[/]", highlight=False)
         console.print(f"page: {result.page}")

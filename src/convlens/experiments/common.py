@@ -19,27 +19,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from convlens import models
 from convlens.errors import ConvlensError
+from convlens.experiments.stats import HELD, SMOKE, STATUSES, Interval
 from convlens.train import Run, TrainConfig
 
 BUDGETS = ("small", "paper", "tiny")
-HELD = "held"
-NOT_HELD = "did not hold at this budget"
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One network to train: its directory name under ``runs/``, label, model and recipe."""
+    """One network to train: its directory name under ``runs/``, label, model and recipe.
+
+    `arm` names what the run stands for (``three3x3``) and `seed` which repeat it is; runs of
+    different arms with the same seed are a pair (same data order and initialisation stream).
+    Old experiment directories without them read as one seed: arm = name, seed = the config's.
+    """
 
     name: str
     label: str
     model: str
     options: dict[str, Any]
     config: TrainConfig
+    arm: str = ""
+    seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (what ``experiment.json`` lists)."""
@@ -49,7 +56,25 @@ class RunSpec:
             "model": self.model,
             "options": dict(self.options),
             "train": self.config.to_dict(),
+            "arm": self.arm or self.name,
+            "seed": self.seed,
         }
+
+
+def seeded_runs(
+    arms: list[tuple[str, str, str, dict[str, Any], TrainConfig]], seeds: int
+) -> list[RunSpec]:
+    """One run per arm and seed (``NAME-sS``), seed-major so that a pair finishes together.
+
+    Args:
+        arms: ``(name, label, model, options, config)`` per arm.
+        seeds: n; seed s trains every arm with ``config.seed = s``.
+    """
+    return [
+        RunSpec(f"{name}-s{s}", label, model, options, config.replace(seed=s), name, s)
+        for s in range(seeds)
+        for name, label, model, options, config in arms
+    ]
 
 
 @dataclass(frozen=True)
@@ -57,7 +82,7 @@ class Plan:
     """What an experiment trains at one budget, and how the page says so."""
 
     runs: list[RunSpec]
-    budget_note: str  # one or two sentences: images, epochs, recipe
+    budget_note: str  # one or two sentences: images, epochs, recipe, seeds
     params: dict[str, Any] = field(default_factory=dict)  # experiment settings (depths, noise ...)
 
 
@@ -82,16 +107,40 @@ class Table:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A claim, whether it held here, and the measured numbers that decide it."""
+    """A claim, its status, the measured numbers that decide it, and the interval that did.
+
+    `status` is one of :data:`~convlens.experiments.stats.STATUSES`: ``held``, ``contradicted``,
+    ``inconclusive`` (the interval does not decide) or the smoke test's "decides nothing".
+    """
 
     claim: str
-    held: bool
+    status: str
     evidence: str
+    interval: Interval | None = None
+    rule: str = ""  # how the interval decides (superiority, non-inferiority with its margin)
+    prediction: str = ""  # what the papers predict at this budget, stated before the result
+    meaning: str = ""  # what the result means for a student
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown verdict status {self.status!r}")
 
     @property
-    def status(self) -> str:
-        """``"held"`` or ``"did not hold at this budget"``."""
-        return HELD if self.held else NOT_HELD
+    def held(self) -> bool:
+        """Whether the claim held (False for contradicted, inconclusive and smoke tests)."""
+        return self.status == HELD
+
+    def smoke(self) -> Verdict:
+        """The same claim at the tiny budget: no decision."""
+        return Verdict(
+            self.claim,
+            SMOKE,
+            self.evidence,
+            self.interval,
+            self.rule,
+            self.prediction,
+            "A smoke test: one epoch on 256 images shows that the code runs; it decides nothing.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -100,6 +149,10 @@ class Verdict:
             "held": self.held,
             "status": self.status,
             "evidence": self.evidence,
+            "rule": self.rule,
+            "prediction": self.prediction,
+            "meaning": self.meaning,
+            "interval": None if self.interval is None else self.interval.to_dict(),
         }
 
 
@@ -144,6 +197,37 @@ class Context:
     def spec(self, name: str) -> RunSpec:
         """The :class:`RunSpec` called `name`."""
         return next(s for s in self.plan.runs if s.name == name)
+
+    @property
+    def arms(self) -> list[str]:
+        """The arms in plan order (each once)."""
+        return list(dict.fromkeys(s.arm or s.name for s in self.plan.runs))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every arm was trained with, ascending."""
+        return sorted({s.seed for s in self.plan.runs})
+
+    def label(self, arm: str) -> str:
+        """The page's label of `arm`."""
+        return next(s.label for s in self.plan.runs if (s.arm or s.name) == arm)
+
+    def specs(self, arm: str) -> list[RunSpec]:
+        """The runs of `arm`, by seed."""
+        return sorted((s for s in self.plan.runs if (s.arm or s.name) == arm), key=lambda s: s.seed)
+
+    def arm_runs(self, arm: str) -> list[Run]:
+        """The loaded runs of `arm`, by seed (pairs line up across arms)."""
+        return [self.runs[s.name] for s in self.specs(arm)]
+
+    def per_seed(self, arm: str, measure: Callable[[RunSpec, Run], float]) -> np.ndarray:
+        """``(n_seeds,)``: `measure` of each run of `arm`, by seed."""
+        return np.array([measure(s, self.runs[s.name]) for s in self.specs(arm)], dtype=np.float64)
+
+    @property
+    def smoke(self) -> bool:
+        """Whether this is the tiny budget (a smoke test that decides nothing)."""
+        return self.budget == "tiny"
 
 
 @dataclass(frozen=True)
@@ -214,16 +298,28 @@ def image_shape(run: Run) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
-def error_curves(ctx: Context) -> dict[str, dict[str, list[float]]]:
-    """Per run label: epochs, training and test error (%) per epoch, from the runs' metrics."""
-    curves = {}
-    for spec in ctx.plan.runs:
-        hist = ctx.runs[spec.name].history
-        curves[spec.label] = {
-            "epoch": [float(r["epoch"]) for r in hist],
-            "train_err": [error_pct(r["train_acc"]) for r in hist],
-            "test_err": [error_pct(r["test_acc"]) for r in hist],
-        }
+def error_curves(
+    ctx: Context, keys: tuple[str, ...] = ("train_acc", "test_acc")
+) -> dict[str, dict[str, Any]]:
+    """Per arm label: epochs (1-based) and, per key, error (%) per epoch as ``(n_seeds, epochs)``.
+
+    Keys ending in ``_acc`` become errors in percent; others (``train_loss``) are copied.
+    """
+    curves: dict[str, dict[str, Any]] = {}
+    for arm in ctx.arms:
+        runs = ctx.arm_runs(arm)
+        epochs = min(len(r.history) for r in runs)
+        entry: dict[str, Any] = {"epoch": list(range(1, epochs + 1))}
+        for key in keys:
+            rows = [
+                [
+                    error_pct(h[key]) if key.endswith("_acc") else float(h[key])
+                    for h in r.history[:epochs]
+                ]
+                for r in runs
+            ]
+            entry[key] = np.array(rows, dtype=np.float64)  # (n_seeds, epochs)
+        curves[ctx.label(arm)] = entry
     return curves
 
 
@@ -259,6 +355,76 @@ def small_config(**changes: Any) -> TrainConfig:
     return base.replace(**changes)
 
 
+TINY_SEEDS = 2  # the tiny budget still pairs two seeds, so that the statistics run end to end
+TINY_NOTE = (
+    "Tiny budget: a smoke test (256 training images, one epoch, two seeds). It checks that "
+    "everything runs and decides nothing."
+)
+
+
 def tiny(config: TrainConfig) -> TrainConfig:
     """The tiny budget of a recipe: 256 training and 128 test images, one epoch."""
     return config.replace(epochs=1, limit_train=256, limit_test=128, batch_size=64, warmup=0.0)
+
+
+def compare(
+    claim: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    a_label: str,
+    b_label: str,
+    measure: str,
+    unit: str,
+    margin: float | None = None,
+    lower_is_better: bool = False,
+    prediction: str = "",
+    meaning: str = "",
+) -> Verdict:
+    """The verdict on "A is better than B" (or, with `margin`, "A is at least as good as B").
+
+    Args:
+        claim: the claim in words.
+        a, b: ``(n_seeds,)`` the measure per seed; seed s of `a` pairs with seed s of `b`.
+        a_label, b_label: the arms' names on the page.
+        measure: what was measured (``test accuracy``).
+        unit: the difference's unit (``points``).
+        lower_is_better: for errors and losses: the difference tested is then ``b - a``.
+        margin: None for superiority (the interval must lie above 0); a number δ >= 0 for
+            non-inferiority (the interval must lie above -δ).
+        prediction: what the papers predict at this budget.
+        meaning: what the result means for a student.
+    """
+    from convlens.experiments import stats
+
+    iv = stats.paired(b, a) if lower_is_better else stats.paired(a, b)
+    diff = f"{b_label} − {a_label}" if lower_is_better else f"{a_label} − {b_label}"
+    if margin is None:
+        status = stats.superiority(iv)
+        rule = (
+            f"held if the 95 % interval of {diff} lies above 0, contradicted if "
+            "it lies below 0, inconclusive if it contains 0"
+        )
+    else:
+        status = stats.non_inferiority(iv, margin)
+        rule = (
+            f"non-inferiority with a margin of {margin:g} {unit}, fixed before the runs: held if "
+            f"the 95 % interval of {diff} lies above −{margin:g}, contradicted if "
+            f"it lies below −{margin:g}, inconclusive if it contains −{margin:g}"
+        )
+    sa, sb = stats.t_interval(a), stats.t_interval(b)
+    evidence = (
+        f"{measure}, {diff} (positive favours the claim): "
+        f"{iv.text(unit)} paired seeds; {a_label} {_mean_pm(sa)}, {b_label} {_mean_pm(sb)} "
+        f"({stats.METHOD})."
+    )
+    return Verdict(claim, status, evidence, iv, rule, prediction, meaning)
+
+
+def _mean_pm(iv: Any) -> str:
+    if iv.n < 2 or iv.lo != iv.lo:
+        return f"{iv.mean:.2f}"
+    return f"{iv.mean:.2f} ± {iv.half:.2f}"
+
+
+EVAL_TRAIN = 10_000  # training images evaluated (eval mode) when a budget trains on all of them

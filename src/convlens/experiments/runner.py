@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from convlens.errors import ConvlensError
+from convlens.errors import ConvlensError, Interrupted
 from convlens.experiments.common import (
     Context,
     Experiment,
@@ -32,6 +32,7 @@ from convlens.experiments.common import (
     RunSpec,
     check_budget,
 )
+from convlens.experiments.stats import METHOD
 from convlens.fileio import atomic_write_json, atomic_write_text
 from convlens.train import Run, TrainConfig, fit, load_run
 from convlens.train.run_dir import CHECKPOINT, RUN_JSON, WEIGHTS, read_run_json
@@ -93,7 +94,13 @@ def _saved_plan(exp: Experiment, saved: dict[str, Any]) -> Plan:
     try:
         runs = [
             RunSpec(
-                r["name"], r["label"], r["model"], r["options"], TrainConfig.from_dict(r["train"])
+                r["name"],
+                r["label"],
+                r["model"],
+                r["options"],
+                TrainConfig.from_dict(r["train"]),
+                str(r.get("arm") or r["name"]),
+                int(r.get("seed", r["train"].get("seed", 0))),
             )
             for r in saved["runs"]
         ]
@@ -173,7 +180,12 @@ def run(
                 f"--resume continues {out} as it was started ({have}); these differ: {differ}"
             )
         data, settings = saved["data"], saved["settings"]
-    elif out.exists() and any(out.iterdir()) and not resume:
+    elif resume:
+        raise ConvlensError(
+            f"nothing to resume: {out} holds no experiment (no {EXPERIMENT_JSON}); start one "
+            f"with `convlens experiment {name} --out {out}`"
+        )
+    elif out.exists() and any(out.iterdir()):
         raise ConvlensError(f"{out} exists and is not empty; choose another --out")
     data = data or exp.default_data
     exp.check_data(data)
@@ -203,17 +215,31 @@ def run(
             continue
         console.print(f"{head}{': resuming' if state == 'started' else ''}")
         t0 = time.perf_counter()
-        fit(
-            spec.model,
-            data,
-            out=run_dir,
-            config=spec.config.replace(device=device),
-            model_options=spec.options,
-            data_root=root,
-            resume=state == "started",
-            progress=progress,
-            console=console,
-        )
+        try:
+            fit(
+                spec.model,
+                data,
+                out=run_dir,
+                config=spec.config.replace(device=device),
+                model_options=spec.options,
+                data_root=root,
+                resume=state == "started",
+                progress=progress,
+                console=console,
+            )
+        except KeyboardInterrupt as e:
+            # The run saved its checkpoint; the finished runs are complete on disk. The CLI prints
+            # an Interrupted's message as its last line: make it the experiment's resume command.
+            message = (
+                f"experiment {name} stopped at run {i} of {len(plan.runs)}; nothing finished is "
+                f"lost. Continue it with: convlens experiment {name} --budget {budget} "
+                f"--out {out} --resume"
+            )
+            if isinstance(e, Interrupted):
+                e.message = message  # printed by the CLI (main) as its one line
+            else:
+                console.print(f"[bold yellow]{message}[/]", highlight=False)
+            raise
         console.print(f"{head}: done in {time.perf_counter() - t0:.0f} s")
     return report(out, data_root=root, console=console if progress else None)
 
@@ -266,6 +292,8 @@ def report(
     if console is not None:
         console.print(f"analysing {exp.name} ({len(runs)} runs) ...")
     findings = exp.analyse(ctx)
+    if ctx.smoke:  # the tiny budget checks that everything runs; it decides nothing
+        findings.verdicts = [v.smoke() for v in findings.verdicts]
     html = experiment_page(
         title=exp.title,
         claim=exp.claim,
@@ -287,6 +315,8 @@ def report(
             "budget": ctx.budget,
             "data": ctx.data,
             "budget_note": plan.budget_note,
+            "seeds": ctx.seeds,
+            "statistics": METHOD,
             "verdicts": [v.to_dict() for v in findings.verdicts],
             "tables": [t.to_dict() for t in findings.tables],
             "notes": findings.notes,
@@ -305,7 +335,13 @@ def _facts(ctx: Context) -> list[tuple[str, str]]:
         ("experiment", ctx.name),
         ("data", ctx.data),
         ("budget", ctx.budget),
-        ("runs", ", ".join(f"{s.label} ({s.model})" for s in ctx.plan.runs)),
+        ("arms", ", ".join(f"{ctx.label(a)} ({ctx.specs(a)[0].model})" for a in ctx.arms)),
+        (
+            "seeds",
+            f"{len(ctx.seeds)} per arm ({', '.join(map(str, ctx.seeds))}); runs of one seed share "
+            "the data order and the initialisation stream",
+        ),
+        ("statistics", f"{METHOD}; verdicts decided by the interval"),
         ("trained on", ", ".join(devices)),
         ("training time", f"{seconds / 60:.1f} min over {len(ctx.runs)} runs"),
         ("command", command),

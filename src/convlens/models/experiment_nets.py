@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -29,23 +31,42 @@ _VGG, _LENET = PAPERS["vgg"], PAPERS["lenet"]
 class StackNet(ConvNet):
     """Stem 3x3 (C) -> 2x2 max pool -> the block -> 2x2 max pool -> 4x4 average pool -> linear.
 
-    The block is ``kernel=3``: three 3x3 convolutions C -> C, each followed by a ReLU, or
-    ``kernel=7``: one 7x7 convolution C -> C and one ReLU. Its convolutions have no bias, so their
-    parameters are exactly 27 C^2 and 49 C^2.
+    The block is ``kernel=3``: three 3x3 convolutions C -> C, each followed by a ReLU (with
+    ``linear=True`` only the last one is: the stack is then one linear map of a 7x7 field), or
+    ``kernel=7``: one 7x7 convolution C -> C' and one ReLU, C' = `block_width` (default C; 18 for
+    C = 32 gives 49 * 32 * 18 = 28,224 weights, the stack's 27,648 within 2 %). Its convolutions
+    have no bias, so their parameters are exactly 27 C^2 and 49 C C'.
     """
 
     def __init__(
-        self, *, num_classes: int, in_channels: int, kernel: int = 3, width: int = 32
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        kernel: int = 3,
+        width: int = 32,
+        linear: bool = False,
+        block_width: int | None = None,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
         self.pool1 = nn.MaxPool2d(2)
         layers: list[nn.Module] = []
+        out = width
         if kernel == 3:
-            for _ in range(3):
-                layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.ReLU()]
+            if block_width not in (None, width):
+                raise ConvlensError("stacknet: block_width applies to kernel=7 only")
+            for i in range(3):
+                layers.append(nn.Conv2d(width, width, 3, padding=1, bias=False))
+                if not linear or i == 2:
+                    layers.append(nn.ReLU())
         elif kernel == 7:
-            layers += [nn.Conv2d(width, width, 7, padding=3, bias=False), nn.ReLU()]
+            if linear:
+                raise ConvlensError("stacknet: linear applies to kernel=3 only")
+            out = width if block_width is None else int(block_width)
+            if out < 1:
+                raise ConvlensError(f"stacknet: block_width must be positive, not {out}")
+            layers += [nn.Conv2d(width, out, 7, padding=3, bias=False), nn.ReLU()]
         else:
             raise ConvlensError(
                 f"stacknet: kernel must be 3 (three 3x3) or 7 (one 7x7), not {kernel}"
@@ -53,10 +74,14 @@ class StackNet(ConvNet):
         self.block = nn.Sequential(*layers)
         self.pool2 = nn.MaxPool2d(2)
         self.head_pool = nn.AdaptiveAvgPool2d(4)
-        self.fc = nn.Linear(width * 16, num_classes)
-        for m in self.modules():
+        self.fc = nn.Linear(out * 16, num_classes)
+        # He init where a ReLU follows; variance-preserving (gain 1) where none does (the linear
+        # stack), or three linear layers at gain sqrt(2) would blow the activations up 2.8x
+        modules = list(self.modules())
+        for i, m in enumerate(modules):
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                followed = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu" if followed else "linear")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, 32, 32) -> (N, 16 C)``."""
@@ -70,7 +95,13 @@ class StackNet(ConvNet):
 
 
 class SharingNet(ConvNet):
-    """Layer 1 (5x5, `width` filters, shared or not) -> ReLU -> pool -> conv 3x3 -> ReLU -> pool -> linear."""
+    """Layer 1 (5x5, `width` filters, shared or not) -> ReLU -> pool -> conv 3x3 -> ReLU -> pool -> linear.
+
+    ``layer1_lr`` (m) is layer 1's learning-rate multiplier, by reparametrisation: the layer holds
+    ``v = w / sqrt(m)`` and is fed ``sqrt(m) x``, so it computes the same function from the same
+    initial ``w``, while an SGD step moves ``w`` by m times as much (weight decay stays relative).
+    :meth:`layer1_weight` gives ``w``.
+    """
 
     def __init__(
         self,
@@ -80,6 +111,7 @@ class SharingNet(ConvNet):
         shared: bool = True,
         width: int = 16,
         image_size: int = 28,
+        layer1_lr: float = 1.0,
     ) -> None:
         super().__init__()
         self.layer1: nn.Module
@@ -87,6 +119,12 @@ class SharingNet(ConvNet):
             self.layer1 = nn.Conv2d(in_channels, width, 5)
         else:
             self.layer1 = LocallyConnected2d(in_channels, width, 5, (image_size, image_size))
+        if not layer1_lr > 0:
+            raise ConvlensError(f"sharingnet: layer1_lr must be positive, not {layer1_lr}")
+        self.layer1_scale = math.sqrt(float(layer1_lr))
+        if self.layer1_scale != 1.0:
+            with torch.no_grad():
+                self.layer1.weight.div_(self.layer1_scale)  # v = w / sqrt(m)
         self.act1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(width, 2 * width, 3)
@@ -95,8 +133,16 @@ class SharingNet(ConvNet):
         side = ((image_size - 4) // 2 - 2) // 2
         self.fc = nn.Linear(2 * width * side * side, num_classes)
 
+    def layer1_weight(self) -> torch.Tensor:
+        """Layer 1's effective weights ``w = sqrt(m) v`` (the conv's or the LC layer's own shape)."""
+        weight = self.layer1.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight * self.layer1_scale
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, 28, 28) -> (N, 2 width * 5 * 5)``."""
+        if self.layer1_scale != 1.0:
+            x = x * self.layer1_scale  # (s x) . v = x . w: the reparametrisation
         x = self.pool1(self.act1(self.layer1(x)))  # N x w x 12 x 12
         x = self.pool2(self.act2(self.conv2(x)))  # N x 2w x 5 x 5
         return x.flatten(1)
@@ -158,7 +204,13 @@ class StemNet(ConvNet):
     description="stem, then three 3x3 convolutions (kernel=3) or one 7x7 (kernel=7), C channels",
 )
 def stacknet(
-    *, num_classes: int = 10, in_channels: int = 3, kernel: int = 3, width: int = 32
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    kernel: int = 3,
+    width: int = 32,
+    linear: bool = False,
+    block_width: int | None = None,
 ) -> StackNet:
     """The stack experiment's network.
 
@@ -167,8 +219,17 @@ def stacknet(
         in_channels: image channels.
         kernel: 3 for three stacked 3x3 convolutions, 7 for one 7x7.
         width: C, the channels in and out of the block.
+        linear: kernel 3 only: no ReLU between the three convolutions (one after the last).
+        block_width: kernel 7 only: the 7x7's output channels (default C).
     """
-    return StackNet(num_classes=num_classes, in_channels=in_channels, kernel=kernel, width=width)
+    return StackNet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        kernel=kernel,
+        width=width,
+        linear=linear,
+        block_width=block_width,
+    )
 
 
 @register_model(
@@ -187,6 +248,7 @@ def sharingnet(
     shared: bool = True,
     width: int = 16,
     image_size: int = 28,
+    layer1_lr: float = 1.0,
 ) -> SharingNet:
     """The sharing experiment's network.
 
@@ -196,6 +258,7 @@ def sharingnet(
         shared: True for a convolution, False for a locally-connected first layer.
         width: filters of the first layer (the second has twice as many).
         image_size: side of the square input (the locally-connected layer owns weights per position).
+        layer1_lr: learning-rate multiplier of layer 1 (by reparametrisation; see SharingNet).
     """
     if image_size < 14:
         raise ConvlensError(f"sharingnet: image_size must be at least 14, not {image_size}")
@@ -205,6 +268,7 @@ def sharingnet(
         shared=shared,
         width=width,
         image_size=image_size,
+        layer1_lr=layer1_lr,
     )
 
 

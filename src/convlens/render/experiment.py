@@ -9,11 +9,14 @@ experiments compute them); nothing trains or runs a model.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import t as _t
 
 from convlens.render.common import figure_png
 from convlens.render.report_base import esc, fmt_int, img, para, table
@@ -32,8 +35,13 @@ dl.facts { display:grid; grid-template-columns:max-content 1fr; gap:.15rem 1.25r
 dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
 ul.verdicts { list-style: none; padding: 0; }
 ul.verdicts li { margin: .5rem 0; padding: .4rem .8rem; border-left: 4px solid var(--line); }
-ul.verdicts li.held { border-color: var(--ok); } ul.verdicts li.not { border-color: var(--no); }
-.status { font-weight: 700; } li.held .status { color: var(--ok); } li.not .status { color: var(--no); }
+ul.verdicts li.held { border-color: var(--ok); } ul.verdicts li.contradicted { border-color: var(--no); }
+ul.verdicts li.inconclusive, ul.verdicts li.smoke { border-color: #a07b00; }
+.status { font-weight: 700; } li.held .status { color: var(--ok); } li.contradicted .status { color: var(--no); }
+li.inconclusive .status, li.smoke .status { color: #8a6a00; }
+ul.verdicts dl { display:grid; grid-template-columns:max-content 1fr; gap:.1rem 1rem; margin:.3rem 0 0; font-size:.92rem; }
+ul.verdicts dt { color: var(--muted); } ul.verdicts dd { margin: 0; }
+.smokebanner { border: 2px solid #a07b00; background: #fff8e0; padding: .5rem .9rem; font-weight: 600; }
 figure { margin: .75rem 0 1.25rem; } figure img { max-width: 100%; border: 1px solid var(--line); }
 figcaption { color: var(--muted); font-size: .88rem; max-width: 52rem; }
 .scroll { overflow-x: auto; }
@@ -53,6 +61,24 @@ def _cell(v: Any) -> str:
             return "n/a"
         return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
     return fmt_int(v)
+
+
+def _verdict_item(v: Mapping[str, Any]) -> str:
+    status = str(v["status"])
+    cls = "smoke" if status.startswith("smoke") else status
+    rows = [
+        ("what the papers predict here", v.get("prediction") or ""),
+        ("result", v["evidence"]),
+        ("rule", v.get("rule") or ""),
+        ("verdict", status),
+        ("for a student", v.get("meaning") or ""),
+    ]
+    return (
+        f'<li class="{esc(cls)}"><span class="status">{esc(status)}</span>: {esc(v["claim"])}'
+        + "<dl>"
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(x))}</dd>" for k, x in rows if x)
+        + "</dl></li>"
+    )
 
 
 def experiment_page(
@@ -76,7 +102,7 @@ def experiment_page(
         source: paper and section.
         facts: (label, value) pairs (data, budget, command ...).
         budget_note: what the budget trained (images, epochs); shown under the claim.
-        verdicts: ``{"claim", "held", "status", "evidence"}`` per claim.
+        verdicts: ``{"claim", "status", "evidence", "rule", "prediction", "meaning"}`` per claim.
         tables: ``{"title", "headers", "rows", "note"}`` per table.
         pictures: ``(png, caption, alt)`` per figure.
         notes: remarks shown at the end.
@@ -90,20 +116,21 @@ def experiment_page(
         + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
         + "</dl>",
         para(budget_note, "note"),
-        "<h2>Verdicts</h2>",
+        "<h2>Claims, predictions and verdicts</h2>",
+        (
+            '<p class="smokebanner">Smoke test: decides nothing. This budget only checks that '
+            "the code runs; no claim is decided.</p>"
+            if any(v["status"].startswith("smoke") for v in verdicts)
+            else ""
+        ),
         para(
-            "Each verdict is computed from the numbers below by the rule it states; none was tuned "
-            "after the fact. A claim that did not hold is reported as such.",
+            "Each claim is decided by a rule fixed before the runs: the 95 % interval of the "
+            "paired difference over the seeds (Student t) lies on the claim's side (held), on the "
+            "other side (contradicted), or straddles the line (inconclusive: this budget cannot "
+            "tell). Claims of 'at least as good' state their margin.",
             "note",
         ),
-        '<ul class="verdicts">'
-        + "".join(
-            f'<li class="{"held" if v["held"] else "not"}"><span class="status">'
-            f"{esc(v['status'])}</span>: {esc(v['claim'])}<br>"
-            f'<span class="note">{esc(v["evidence"])}</span></li>'
-            for v in verdicts
-        )
-        + "</ul>",
+        '<ul class="verdicts">' + "".join(_verdict_item(v) for v in verdicts) + "</ul>",
         "<h2>Measurements</h2>",
     ]
     for t in tables:
@@ -138,39 +165,171 @@ def experiment_page(
 # --- figures -------------------------------------------------------------------------------------
 
 
-def error_curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
-    """Training and test error (%) against epochs, one line per run (He et al. 2016, Fig. 1/6 style).
+def _band(rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``(n_seeds, points)``: mean and half-width of its 95 % Student-t interval.
+
+    (The same interval as :func:`convlens.experiments.stats.mean_band`; render sits below
+    experiments, so it computes its own.)
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    x = x[None] if x.ndim == 1 else x
+    n = x.shape[0]
+    if n < 2:
+        return x.mean(0), np.zeros(x.shape[1])
+    t = float(_t.ppf(0.975, n - 1))
+    return x.mean(0), t * x.std(0, ddof=1) / np.sqrt(n)
+
+
+_PALETTE = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+
+
+def _colour_groups(labels: Sequence[str]) -> dict[str, str]:
+    """Depth-paired colours: ``NAME-DEPTH`` labels (plain-20, resnet-20) share a colour per depth.
+
+    Any other labels (``three 3x3``, ``three 3x3, no ReLU between``) get one colour each.
+    """
+    keys = [re.fullmatch(r"[A-Za-z]+-(\d+)", label) for label in labels]
+    groups = [k.group(1) if k is not None else label for k, label in zip(keys, labels, strict=True)]
+    if any(k is None for k in keys) or len(set(groups)) == len(groups):  # one colour per label
+        groups = list(labels)
+    order = list(dict.fromkeys(groups))
+    return {
+        label: _PALETTE[order.index(g) % len(_PALETTE)]
+        for label, g in zip(labels, groups, strict=True)
+    }
+
+
+def error_curves_figure(
+    curves: Mapping[str, Mapping[str, Any]],
+    panels: Sequence[tuple[str, str]] = (
+        ("train_acc", "training error (%)"),
+        ("test_acc", "test error (%)"),
+    ),
+) -> Figure:
+    """Per panel, the mean over seeds against epochs with a 95 % t interval as error bars.
 
     Args:
-        curves: label -> ``{"epoch": [...], "train_err": [...], "test_err": [...]}``; labels that
-            start with "plain" are drawn dashed.
+        curves: label -> ``{"epoch": [1, 2, ...], key: (n_seeds, epochs) array, ...}``. Labels
+            that share a number (plain-20, resnet-20) share a colour; those starting with "plain"
+            are dashed.
+        panels: ``(key, y label)`` per panel.
     """
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2)
-    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
-    for k, (label, c) in enumerate(curves.items()):
+    fig = Figure(figsize=(5 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = _colour_groups(list(curves))
+    for label, c in curves.items():
         style = "--" if label.lower().startswith("plain") else "-"
-        epochs = [e + 1 for e in c["epoch"]]
-        for ax, key in zip(axes, ("train_err", "test_err"), strict=True):
-            ax.plot(epochs, c[key], style, color=colours[k % len(colours)], label=label, marker=".")
-    for ax, what in zip(axes, ("training error (%)", "test error (%)"), strict=True):
+        epochs = list(c["epoch"])
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            mean, half = _band(c[key])
+            n = np.asarray(c[key]).reshape(-1, len(epochs)).shape[0]
+            ax.errorbar(
+                epochs, mean, yerr=half, fmt=style, marker=".", capsize=3,
+                color=colours[label], label=f"{label} (n = {n})",
+            )  # fmt: skip
+    last_epoch = max((max(c["epoch"]) for c in curves.values() if len(c["epoch"])), default=1)
+    for ax, (_, what) in zip(axes, panels, strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
+        if last_epoch <= 20:  # every epoch a tick, integers only
+            ax.set_xticks(range(1, int(last_epoch) + 1))
+            ax.set_xlim(0.5, last_epoch + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def noise_figure(levels: Sequence[float], accuracy: Mapping[str, Sequence[float]]) -> Figure:
-    """Test accuracy (%) against the standard deviation of added Gaussian noise, one line per run."""
+def noise_figure(
+    levels: Sequence[float],
+    accuracy: Mapping[str, Any],
+    *,
+    xlabel: str = "noise standard deviation",
+    ylabel: str = "test accuracy (%)",
+    full_axis: bool = True,
+) -> Figure:
+    """A measure (%) against noise, one line per arm: the mean over seeds and its 95 % t interval.
+
+    Args:
+        levels: the noise levels (x).
+        accuracy: label -> ``(n_seeds, len(levels))`` values in [0, 1] (drawn as percent).
+        full_axis: draw y from 0 to 100 (no exaggerated differences).
+    """
     fig = Figure(figsize=(6, 3.8))
     ax = fig.subplots()
     for label, acc in accuracy.items():
-        ax.plot(levels, [100 * a for a in acc], marker="o", label=label)
-    ax.set_xlabel("noise standard deviation (pixel values in [0, 1])")
-    ax.set_ylabel("test accuracy (%)")
+        mean, half = _band(100 * np.asarray(acc, dtype=np.float64))
+        ax.errorbar(levels, mean, yerr=half, marker="o", capsize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if full_axis:
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def intervals_figure(rows: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
+    """The claims' paired differences with their 95 % intervals (a forest plot).
+
+    Args:
+        rows: ``{"label", "mean", "lo", "hi", "margin" (or None), "unit"}`` per claim; the line at 0
+            and, for non-inferiority claims, at -margin are drawn.
+    """
+    fig = Figure(figsize=(7.5, 0.55 * len(rows) + 1.3))
+    ax = fig.subplots()
+    for y, r in enumerate(rows):
+        lo, hi = r["lo"], r["hi"]
+        if lo is None or hi is None:
+            ax.plot([r["mean"]], [y], "o", color="tab:grey")
+        else:
+            ax.errorbar([r["mean"]], [y], xerr=[[r["mean"] - lo], [hi - r["mean"]]], fmt="o",
+                        capsize=4, color="k")  # fmt: skip
+        if r.get("margin") is not None:
+            ax.plot([-r["margin"]] * 2, [y - 0.35, y + 0.35], color="tab:red", ls=":", lw=1.5)
+    ax.axvline(0, color="tab:grey", lw=1)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference, positive favours the claim (95 % t interval; red: −margin)")
+    ax.grid(alpha=0.3, axis="x")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def bars_figure(
+    values: Mapping[str, Mapping[str, Any]], *, ylabel: str, full_axis: bool = False
+) -> Figure:
+    """Grouped bars: per group (x) and arm (colour), the mean over seeds with its 95 % interval.
+
+    Args:
+        values: group -> arm label -> ``(n_seeds,)`` values.
+        full_axis: y from 0 to 100.
+    """
+    groups = list(values)
+    arms = list(dict.fromkeys(a for g in groups for a in values[g]))
+    fig = Figure(figsize=(max(5.0, 1.6 * len(groups) * max(len(arms), 1) / 2 + 2), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / max(len(arms), 1)
+    for k, arm in enumerate(arms):
+        xs, means, halves = [], [], []
+        for i, g in enumerate(groups):
+            if arm in values[g]:
+                m, h = _band(np.asarray(values[g][arm], dtype=np.float64)[:, None])
+                xs.append(i + (k - (len(arms) - 1) / 2) * width)
+                means.append(float(m[0]))
+                halves.append(float(h[0]))
+        ax.bar(xs, means, width * 0.9, yerr=halves, capsize=3, label=arm,
+               color=_PALETTE[k % len(_PALETTE)])  # fmt: skip
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if full_axis:
+        ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -236,7 +395,7 @@ def measure_strips_figure(
     for ax, measure in zip(axes, measures, strict=True):
         for y, label in enumerate(labels):
             v = np.asarray(values[label][measure])
-            colour = "tab:grey" if "untrained" in label else "tab:blue"
+            colour = "tab:grey" if ("untrained" in label or "null" in label) else "tab:blue"
             ax.scatter(v, y + rng.uniform(-0.15, 0.15, len(v)), s=9, color=colour, alpha=0.7)
             ax.plot([np.median(v)] * 2, [y - 0.3, y + 0.3], color="k", lw=1.5)
             t = (thresholds or {}).get(label, {}).get(measure)
@@ -253,3 +412,17 @@ def measure_strips_figure(
 def png(fig: Figure, dpi: int = 100) -> bytes:
     """PNG bytes of a figure (closed)."""
     return figure_png(fig, dpi=dpi)
+
+
+def maps_figure(maps: Mapping[str, np.ndarray], *, label: str = "") -> Figure:
+    """A row of ``(H, W)`` maps, one per title, each on its own colour scale."""
+    fig = Figure(figsize=(3.4 * len(maps), 3.4))
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
+    for ax, (title, m) in zip(axes, maps.items(), strict=True):
+        im = ax.imshow(np.asarray(m), cmap="viridis", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    fig.tight_layout()
+    return fig
