@@ -381,8 +381,10 @@ def test_precision_choice() -> None:
             )
         finally:
             handle.remove()
-        # probe (float32), the one step, the final values (float32)
-        assert dtypes == [torch.float32, step_dtype, torch.float32]
+        # probe, the objective's affine test, the start image (float32), the one step, the final
+        # values (float32)
+        f32 = torch.float32
+        assert dtypes == [f32, f32, f32, step_dtype, f32]
     with pytest.raises(ConvlensError, match="unknown precision 'fp16'"):
         activation_maximization(small_net(), "3", [0], size=16, precision="fp16")
     with pytest.raises(ConvlensError, match="batch_size must be >= 1"):
@@ -407,8 +409,9 @@ def test_cpu_chunks_follow_the_largest_activation() -> None:
     finally:
         handle.remove()
     # Layer "3" gives 12 x 256 x 256 = 786,432 elements per image: 2**21 // 786,432 = 2 images per
-    # pass. One probe image, then 6 chunks for the step and 6 for the final values.
-    assert calls == [1] + [2] * 12
+    # pass. One probe image, the objective's affine test (3 images, one pass), then 6 chunks for the
+    # start, 6 for the step and 6 for the final values.
+    assert calls == [1, 3] + [2] * 18
 
 
 def test_fold_batchnorm_matches_the_model_and_leaves_it_alone(resnet20_bn: nn.Module) -> None:
@@ -536,12 +539,14 @@ def test_default_objective_is_the_centre_neuron_for_an_affine_layer() -> None:
     )
 
     res = activation_maximization(net, "0", range(4), size=16, steps=128, in_channels=1)
-    w = net[0].weight.detach()[:, 0]  # (4, 5, 5)
+    w, b = net[0].weight.detach()[:, 0], net[0].bias.detach()  # (4, 5, 5), (4,)
+    optimum = b + w.clamp_min(0).sum((1, 2))  # the centre unit's largest value over [0, 1] images
     patch = res.images[:, 0, 6:11, 6:11]  # (4, 5, 5): the centre unit (8, 8)'s receptive field
-    for k in range(4):
-        corr = np.corrcoef(patch[k].flatten().numpy(), w[k].flatten().numpy())[0, 1]
-        assert corr > 0.8, (k, corr)
-        assert res.values[k] > res.start_values[k]
+    agree = ((patch > 0.5) == (w > 0)).float().mean((1, 2))  # (4,) pixels on the optimum's side
+    progress = (res.values - res.start_values) / (optimum - res.start_values)
+    # 128 smooth (Fourier, transformed) steps get 60-80 % of the way and 76-92 % of the pixels
+    assert (agree >= 0.7).all(), agree
+    assert (progress >= 0.5).all() and (res.values <= optimum + 1e-5).all(), progress
 
 
 @pytest.mark.slow
