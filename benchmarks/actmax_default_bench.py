@@ -76,6 +76,7 @@ def worker(args: argparse.Namespace) -> None:
             "pixel_std": float(res.images.flatten(1).std(1).mean()),
             "objective": res.objective,  # type: ignore[dict-item]
         }
+        print(name, out[name], file=sys.stderr, flush=True)  # progress, passed through
     print(json.dumps(out))
 
 
@@ -106,7 +107,8 @@ def main() -> None:
         if args.resnet20_run:
             cmd += ["--resnet20-run", args.resnet20_run]
         env = {**os.environ, "PYTHONPATH": src}
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        print(f"{label}: {src}", file=sys.stderr, flush=True)
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         results[label] = json.loads(done.stdout.strip().splitlines()[-1])
     for case in results["new"]:
         o, n = results["old"][case], results["new"][case]

@@ -550,14 +550,15 @@ def test_default_objective_is_the_centre_neuron_for_an_affine_layer() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_readable_default_beats_noise_on_a_random_regnet() -> None:
     """Issue 24's independent check (benchmarks/actmax_regnet_check.py runs all 104 channels).
 
     torchvision's random-weight `regnet_y_400mf` (seed 0), BatchNorm statistics accumulated as a
     plain average over 4 train-mode passes of 32 uniform-noise images, then eval; layer
-    `trunk_output.block2` at 64x64 with ImageNet's mean and std. The first 32 channels (a third of
-    the layer, ~40 s on two idle cores): at least 90 % end above the best of 64 uniform-noise images
-    (torchvision's own forward, no hooks), none below its start image.
+    `trunk_output.block2` at 64x64 with ImageNet's mean and std. The first 16 channels (of 104; ~20 s
+    on two idle cores, ten minutes on a machine loaded 7 times over): at least 90 % end above the
+    best of 64 uniform-noise images (torchvision's own forward, no hooks), none below its start.
     """
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
@@ -576,15 +577,15 @@ def test_readable_default_beats_noise_on_a_random_regnet() -> None:
         for _ in range(4):
             model((torch.rand(32, 3, 64, 64, generator=g) - m_t) / s_t)
     model.eval()
-    layer, chans = "trunk_output.block2", list(range(32))
+    layer, chans = "trunk_output.block2", list(range(16))
     res = activation_maximization(model, layer, chans, size=64, mean=mean, std=std)
     assert res.objective == "channel"
     start = activation_maximization(model, layer, chans, size=64, steps=0, mean=mean, std=std)
     fx = create_feature_extractor(model, {layer: "out"})
     with torch.no_grad():
         noise = torch.rand(64, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-        best_noise = fx((noise - m_t) / s_t)["out"].mean((2, 3)).amax(0)[chans]  # (32,)
-        ours = fx((res.images - m_t) / s_t)["out"].mean((2, 3))[torch.arange(32), chans]
+        best_noise = fx((noise - m_t) / s_t)["out"].mean((2, 3)).amax(0)[chans]  # (16,)
+        ours = fx((res.images - m_t) / s_t)["out"].mean((2, 3))[torch.arange(16), chans]
     np.testing.assert_allclose(ours, res.values, rtol=1e-4, atol=1e-4)
     assert (ours > best_noise).float().mean() >= 0.9
     assert (res.values >= start.values).all()
