@@ -1,10 +1,10 @@
 """The package's layering, read from the source: imports only point down, and no module imports itself
 back through another.
 
-Layers, top to bottom (DESIGN.md): cli > serve > experiments > render > inspect > subjects > train >
-anatomy > models > data > validate > progress > fileio > errors. Every import counts, the ones
-inside functions too (an import hidden in a function to dodge a cycle is still a cycle); imports under
-``if TYPE_CHECKING:`` only have to point down.
+Layers, top to bottom (DESIGN.md): cli > serve > experiments > render > views > index > inspect >
+subjects > train > anatomy > models > data > validate > progress > fileio > errors. Every import
+counts, the ones inside functions too (an import hidden in a function to dodge a cycle is still a
+cycle); imports under ``if TYPE_CHECKING:`` only have to point down.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ LAYERS = [
     "serve",
     "experiments",
     "render",
+    "views",
+    "index",
     "inspect",
     "subjects",
     "train",
@@ -143,3 +145,18 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+FACES = [p for p in FILES if p.relative_to(SRC).parts[0] in ("render", "serve")]
+
+
+@pytest.mark.parametrize("path", FACES, ids=lambda p: str(p.relative_to(SRC)))
+def test_faces_do_not_call_inspect(path: Path) -> None:
+    """The report and the web app encode views; only :mod:`convlens.views` calls the methods."""
+    called = [
+        name for name, _typing in _imports(path) if name.split(".")[:2] == ["convlens", "inspect"]
+    ]
+    text = path.read_text()
+    if "from convlens import inspect" in text or "import convlens.inspect" in text:
+        called.append("convlens.inspect")
+    assert not called, f"{_module_name(path)} imports {called}; ask convlens.views instead"

@@ -106,8 +106,14 @@ def test_predict_matches_the_model(client: TestClient, run: Any) -> None:
     assert [t["index"] for t in r["top"]] == i.tolist()
     np.testing.assert_allclose([t["p"] for t in r["top"]], p.numpy(), rtol=1e-5, atol=1e-6)
     assert [t["name"] for t in r["top"]] == [data.classes[k] for k in i.tolist()]
+    assert r["predicted"] == int(i[0]) and r["label"] == int(data.labels[7])
+    assert r["wrong"] == (int(i[0]) != int(data.labels[7]))
     layers = {layer["name"]: layer for layer in r["layers"]}
-    assert list(layers) == ["conv1", "pool1", "conv2", "pool2", "conv3"]
+    assert list(layers) == ["conv1", "pool1", "conv2", "pool2", "conv3", "output"]
+    with torch.inference_mode():
+        c1 = model.model.conv1(model.normalize(data.images[7:8]))[0]
+    assert layers["conv1"]["min"] == pytest.approx(float(c1.min()), abs=1e-5)
+    assert layers["conv1"]["max"] == pytest.approx(float(c1.max()), abs=1e-5)
     conv1 = layers["conv1"]
     atlas = decode(conv1["png"])  # 6 channels of 28 x 28 tiled 3 x 2
     assert atlas.shape == (conv1["rows"] * 28, conv1["cols"] * 28)
@@ -185,7 +191,12 @@ def test_layer_grid_job_progress_cache_and_values(client: TestClient, run: Any) 
         expect = np.round((w - w.min()) / (w.max() - w.min()) * 255)
         np.testing.assert_allclose(decode(c["filter"]), expect, atol=1)
         assert decode(c["actmax"]).shape == (28, 28)
-        assert decode(c["patches"]).shape == (5, 15)  # three 5 x 5 patches side by side
+        assert len(c["patches"]) == 3
+        for p in c["patches"]:  # one 5 x 5 PNG per patch, with its image, label and box
+            assert decode(p["png"]).shape == (5, 5)
+            assert p["label_name"] == data.classes[int(data.labels[p["image_index"]])]
+            t, left, b, r = p["box"]
+            assert 0 <= t < b <= 28 and 0 <= left < r <= 28
     # The best patch's value is the channel's maximum over the 200 images, by a plain forward pass.
     idx = torch.linspace(0, len(data) - 1, 200).round().long()
     with torch.inference_mode():
@@ -218,6 +229,10 @@ def test_embedding_neighbours_and_projector(client: TestClient, run: Any) -> Non
     dist[11] = float("inf")
     assert nb["pixel"] == dist.argsort()[:4].tolist()  # brute force in pixel space
     assert len(nb["feature"]) == 4 and 11 not in nb["feature"]
+    np.testing.assert_allclose(
+        nb["pixel_distances"], (dist.sqrt() / 255)[nb["pixel"]].numpy(), rtol=1e-5
+    )
+    assert nb["pixel_labels"] == [data.classes[int(data.labels[i])] for i in nb["pixel"]]
 
     z = zipfile.ZipFile(io.BytesIO(client.get(api("/projector.zip"), params={"limit": 50}).content))
     tensors = np.loadtxt(io.StringIO(z.read("tensors.tsv").decode()), delimiter="\t")

@@ -73,6 +73,7 @@ def test_user_code_report_and_evaluate(
     acc = accuracy_score(ds.labels.numpy(), pred)
     assert f"Accuracy {100 * acc:.2f} % on 16 images" in html
     capsys.readouterr()
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))  # evaluate keeps an index
     assert main(["evaluate", *spec, "--images", "data/val", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 16 and abs(result["accuracy"] - acc) < 1e-9

@@ -26,6 +26,7 @@ from convlens.cli import (
     anatomy_cmds,
     data_cmds,
     experiment_cmds,
+    index_cmds,
     model_cmds,
     report_cmds,
     serve_cmds,
@@ -75,6 +76,7 @@ for _module in (
     report_cmds,
     serve_cmds,
     experiment_cmds,
+    index_cmds,
 ):
     _module.register(app)
 

@@ -20,6 +20,7 @@ from convlens.errors import ConvlensError
 if TYPE_CHECKING:
     from convlens.render.report import Report, ReportOptions
     from convlens.subjects import Subject
+    from convlens.views import ImageIndex
 
 console = Console(stderr=True, soft_wrap=True)  # long paths and reasons stay on one line
 
@@ -41,8 +42,12 @@ def write_report_with_progress(
     *,
     options: ReportOptions | None = None,
     data_root: str | None = None,
+    index: ImageIndex | None = None,
 ) -> tuple[Path, Report]:
-    """Write the report of `run_dir` (or a subject) with a Rich progress display, one step per section."""
+    """Write the report of `run_dir` (or a subject) with a Rich progress display, one step per section.
+
+    `index`: the index of the subject's images; top patches, the map and the predictions read it.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from convlens.render.report import SectionOutcome, write_report
@@ -73,7 +78,22 @@ def write_report_with_progress(
                 line += f" [dim]{outcome.reason}[/]"
             bar.console.print(line, highlight=False)
 
-        return write_report(run_dir, out, options=options, data_root=data_root, progress=progress)
+        return write_report(
+            run_dir, out, options=options, data_root=data_root, progress=progress, index=index
+        )
+
+
+def _cached_index(subject: Subject) -> ImageIndex | None:
+    """The cached index of the subject's images (`convlens index build`), or None: never builds one."""
+    from convlens.index import find_index
+
+    try:
+        index = find_index(subject)
+    except ConvlensError:  # no images to look at: the sections say so themselves
+        return None
+    if index is not None:
+        console.print(f"report: reading the index of {index.n:,} images", highlight=False)
+    return index
 
 
 def _summarise(path: Path, report: Report) -> None:
@@ -136,7 +156,10 @@ def register(app: typer.Typer) -> None:
             run_dir, model=model, weights=weights, images=images, classes=classes,
             download=download, device=dev, data_dir=data_dir,
         )  # fmt: skip
-        path, rep = write_report_with_progress(subject, out, options=ReportOptions(device=dev))
+        index = _cached_index(subject)
+        path, rep = write_report_with_progress(
+            subject, out, options=ReportOptions(device=dev), index=index
+        )
         _summarise(path, rep)
 
     @app.command("demo")

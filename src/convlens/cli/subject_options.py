@@ -74,8 +74,12 @@ def open_cli_subject(
     download: bool,
     device: str,
     data_dir: Path | None,
+    in_memory: bool = True,
 ) -> Subject:
     """Check that exactly one of RUN_DIR and --model names the subject, then open it.
+
+    `in_memory=False` scans `images` without decoding them (``subject.image_list``), for the
+    commands that stream a folder of any size through the index (`evaluate`, `index build`).
 
     Notices (converted or resized images, skipped files) are printed as `note:` lines.
 
@@ -94,6 +98,7 @@ def open_cli_subject(
         device=device,
         data_dir=data_dir,
         download=download,
+        in_memory=in_memory,
     )
     for note in sub.info.get("notices", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False)

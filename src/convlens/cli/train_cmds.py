@@ -259,17 +259,23 @@ def evaluate(
             tta=tta,
         )
     else:
-        from convlens.subjects.evaluate import evaluate_subject
+        from convlens.index.evaluate import evaluate_folder
 
         if images is None:
             raise ConvlensError("--model needs --images: a folder with one sub-folder per class")
         if data is not None or tta != "none":
             raise ConvlensError("--data and --tta apply to a run's own data set, not to --images")
+        # The folder streams through the subject's index (cached, memory one batch): any size.
         sub = so.open_cli_subject(
             run_dir, model=model, weights=weights, images=images, classes=classes,
-            download=download, device=checks.device(device), data_dir=data_dir,
+            download=download, device=checks.device(device), data_dir=data_dir, in_memory=False,
         )  # fmt: skip
-        ev = evaluate_subject(sub, limit=limit)
+        ev, index = evaluate_folder(sub, limit=limit)
+        err_console.print(
+            f"[yellow]note:[/] predictions kept in the index {index.path} (`convlens index list`)",
+            highlight=False,
+            soft_wrap=True,
+        )
         who = sub.name
     if as_json:
         typer.echo(json.dumps(ev.to_dict(), indent=2))

@@ -3,8 +3,8 @@
 Each method lives in its own module under :mod:`convlens.cli.methods` and registers a runner with
 :func:`method`. A runner receives a :class:`VisualizeRequest` (the parsed options plus the subject:
 a run directory, or any model named by `--model`, see :mod:`convlens.cli.subject_options`) and
-returns the paths it wrote. Runners call `convlens.inspect` for numbers and `convlens.render` for
-pictures; they do no computation of their own.
+returns the paths it wrote. Runners ask :mod:`convlens.views` for numbers (the same views the report
+and the web app encode) and `convlens.render` for pictures; they do no computation of their own.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from convlens.data.dataset import Dataset
     from convlens.subjects import Subject
+    from convlens.views import ImageIndex
 
 console = Console(stderr=True)
 
@@ -48,6 +49,7 @@ class VisualizeRequest:
     size: int | None = None
     k: int | None = None
     count: int | None = None
+    limit: int | None = None
     metric: str | None = None
     simple: bool = False
     precision: str = "auto"
@@ -73,6 +75,25 @@ class VisualizeRequest:
                 data_dir=self.data_dir,
             )  # fmt: skip
         return self._subject
+
+    def index(self, split: str) -> ImageIndex | None:
+        """The cached index of the images `split` names (`convlens index build`), or None.
+
+        An index covers the subject's own images (a run's test split, or --images): a run's
+        training split has none. Never builds one.
+        """
+        from convlens.index import find_index
+
+        sub = self.subject
+        if split != "test" and sub.images is None and sub.image_list is None:
+            return None
+        try:
+            index = find_index(sub)
+        except ConvlensError:
+            return None
+        if index is not None:
+            console.print(f"reading the index of {index.n:,} images", highlight=False)
+        return index
 
     def dataset(self, split: str) -> Dataset:
         """The `--images` set, else the run's `split` (see :meth:`Subject.data`)."""
@@ -149,7 +170,7 @@ METHOD_OPTIONS: dict[str, frozenset[str]] = {
     "activations": frozenset({"layer", "images", "count"}),
     "neighbors": frozenset({"images", "k", "count", "metric"}),
     "tsne": frozenset({"layer", "count"}),
-    "top-patches": frozenset({"layer", "channels", "count", "k"}),
+    "top-patches": frozenset({"layer", "channels", "count", "k", "limit"}),
     "erf": frozenset({"layer", "count"}),
     "occlusion": frozenset({"images", "target", "window", "stride"}),
     "saliency": frozenset({"images", "target"}),
@@ -172,7 +193,7 @@ def check_request(req: VisualizeRequest) -> None:
         given = [
             name
             for name in ("layer", "images", "target", "window", "stride", "channels", "steps",
-                         "size", "k", "count", "metric", "simple", "precision", "objective")
+                         "size", "k", "count", "limit", "metric", "simple", "precision", "objective")
             if getattr(req, name) != _DEFAULTS.get(name)
         ]  # fmt: skip
         extra = [n for n in given if n not in takes]
@@ -244,6 +265,12 @@ def register(app: typer.Typer) -> None:
         count: int | None = typer.Option(
             None, "--count", min=1, help="How many images or channels to use."
         ),
+        limit: int | None = typer.Option(
+            None,
+            "--limit",
+            min=1,
+            help="Images searched, spread evenly (top-patches; default 2000, see convlens.views.defaults).",
+        ),
         metric: str | None = typer.Option(None, help="Feature distance: cosine or l2 (neighbors)."),
         objective: str | None = typer.Option(
             None, help="actmax objective: channel, neuron, logit, negative."
@@ -285,7 +312,7 @@ def register(app: typer.Typer) -> None:
             layer=layer, images=list(image), model=model, weights=weights, image_set=images,
             classes=classes, download=download,
             target=target, window=window, stride=stride, channels=channels, steps=steps, size=size,
-            k=k, count=count, metric=metric, simple=simple, precision=precision, objective=objective,
+            k=k, count=count, limit=limit, metric=metric, simple=simple, precision=precision, objective=objective,
             save_data=save_data, device=device, seed=seed, data_dir=data_dir,
         )  # fmt: skip
         from convlens.train.run_dir import read_run_json

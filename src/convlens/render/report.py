@@ -47,6 +47,7 @@ from convlens.render.report_base import (
 from convlens.render.report_context import ReportContext
 from convlens.render.report_sections import SECTIONS
 from convlens.subjects import Subject, open_subject
+from convlens.views import ImageIndex
 
 __all__ = [
     "REPORT_FILE",
@@ -68,9 +69,15 @@ def default_sections() -> list[SectionSpec]:
     return list(SECTIONS)
 
 
-def report_context(subject: Subject, *, options: ReportOptions | None = None) -> ReportContext:
-    """The context sections read, with the notes a reader should see first."""
-    ctx = ReportContext(subject=subject, options=options or ReportOptions())
+def report_context(
+    subject: Subject, *, options: ReportOptions | None = None, index: ImageIndex | None = None
+) -> ReportContext:
+    """The context sections read, with the notes a reader should see first.
+
+    `index`: the index of the subject's images (:func:`convlens.index.find_index`); top patches,
+    the t-SNE map and the predictions are then read from it instead of computed.
+    """
+    ctx = ReportContext(subject=subject, options=options or ReportOptions(), index=index)
     run = subject.run
     if run is not None:
         if run.status != "complete":
@@ -187,7 +194,7 @@ def build_report(
         if isinstance(result, Skipped):
             out.status, out.reason = "skipped", result.reason
         elif isinstance(result, Section):
-            out.body = result.body
+            out.body, out.views = result.body, result.views
         out.seconds = time.perf_counter() - t
         outcomes.append(out)
         if progress:
@@ -239,6 +246,7 @@ def write_report(
     data_root: str | None = None,
     progress: ProgressFn | None = None,
     strict: bool = False,
+    index: ImageIndex | None = None,
 ) -> tuple[Path, Report]:
     """Build the report of `subject` and write it atomically to `out`.
 
@@ -250,6 +258,7 @@ def write_report(
         data_root: where a run's data set lives, when not where it was trained.
         progress: called before and after each section.
         strict: re-raise a section's unexpected exception (tests).
+        index: the index of the subject's images (see :func:`report_context`).
 
     Returns:
         The path written and the :class:`Report` (per-section outcomes and timings).
@@ -274,7 +283,7 @@ def write_report(
     if not isinstance(subject, Subject):
         subject = open_subject(str(subject), device=options.device, data_dir=data_root)
     report = build_report(
-        report_context(subject, options=options), progress=progress, strict=strict
+        report_context(subject, options=options, index=index), progress=progress, strict=strict
     )
     atomic_write_text(path, report.html)
     return path, report

@@ -25,9 +25,14 @@ REPORT_FILE = "report.html"
 
 @dataclass
 class Section:
-    """A rendered section body: trusted HTML built with :func:`esc`, :func:`img`, :func:`table`."""
+    """A rendered section body: trusted HTML built with :func:`esc`, :func:`img`, :func:`table`.
+
+    `views`: the :mod:`convlens.views` results the section drew, by name (kept on the report's
+    :class:`SectionOutcome`, so a program can read the numbers behind the pictures).
+    """
 
     body: str
+    views: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class SectionOutcome:
     reason: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    views: dict[str, Any] = field(default_factory=dict)  # the views the section drew, by name
 
 
 @dataclass
@@ -114,8 +120,8 @@ class ReportOptions:
     tsne_images: int = 2_000  # images embedded by t-SNE
     top_channels: int = 8  # channels of the top-patches grid
     top_images: int = 6  # patches per channel
-    actmax_channels: int = 16
-    actmax_steps: int = 64
+    actmax_channels: int | None = None  # None: the views' default (16; 8 for a big network)
+    actmax_steps: int | None = None  # None: the views' default (64; 16 for a big network)
     attribution_images: int = 3  # correct and, separately, wrong images explained
     erf_samples: int = 32
 

@@ -21,6 +21,13 @@ from convlens.data.dataset import Dataset
 from convlens.errors import ConvlensError
 from convlens.render.report_base import ReportOptions, Unavailable
 from convlens.subjects import Subject
+from convlens.views import (
+    ImageIndex,
+    NetworkView,
+    PredictionsView,
+    network_view,
+    predictions_view,
+)
 
 if TYPE_CHECKING:
     from convlens.anatomy.summary import Summary
@@ -32,6 +39,7 @@ class ReportContext:
 
     subject: Subject
     options: ReportOptions = field(default_factory=ReportOptions)
+    index: ImageIndex | None = None  # the images' index: top patches, map and predictions from it
     problems: list[str] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -80,34 +88,32 @@ class ReportContext:
             )
         return convs
 
+    def network(self) -> NetworkView:
+        """The network view (layer table, default layer), computed once."""
+        if "network" not in self._cache:
+            self._cache["network"] = network_view(self.subject)
+        view: NetworkView = self._cache["network"]
+        return view
+
     def summary(self) -> Summary:
         """The model's layer table (shapes, parameters, MACs, receptive fields), computed once."""
-        if "summary" not in self._cache:
-            from convlens.anatomy import summary
-
-            try:
-                self._cache["summary"] = summary(
-                    self.model, self.input_shape, name=self.subject.name, warn=False
-                )
-            except ConvlensError as e:
-                self._cache["summary"] = Unavailable(f"the model cannot be traced: {e}")
-        value = self._cache["summary"]
-        if isinstance(value, Unavailable):
-            raise value
-        return value
+        net = self.network()
+        if net.summary is None:
+            raise Unavailable(net.problem or "the model cannot be traced")
+        return net.summary
 
     def first_conv(self) -> str:
         """Name of the first conv layer."""
         return next(iter(self.conv_layers()))
 
     def spatial_conv(self) -> str:
-        """The default layer of every method: :func:`convlens.models.default_layer` (the last conv
-        layer whose output is a map larger than 1x1; LeNet-5's C5 is 1x1)."""
+        """The default layer of every view (:func:`convlens.views.defaults.default_layer`: the last
+        conv layer whose output is a map larger than 1x1; LeNet-5's C5 is 1x1)."""
         self.conv_layers()  # a network without one says so first
         if "spatial_conv" not in self._cache:
-            from convlens import models
+            from convlens.views import defaults
 
-            self._cache["spatial_conv"] = models.default_layer(self.model, self.input_shape)
+            self._cache["spatial_conv"] = defaults.default_layer(self.subject)
         return str(self._cache["spatial_conv"])
 
     # -- images -------------------------------------------------------------------------------------
@@ -153,24 +159,22 @@ class ReportContext:
         files = ds.extra.get("files")
         return Path(str(files[i])).name if isinstance(files, list) else f"image {i}"
 
-    def predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax probabilities `(N, K)` and predicted outputs `(N,)` on all the images (cached)."""
+    def predictions(self) -> PredictionsView:
+        """The predictions of all the images, from the logits (cached)."""
         if "predictions" not in self._cache:
             ds = self.images()
-            probs = []
-            with torch.inference_mode():
-                for i in range(0, len(ds), self.options.batch_size):
-                    x = self.normalize(ds.images[i : i + self.options.batch_size])  # (B, C, H, W)
-                    probs.append(torch.softmax(self.model(x).float(), dim=1).cpu())
-            p = torch.cat(probs)  # (N, K)
-            self._cache["predictions"] = (p, p.argmax(1))
-        return self._cache["predictions"]
+            self._cache["predictions"] = predictions_view(
+                self.subject, ds.images, batch_size=self.options.batch_size,
+                image_indices=torch.arange(len(ds)), index=self.index,
+            )  # fmt: skip
+        view: PredictionsView = self._cache["predictions"]
+        return view
 
     def example_indices(self) -> tuple[list[int], list[int]]:
         """Images to explain: the first correctly and the first wrongly classified ones, one per class
         where possible; for images without output labels, the first ones (and none wrong)."""
         ds = self.images()
-        _, pred = self.predictions()
+        pred = self.predictions().predicted
         n = self.options.attribution_images
         if not self.labelled():
             return list(range(min(n, len(ds)))), []

@@ -1,9 +1,9 @@
 """The sections of the HTML report, in page order: the network, its training, its data.
 
 Each section is a function `(ctx) -> Section | Skipped` registered with :func:`section`, with the title
-and the one or two sentences that lead it on the page. Sections only orchestrate: numbers come from
-`convlens.anatomy` and `convlens.inspect`, pictures from matplotlib :class:`~matplotlib.figure.Figure`
-objects (no pyplot state). Anything a section needs and cannot get raises
+and the one or two sentences that lead it on the page. Sections only encode: numbers come from
+:mod:`convlens.views` (the same views the CLI and the web app show), pictures from matplotlib
+:class:`~matplotlib.figure.Figure` objects (no pyplot state). Anything a section needs and cannot get raises
 :class:`~convlens.render.report_base.Unavailable` (shown as "Not shown: <reason>"), so one missing
 piece never stops the report. Sections about conv layers ask for their layer first, so a network
 without one says that rather than anything else.
@@ -212,7 +212,7 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
             "the images carry no labels of the model's classes: put them in one sub-folder per "
             "class, named as the model's classes (or pass --classes naming the outputs)."
         )
-    _, pred = ctx.predictions()
+    pred = ctx.predictions().predicted
     k = max(len(ctx.classes), int(ds.labels.max()) + 1, int(pred.max()) + 1)
     from convlens.train import confusion_matrix
 
@@ -274,7 +274,8 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
             "confusion matrix of the labelled images",
             f"{'Test accuracy' if ctx.is_run else 'Accuracy'} {100 * acc:.2f} % on {fmt_int(len(y))} images.",
         )
-        + f"<div>{per_class}</div></div>"
+        + f"<div>{per_class}</div></div>",
+        views={"predictions": ctx.predictions()},
     )
 
 
@@ -293,18 +294,21 @@ def confusion_section(ctx: ReportContext) -> Section | Skipped:
 )
 def filters_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.first_conv()
-    from convlens.inspect import filters
     from convlens.render.layers import filters_figure
+    from convlens.views import layer_view
 
-    w = filters(ctx.model, layer)  # (C_out, C_in, kH, kW)
-    fig = filters_figure(w, layer=layer, max_filters=64, max_inputs=8)
-    c_out, c_in, kh, kw = w.shape
+    conv = ctx.conv_layers()[layer]
+    v = layer_view(ctx.subject, layer, channels=min(64, conv.out_channels), parts=("filters",))
+    assert v.filters is not None  # the first convolution has filters
+    fig = filters_figure(v.filters, layer=layer, max_filters=64, max_inputs=8)
+    _, c_in, kh, kw = v.filters.shape
     return Section(
         img(
             fig,
             f"filters of layer {layer}",
-            f"Layer {layer}: {c_out} filters of {c_in}x{kh}x{kw} weights.",
-        )
+            f"Layer {layer}: {conv.out_channels} filters of {c_in}x{kh}x{kw} weights.",
+        ),
+        views={"layer": v},
     )
 
 
@@ -322,16 +326,14 @@ def filters_section(ctx: ReportContext) -> Section | Skipped:
 )
 def activations_section(ctx: ReportContext) -> Section | Skipped:
     ctx.conv_layers()
-    from convlens.inspect import activations
     from convlens.render.layers import activations_figure
+    from convlens.views import activations_view
 
     ds = ctx.images()
     figures = []
     for i in range(min(ctx.options.activation_images, len(ds))):
-        batch = activations(ctx.model, ctx.normalize(ds.images[i : i + 1]), max_layers=6)
-        acts = {
-            k: v[0] for k, v in batch.items() if v.shape[-1] > 1 or v.shape[-2] > 1
-        }  # (C, H, W) maps, not vectors
+        view = activations_view(ctx.subject, ds.images[i], max_layers=6)
+        acts = view.maps(spatial_only=True)  # {layer: (C, H, W)} maps, not vectors
         if not acts:
             raise Unavailable("no layer of the model produces a spatial feature map.")
         label = ctx.image_title(ds, i)
@@ -366,35 +368,33 @@ def activations_section(ctx: ReportContext) -> Section | Skipped:
     "neighbours merely overlap in brightness and position.",
 )
 def neighbors_section(ctx: ReportContext) -> Section | Skipped:
-    from convlens.inspect import neighbors
     from convlens.render.layers import neighbors_figure
+    from convlens.views import neighbours_view
+    from convlens.views.common import head_indices
 
     o = ctx.options
+    ds = ctx.images()
     if ctx.is_run:
-        pool, pool_labels = ctx.pool().head(o.neighbor_pool)  # from every class (Dataset.head)
-        q, qy = ctx.images().head(o.neighbor_queries)
-        where = "training images"
+        pool_ds = ctx.pool()
+        pool = head_indices(pool_ds, o.neighbor_pool)  # from every class (Dataset.head)
+        q, qy = ds.head(o.neighbor_queries)
+        split, where = "train", "training images"
     else:  # the first images ask, the others answer
-        ds = ctx.images()
         if len(ds) <= o.neighbor_queries + 1:
             raise Unavailable(f"only {len(ds)} images: neighbours need a few more to search.")
+        pool_ds = ds
         q, qy = ds.images[: o.neighbor_queries], ds.labels[: o.neighbor_queries]
-        pool = ds.images[o.neighbor_queries : o.neighbor_queries + o.neighbor_pool]
-        pool_labels = ds.labels[o.neighbor_queries : o.neighbor_queries + o.neighbor_pool]
-        where = "other images"
-    labelled = bool(ctx.images().extra.get("labelled", True))
-    names = ctx.images().classes
-    pre = ctx.subject.preprocess
-    nb = neighbors(
-        ctx.model,
-        q,
-        pool,
-        min(o.neighbors_k, len(pool)),
-        metric="cosine",
-        mean=pre.mean,
-        std=pre.std,
+        stop = min(len(ds), o.neighbor_queries + o.neighbor_pool)
+        pool = torch.arange(o.neighbor_queries, stop)
+        split, where = "test", "other images"
+    nb = neighbours_view(
+        ctx.subject, q, k=min(o.neighbors_k, len(pool)), metric="cosine", split=split, pool=pool,
         batch_size=o.batch_size,
-    )
+    )  # fmt: skip
+    labelled = bool(ds.extra.get("labelled", True))
+    names = ds.classes
+    feature, pixel = nb.indices("feature"), nb.indices("pixel")  # (Q, k) into the pool's split
+    pool_labels = pool_ds.labels
 
     def titles(indices: torch.Tensor) -> list[list[str]]:
         if not labelled:
@@ -409,23 +409,25 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
 
     fig = neighbors_figure(
         q,
-        pool[nb.feature_indices],
-        pool[nb.pixel_indices],
+        pool_ds.images[feature],
+        pool_ds.images[pixel],
         query_titles=[names[int(y)] if labelled else f"image {i}" for i, y in enumerate(qy)],
-        feature_titles=titles(nb.feature_indices),
-        pixel_titles=titles(nb.pixel_indices),
+        feature_titles=titles(feature),
+        pixel_titles=titles(pixel),
         metric=nb.metric,
     )
-    same_f = int((pool_labels[nb.feature_indices] == qy[:, None]).sum())
-    same_p = int((pool_labels[nb.pixel_indices] == qy[:, None]).sum())
-    total = int(nb.feature_indices.numel())
-    caption = f"Searched over {fmt_int(len(pool))} {where}."
+    same_f = int((pool_labels[feature] == qy[:, None]).sum())
+    same_p = int((pool_labels[pixel] == qy[:, None]).sum())
+    total = int(feature.numel())
+    caption = f"Searched over {fmt_int(nb.pool_size)} {where}."
     if labelled:
         caption += (
             f" (x) marks a neighbour of another class. Same class as the query: {same_f} of "
             f"{total} in feature space, {same_p} of {total} in pixel space."
         )
-    return Section(img(fig, "nearest neighbours in feature and pixel space", caption))
+    return Section(
+        img(fig, "nearest neighbours in feature and pixel space", caption), views={"neighbours": nb}
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,20 +443,16 @@ def neighbors_section(ctx: ReportContext) -> Section | Skipped:
     "to tell apart from these features; the image grid shows which images sit where on the map.",
 )
 def tsne_section(ctx: ReportContext) -> Section | Skipped:
-    from convlens.inspect import extract_features, tsne, tsne_grid
     from convlens.render.layers import tsne_image_grid, tsne_scatter
+    from convlens.views import embedding_view
 
     ds = ctx.images()
     n = min(ctx.options.tsne_images, len(ds))
     if n < 10:
         raise Unavailable(f"there are only {n} images; t-SNE needs at least 10.")
-    images, labels = ds.head(n)  # from every class, where the split is class-ordered
-    pre = ctx.subject.preprocess
-    feats = extract_features(
-        ctx.model, images, mean=pre.mean, std=pre.std, batch_size=ctx.options.batch_size
-    )  # (n, D) penultimate features
     # One thread: openTSNE's threads gain little at this size and lose badly on a busy machine.
-    emb = tsne(feats, seed=ctx.options.seed, n_jobs=1)
+    emb = embedding_view(ctx.subject, limit=n, seed=ctx.options.seed, n_jobs=1, index=ctx.index)
+    images, labels = ds.images[emb.indices], ds.labels[emb.indices]  # spread over the images
     scatter = tsne_scatter(
         emb.coords,
         labels,
@@ -462,21 +460,27 @@ def tsne_section(ctx: ReportContext) -> Section | Skipped:
         title=f"t-SNE of {fmt_int(n)} images' features",
         point_size=5.0,
     )
+    tsne_run = (
+        f"(perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f})"
+        if emb.perplexity is not None and emb.kl_divergence is not None
+        else "(the map kept in the index)"
+    )
     cells = 24
-    grid = tsne_image_grid(tsne_grid(emb.coords, cells, cells), images)
+    grid = tsne_image_grid(emb.grid(cells, cells), images)
     return Section(
         '<div class="row">'
         + img(
             scatter,
             "t-SNE scatter of the images' features, coloured by class",
-            f"{fmt_int(n)} images coloured by {'true class' if ds.extra.get('labelled', True) else 'nothing (unlabelled)'} (perplexity {emb.perplexity:g}, KL divergence {emb.kl_divergence:.2f}).",
+            f"{fmt_int(n)} images coloured by {'true class' if ds.extra.get('labelled', True) else 'nothing (unlabelled)'} {tsne_run}.",
         )
         + img(
             grid,
             "t-SNE image grid",
             f"The same map as a {cells}x{cells} grid: each cell shows the image nearest its centre; blank where the map is empty.",
         )
-        + "</div>"
+        + "</div>",
+        views={"embedding": emb},
     )
 
 

@@ -2,13 +2,15 @@
 
 Top-activating patches, activation maximisation, occlusion / Grad-CAM / saliency, and the effective
 receptive field: each `(ctx) -> Section | Skipped`, registered in page order after the sections of
-:mod:`convlens.render.report_sections` (which lists them all in ``SECTIONS``). Figures are
+:mod:`convlens.render.report_sections` (which lists them all in ``SECTIONS``). The numbers and every
+default (layer, steps, window) come from :mod:`convlens.views`; figures are
 :class:`~matplotlib.figure.Figure` objects (no pyplot state).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -30,15 +32,6 @@ from convlens.render.report_context import ReportContext
 SECTIONS: list[SectionSpec] = []
 section = functools.partial(report_base.section, SECTIONS)
 
-# Activation maximisation costs about steps x (forward + backward) of a batch of channels at the
-# input size. A network above BIG_NETWORK_MACS multiply-accumulates per image (an ImageNet model;
-# ResNet-20 on CIFAR-10 has 41 M, ResNet-18 at 224 1.8 G) gets fewer channels and steps in the
-# report, so its report stays within a couple of minutes on a 2-core CPU. The method is unchanged;
-# `convlens visualize actmax` runs any number of steps.
-BIG_NETWORK_MACS = 500_000_000
-BIG_NETWORK_ACTMAX_CHANNELS = 8
-BIG_NETWORK_ACTMAX_STEPS = 16
-
 
 # --------------------------------------------------------------------------------------------------
 # 8. Top-activating patches
@@ -54,33 +47,30 @@ BIG_NETWORK_ACTMAX_STEPS = 16
 )
 def top_patches_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    from convlens.inspect import crop_patches, top_patches
     from convlens.render.layers import top_patches_figure
+    from convlens.views import layer_view
 
     ds = ctx.images()
     o = ctx.options
-    pre = ctx.subject.preprocess
     k = min(o.top_channels, ctx.conv_layers()[layer].out_channels)
-    top = top_patches(
-        ctx.model,
-        layer,
-        ds.images,
-        k,
-        min(o.top_images, len(ds)),
-        mean=pre.mean,
-        std=pre.std,
-        batch_size=o.batch_size,
-    )
-    crops = crop_patches(ds.images, top)  # (K, n, C, h, w) uint8
-    fig = top_patches_figure(crops, top.values, top.channels, layer=layer, rf_size=top.rf_size)
-    rh, rw = top.rf_size
+    v = layer_view(
+        ctx.subject, layer, channels=k, patches=min(o.top_images, len(ds)), parts=("patches",),
+        batch_size=o.batch_size, index=ctx.index,
+    )  # fmt: skip
+    assert v.crops is not None and v.rf_size is not None and v.map_size is not None
+    fig = top_patches_figure(v.crops, v.values, v.channels, layer=layer, rf_size=v.rf_size)
+    rh, rw = v.rf_size
     return Section(
         img(
             fig,
             f"top-activating patches of layer {layer}",
-            f"Layer {layer}: {top.map_size[0]}x{top.map_size[1]} units per channel, each seeing {rh}x{rw} "
-            f"input pixels; searched over the {fmt_int(len(ds))} {'test ' if ctx.is_run else ''}images, the activation above each crop.",
-        )
+            f"Layer {layer}: {v.map_size[0]}x{v.map_size[1]} units per channel, each seeing {rh}x{rw} "
+            f"input pixels; searched over {fmt_int(v.limit or 0)} of the {fmt_int(len(ds))} "
+            f"{'test ' if ctx.is_run else ''}images"
+            f"{' (the index)' if v.source == 'index' else ' (spread evenly)'}, the activation above "
+            "each crop.",
+        ),
+        views={"layer": v},
     )
 
 
@@ -98,39 +88,35 @@ def top_patches_section(ctx: ReportContext) -> Section | Skipped:
 )
 def actmax_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    from convlens.inspect import activation_maximization
+    from convlens.render.actmax import actmax_figure
+    from convlens.views import layer_view
 
     o = ctx.options
-    n, steps = _actmax_work(ctx, layer)
-    pre = ctx.subject.preprocess
-    c, h, w = ctx.input_shape
+    _, h, w = ctx.input_shape
     if h != w:
         raise Unavailable(
             f"activation maximisation synthesises square images; this model takes {h}x{w}."
         )
-    res = activation_maximization(
-        ctx.model,
-        layer,
-        list(range(n)),
-        size=h,
-        steps=steps,
-        mean=pre.mean,
-        std=pre.std,
-        in_channels=c,
-        seed=o.seed,
+    channels = (
+        None
+        if o.actmax_channels is None
+        else min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
     )
-    from convlens.render.actmax import actmax_figure
-
-    fig = actmax_figure(res.images, labels=[f"ch {ch}" for ch in res.channels], values=res.values)
+    v = layer_view(
+        ctx.subject, layer, channels=channels, steps=o.actmax_steps, parts=("actmax",), seed=o.seed
+    )
+    assert v.actmax is not None
+    fig = actmax_figure(v.actmax, labels=[f"ch {ch}" for ch in v.channels], values=v.actmax_values)
     return Section(
         img(
             fig,
             f"activation maximisation for layer {layer}",
-            f"Layer {layer}, channels 0-{n - 1}: {steps} gradient-ascent steps from noise (Fourier "
-            "parameterisation, small random shifts), all channels in one batch; each title gives the "
-            "channel's mean activation on the final image. A flat grey image is a channel that no input "
-            "the ascent found excites.",
-        )
+            f"Layer {layer}, channels {v.channels[0]}-{v.channels[-1]}: {v.steps} gradient-ascent "
+            "steps from noise (Fourier parameterisation, small random shifts), all channels in one "
+            "batch; each title gives the channel's mean activation on the final image. A flat grey "
+            "image is a channel that no input the ascent found excites.",
+        ),
+        views={"layer": v},
     )
 
 
@@ -149,17 +135,16 @@ def actmax_section(ctx: ReportContext) -> Section | Skipped:
 )
 def attribution_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    from convlens.inspect import grad_cam, saliency
-    from convlens.inspect.occlusion import occlusion
+    from convlens.views import attribution_view
 
     ds = ctx.images()
-    probs, pred = ctx.predictions()
+    preds = ctx.predictions()
+    pred, confidence = preds.predicted, preds.confidence
     right, wrong = ctx.example_indices()
     labelled = ctx.labelled()
-    c, h, w = ctx.input_shape
-    window = max(2, min(h, w) // 7)  # 4 pixels on 28x28: about a stroke's width
-    stride = max(1, window // 2)
+    c = ctx.input_shape[0]
     parts = []
+    drawn: dict[str, Any] = {"predictions": preds}
     groups = (
         (("Correctly classified", right), ("Misclassified", wrong))
         if labelled
@@ -171,17 +156,16 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
             continue
         sel = torch.tensor(idx)
         images = ds.images[sel]  # (n, C, H, W) uint8
-        x = ctx.normalize(images)
-        target = pred[sel].to(x.device)  # explain the predicted class, right or wrong
-        # Baseline 0 in normalised units = the data set's mean colour.
-        occ = (
-            occlusion(ctx.model, x, target, window=window, stride=stride)
-            .attribution[:, 0]
-            .cpu()
-            .numpy()
-        )
-        cam = grad_cam(ctx.model, x, target, layer).detach().cpu().numpy()  # (n, H, W)
-        sal = saliency(ctx.model, x, target).detach().cpu().numpy()  # (n, H, W)
+        target = pred[sel]  # explain the predicted class, right or wrong
+        # Baseline 0 in normalised units = the data set's mean colour; window and stride: the view's.
+        o_view = attribution_view(ctx.subject, images, "occlusion", target=target)
+        window, stride = o_view.window, o_view.stride
+        occ = o_view.maps.numpy()  # (n, H, W)
+        cam = attribution_view(ctx.subject, images, "gradcam", target=target, layer=layer)
+        cam_maps = cam.maps.numpy()  # (n, H, W)
+        sal_view = attribution_view(ctx.subject, images, "saliency", target=target)
+        sal = sal_view.maps.numpy()  # (n, H, W)
+        drawn[title] = {"indices": idx, "occlusion": o_view, "gradcam": cam, "saliency": sal_view}
         fig = Figure(figsize=(7.2, 1.9 * len(idx) + 0.3))
         axes = fig.subplots(len(idx), 4, squeeze=False)
         for r, i in enumerate(idx):
@@ -191,11 +175,11 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
             axes[r, 0].set_axis_off()
             axes[r, 0].set_title(
                 f"{'true: ' if labelled else ''}{truth}\n"
-                f"predicted: {guess} ({100 * float(probs[i, pred[i]]):.0f} %)",
+                f"predicted: {guess} ({100 * float(confidence[i]):.0f} %)",
                 fontsize=7,
             )
             overlay_heatmap(axes[r, 1], images[r], occ[r], alpha=0.6, symmetric=True)
-            overlay_heatmap(axes[r, 2], images[r], cam[r], alpha=0.5)
+            overlay_heatmap(axes[r, 2], images[r], cam_maps[r], alpha=0.5)
             overlay_heatmap(axes[r, 3], images[r], sal[r], alpha=0.6, cmap="hot")
         for col, name in enumerate(("image", "occlusion", f"Grad-CAM ({layer})", "saliency")):
             axes[0, col].set_title(axes[0, col].get_title() if col == 0 else name, fontsize=8)
@@ -210,7 +194,7 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
                 f"raises it). Grad-CAM at layer {layer}, upsampled. Saliency: |gradient|, max over channels.",
             )
         )
-    return Section("".join(parts))
+    return Section("".join(parts), views=drawn)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,32 +212,19 @@ def attribution_section(ctx: ReportContext) -> Section | Skipped:
 )
 def erf_section(ctx: ReportContext) -> Section | Skipped:
     layer = ctx.spatial_conv()
-    from convlens.anatomy import effective_receptive_field
     from convlens.render.layers import erf_figure
+    from convlens.views import unit_fields_view
 
-    erf = effective_receptive_field(
-        ctx.model, layer, ctx.input_shape, n=ctx.options.erf_samples, seed=ctx.options.seed
-    )
-    rf = erf.theoretical
-    fig = erf_figure(erf.map, rf.box(*erf.unit), layer=layer, rf_size=rf.size)
+    u = unit_fields_view(ctx.subject, layer, samples=ctx.options.erf_samples, seed=ctx.options.seed)
+    erf = u.erf
+    assert erf is not None
+    rf = u.rf
+    fig = erf_figure(erf.map, u.box, layer=layer, rf_size=rf.size)
     caption = (
-        f"Centre unit {erf.unit} of layer {layer}, {erf.samples} random inputs: "
+        f"Centre unit {u.unit} of layer {layer}, {erf.samples} random inputs: "
         f"{100 * erf.mass:.0f} % of the influence lies within {erf.radius:.1f} pixels of the centre, "
         f"while the theoretical field is {rf.size[0]}x{rf.size[1]} pixels."
     )
-    return Section(img(fig, f"effective receptive field of layer {layer}", caption))
-
-
-def _actmax_work(ctx: ReportContext, layer: str) -> tuple[int, int]:
-    """``(channels, steps)`` of the report's activation maximisation: fewer for a big network."""
-    o = ctx.options
-    channels = min(o.actmax_channels, ctx.conv_layers()[layer].out_channels)
-    try:
-        macs = int(ctx.summary().totals["macs"])
-    except Unavailable:  # a model the summary cannot trace (TorchScript): the work asked for
-        return channels, o.actmax_steps
-    if macs > BIG_NETWORK_MACS:
-        return min(channels, BIG_NETWORK_ACTMAX_CHANNELS), min(
-            o.actmax_steps, BIG_NETWORK_ACTMAX_STEPS
-        )
-    return channels, o.actmax_steps
+    return Section(
+        img(fig, f"effective receptive field of layer {layer}", caption), views={"fields": u}
+    )

@@ -51,17 +51,17 @@ class AttributionRequest(ImageRequest):
 
 class OcclusionRequest(ImageRequest):
     target: int | None = None
-    window: int = Field(default=8, ge=1, le=512)
-    stride: int = Field(default=4, ge=1, le=512)
+    window: int | None = Field(default=None, ge=1, le=512)  # None: the views' default
+    stride: int | None = Field(default=None, ge=1, le=512)
 
 
 class LayerGridRequest(BaseModel):
     layer: str = Field(max_length=256)
     start: int = Field(default=0, ge=0)
     count: int = Field(default=64, ge=1, le=512)
-    steps: int = Field(default=48, ge=1, le=1024)
-    patches: int = Field(default=6, ge=1, le=32)
-    limit: int = Field(default=2000, ge=1, le=100_000)
+    steps: int | None = Field(default=None, ge=1, le=1024)  # None: the views' defaults
+    patches: int | None = Field(default=None, ge=1, le=32)
+    limit: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class EmbeddingRequest(BaseModel):
@@ -151,8 +151,10 @@ def create_app(
     def predict(name: str, req: ImageRequest) -> dict[str, Any]:
         served = catalog[name]
         image = image_of(served, req.image)
+        m = _IMAGE.match(req.image)
+        index = int(m.group(2)) if m is not None and m.group(1) else None  # test:INDEX has a label
         with served.lock:
-            return {"image": req.image, **compute.predict(served, image)}
+            return {"image": req.image, **compute.predict(served, image, image_index=index)}
 
     @app.post("/api/subjects/{name}/attribution")
     def attribution(name: str, req: AttributionRequest) -> dict[str, Any]:
@@ -235,7 +237,7 @@ def create_app(
         served = catalog[name]
         image = image_of(served, req.image)
         compute.check_target(served, req.target)
-        if req.stride > req.window:
+        if req.stride is not None and req.window is not None and req.stride > req.window:
             raise RequestError(f"stride {req.stride} is larger than the window {req.window}")
         params = req.model_dump()
         return cached_job(

@@ -1,9 +1,9 @@
-"""What each view asks of the Python API, and its answer as JSON.
+"""The views as JSON: each function asks :mod:`convlens.views` and encodes its result for the browser.
 
-Each function validates its arguments against the subject, calls the public API
-(:mod:`convlens.inspect`, :mod:`convlens.anatomy`) and encodes the tensors for the browser. For the
-quick ones the caller holds the subject's lock; the long ones (layer grids, t-SNE, occlusion) take it
-around each model computation themselves, so that a prediction can run between two of their steps.
+Nothing is computed here (no method of :mod:`convlens.inspect` is called, no default is chosen): the
+views resolve every default and record it, and this module turns tensors into PNG data URLs. For the
+quick views the caller holds the subject's lock; the long ones (layer grids, t-SNE, occlusion) take
+it around each model computation themselves, so that a prediction can run between two of their steps.
 """
 
 from __future__ import annotations
@@ -18,21 +18,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens import inspect
-from convlens.anatomy import effective_receptive_field, summary
+from convlens import views
+from convlens.anatomy import summary
 from convlens.anatomy.explain import Volume, explain_conv
-from convlens.inspect.filters import first_conv
+from convlens.errors import ConvlensError
 from convlens.serve.catalog import Served
 from convlens.serve.encode import atlas, data_url, heat_png, image_png, scaled_png, unit_png
 from convlens.serve.errors import RequestError
+from convlens.views import defaults
 
 Report = Callable[[int, int, str], None]  # (done, total, message)
-METHODS = ("gradcam", "guided_gradcam", "saliency", "occlusion")
+METHODS = views.METHODS
 
 
 def subject_info(served: Served) -> dict[str, Any]:
-    """Name, model, classes and image count of a subject (no model computation)."""
+    """Name, model, classes, image count and every default of the views for a subject."""
     s = served.subject
+    try:
+        macs: int | None = int(served.summary.totals["macs"])
+    except ConvlensError:
+        macs = None
+    with served.lock:  # the default layer is found by a forward pass
+        found = defaults.as_dict(s, macs)
     return {
         "name": served.name,
         "model": s.info.get("model", type(s.model).__name__),
@@ -40,30 +47,48 @@ def subject_info(served: Served) -> dict[str, Any]:
         "classes": s.classes,
         "input": list(s.image_shape),
         "images": len(s.images) if s.images is not None else 0,
+        "defaults": found,
     }
 
 
 def network(served: Served) -> dict[str, Any]:
-    """The summary's rows and totals, and which layer feeds which."""
-    return {**served.summary.to_dict(), "graph": served.graph}
+    """The network view: rows (with kernel, stride, padding...), totals, graph, blocks, defaults."""
+    summary, graph = served.summary, served.graph
+    with served.lock:  # the default layer is found by a forward pass
+        return views.network_view(served.subject, summary=summary, graph=graph).to_dict()
 
 
-def predict(served: Served, image: torch.Tensor, top: int = 5) -> dict[str, Any]:
-    """Top-`top` classes and the activations of every conv and pooling layer for one image."""
+def _index(served: Served) -> views.ImageIndex | None:
+    """The subject's index (:class:`convlens.index.Index`) when the catalog found one, else None:
+    the views then read top patches, neighbours, the map and predictions from it."""
+    index: views.ImageIndex | None = getattr(served, "index", None)
+    return index
+
+
+def _label(served: Served, image_index: int | None) -> int | None:
+    images = served.subject.images
+    if image_index is None or images is None or not served.subject.labels_are_outputs(images):
+        return None
+    return int(images.labels[image_index])
+
+
+def predict(
+    served: Served, image: torch.Tensor, top: int = 5, *, image_index: int | None = None
+) -> dict[str, Any]:
+    """Top-`top` classes (from the logits), the true label when known, and every layer's maps with
+    their minimum and maximum, for one image (`image_index`: its index among the test images)."""
     s = served.subject
-    x = s.normalize(image[None])  # (1, C, H, W)
-    with torch.inference_mode():
-        probs = s.model(x).softmax(dim=1)[0]  # (K,)
-    acts = inspect.activations(s.model, x, max_layers=10_000)  # {layer: (1, C, H, W)}
-    p, idx = probs.topk(min(top, probs.numel()))
+    p = views.prediction_view(
+        s, image, label=_label(served, image_index), k=top, image_index=image_index,
+        index=_index(served),
+    )  # fmt: skip
+    acts = views.activations_view(s, image)
     return {
         "input": data_url(image_png(image)),
-        "top": [
-            {"index": int(i), "name": s.class_name(int(i)), "p": float(v)}
-            for v, i in zip(p.tolist(), idx.tolist(), strict=True)
-        ],
+        **p.to_dict(),
         "layers": [
-            {"name": name, "shape": list(a.shape[1:]), **atlas(a[0])} for name, a in acts.items()
+            {"name": m.name, "shape": list(m.shape), "min": m.min, "max": m.max, **atlas(m.values)}
+            for m in acts.layers
         ],
     }
 
@@ -85,47 +110,57 @@ def conv_layer(served: Served, layer: str | None) -> str | None:
     return layer
 
 
+def _attribution_json(a: views.AttributionView) -> dict[str, Any]:
+    if a.maps.dim() == 4:  # (1, C, H, W) shaped like the input: shown as |values|, scaled
+        g = a.maps[0].abs()
+        overlay = data_url(scaled_png(g / g.max().clamp_min(1e-12)))
+    else:
+        heat = a.maps[0].clamp_min(0) if a.method == "occlusion" else a.maps[0]
+        overlay = data_url(heat_png(heat))
+    return {
+        "method": a.method,
+        "target": int(a.targets[0]),
+        "target_p": float(a.target_probs[0]),
+        "predicted": int(a.predicted[0]),
+        "layer": a.layer,
+        "window": a.window,
+        "stride": a.stride,
+        "path": a.path,
+        "overlay": overlay,
+    }
+
+
 def attribution(
     served: Served, image: torch.Tensor, method: str, target: int | None, layer: str | None
 ) -> dict[str, Any]:
-    """Grad-CAM, guided Grad-CAM or saliency of one image for class `target` (default: predicted)."""
-    s = served.subject
-    x = s.normalize(image[None])
-    if method == "gradcam":
-        heat = inspect.grad_cam(s.model, x, target, layer)[0]  # (H, W)
-    elif method == "guided_gradcam":
-        g = inspect.guided_grad_cam(s.model, x, target, layer)[0]  # (C, H, W)
-        return {
-            "method": method,
-            "overlay": data_url(scaled_png(g.abs() / g.abs().max().clamp_min(1e-12))),
-        }
-    elif method == "saliency":
-        heat = inspect.saliency(s.model, x, target)[0]  # (H, W)
-    else:
+    """Grad-CAM, guided Grad-CAM, saliency or guided backprop of one image for class `target`
+    (default: predicted), with the layer and target the view resolved."""
+    if method not in METHODS or method == "occlusion":
         raise RequestError(f"no method {method!r}; choose one of: {', '.join(METHODS)}")
-    return {"method": method, "overlay": data_url(heat_png(heat.detach()))}
+    return _attribution_json(
+        views.attribution_view(served.subject, image, method, target=target, layer=layer)
+    )
 
 
 def occlusion(
-    served: Served, image: torch.Tensor, target: int | None, window: int, stride: int
+    served: Served,
+    image: torch.Tensor,
+    target: int | None,
+    window: int | None = None,
+    stride: int | None = None,
 ) -> dict[str, Any]:
-    """The occlusion map (logit drop per pixel) of one image."""
-    s = served.subject
+    """The occlusion map (logit drop per pixel) of one image; window and stride default as the view
+    resolves them."""
     with served.lock:
-        x = s.normalize(image[None])
-        res = inspect.occlusion(s.model, x, target, window=window, stride=stride)
-    return {
-        "method": "occlusion",
-        "target": int(res.target[0]),
-        "overlay": data_url(heat_png(res.attribution[0].mean(0).clamp_min(0))),
-    }
+        a = views.attribution_view(
+            served.subject, image, "occlusion", target=target, window=window, stride=stride
+        )
+    return _attribution_json(a)
 
 
 def evenly(n: int, limit: int | None) -> torch.Tensor:
     """`limit` indices spread evenly over ``range(n)`` (all of them when `limit` is None or >= n)."""
-    if limit is None or limit >= n:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, max(limit, 1)).round().long()
+    return views.evenly(n, limit)
 
 
 def layer_grid(
@@ -133,122 +168,95 @@ def layer_grid(
     layer: str,
     start: int,
     count: int,
-    steps: int,
-    patches: int,
-    limit: int,
+    steps: int | None,
+    patches: int | None,
+    limit: int | None,
     report: Report,
 ) -> dict[str, Any]:
-    """Per channel: the filter (first layer), the activation-maximisation image, top patches."""
+    """Per channel: the filter (first layer), the activation-maximisation image, top patches (one
+    PNG each, with the image, its label and the clipped receptive-field box)."""
     s = served.subject
-    channels = list(range(start, start + count))
-    chunk = 16
-    total = 1 + -(-len(channels) // chunk)
-    report(0, total, f"top patches over {limit} images" if s.images is not None else "starting")
-    out: dict[int, dict[str, Any]] = {c: {"channel": c} for c in channels}
-    if s.images is not None:
-        images = s.images.images[evenly(len(s.images), limit)]
-        with served.lock:
-            top = inspect.top_patches(
-                s.model,
-                layer,
-                images,
-                channels,
-                n=patches,
-                mean=s.preprocess.mean,
-                std=s.preprocess.std,
+    v = views.layer_view(
+        s, layer, channels=list(range(start, start + count)), steps=steps, patches=patches,
+        limit=limit, index=_index(served), lock=served.lock, report=report,
+    )  # fmt: skip
+    out: list[dict[str, Any]] = []
+    for k, c in enumerate(v.channels):
+        ch: dict[str, Any] = {"channel": c}
+        if v.patches:
+            ch["patches"] = [
+                {**p.to_dict(), "png": data_url(image_png(v.crops[k, b]))}  # type: ignore[index]
+                for b, p in enumerate(v.patches[k])
+            ]
+            ch["top_value"] = v.patches[k][0].value if v.patches[k] else None
+        if v.filters is not None:
+            f = v.filters[k]  # (C_in, kh, kw)
+            ch["filter"] = data_url(
+                scaled_png(f if f.shape[0] in (1, 3) else f.mean(0, keepdim=True))
             )
-        crops = inspect.crop_patches(images, top)  # (K, n, C, h, w)
-        for k, c in enumerate(top.channels):
-            strip = torch.cat(list(crops[k]), dim=2)  # (C, h, n*w), the patches side by side
-            out[c]["patches"] = data_url(image_png(strip))
-            out[c]["top_value"] = float(top.values[k, 0])
-    if layer == first_conv(s.model):
-        w = inspect.filters(s.model, layer)  # (C_out, C_in, kh, kw)
-        for c in channels:
-            f = w[c] if w.shape[1] in (1, 3) else w[c].mean(0, keepdim=True)
-            out[c]["filter"] = data_url(scaled_png(f))
-    size = min(s.preprocess.size)
-    for i in range(0, len(channels), chunk):
-        part = channels[i : i + chunk]
-        report(1 + i // chunk, total, f"activation maximisation, channels {part[0]}-{part[-1]}")
-        with served.lock:
-            res = inspect.activation_maximization(
-                s.model,
-                layer,
-                part,
-                size=size,
-                steps=steps,
-                mean=s.preprocess.mean,
-                std=s.preprocess.std,
-                in_channels=s.preprocess.channels,
-            )
-        for k, c in enumerate(part):
-            out[c]["actmax"] = data_url(unit_png(res.images[k].numpy()))
-            out[c]["actmax_value"] = float(res.values[k])
-    report(total, total, "done")
-    rf = served.layer(layer).rf
-    return {"layer": layer, "rf": rf.to_dict() if rf else None, "channels": list(out.values())}
+        if v.actmax is not None and v.actmax_values is not None:
+            ch["actmax"] = data_url(unit_png(v.actmax[k].numpy()))
+            ch["actmax_value"] = float(v.actmax_values[k])
+        out.append(ch)
+    rf = served.layer(v.layer).rf
+    return {
+        "layer": v.layer,
+        "rf": rf.to_dict() if rf else None,
+        "steps": v.steps,
+        "size": v.size,
+        "limit": v.limit,
+        "source": v.source,
+        "rf_size": list(v.rf_size) if v.rf_size else None,
+        "channels": out,
+    }
 
 
 def embedding(served: Served, limit: int | None, report: Report) -> dict[str, Any]:
-    """t-SNE of the penultimate features of the subject's images, with their labels."""
+    """t-SNE of the penultimate features of the subject's images, with labels and predictions."""
     s = served.subject
     if s.images is None:
         raise RequestError(
             f"{served.name} has no images to embed; start the server with --images", 409
         )
-    idx = evenly(len(s.images), limit)
-    report(0, 2, f"features of {len(idx)} images")
     with served.lock:
-        feats = features(served, idx)
-    report(1, 2, f"t-SNE of {len(idx)} points")
-    m = inspect.tsne(feats)
-    report(2, 2, "done")
-    coords = np.round(m.coords.astype(np.float32), 3)
+        e = views.embedding_view(s, limit=limit, index=_index(served), report=report)
+    coords = np.round(e.coords.astype(np.float32), 3)
     return {
-        "indices": idx.tolist(),
+        "indices": e.indices.tolist(),
         "x": coords[:, 0].tolist(),
         "y": coords[:, 1].tolist(),
-        "labels": s.images.labels[idx].tolist(),
-        "classes": s.classes,
+        "labels": e.labels.tolist(),
+        "predicted": e.predicted.tolist(),
+        "correct": e.correct.tolist() if e.correct is not None else None,
+        "classes": e.classes,
+        "limit": e.limit,
     }
 
 
-def features(served: Served, idx: torch.Tensor) -> torch.Tensor:
-    """Penultimate features ``(N, D)`` of the subject's images at `idx`."""
+def neighbours(served: Served, index: int, k: int | None = None) -> dict[str, Any]:
+    """The `k` nearest images of image `index` in feature space and in pixel space, with distances
+    and labels."""
     s = served.subject
-    assert s.images is not None
-    return inspect.extract_features(
-        s.model, s.images.images[idx], mean=s.preprocess.mean, std=s.preprocess.std
-    )
-
-
-def neighbours(served: Served, index: int, k: int) -> dict[str, Any]:
-    """The `k` nearest images of image `index` in feature space and in pixel space."""
-    s = served.subject
-    query = served.image(index)[None]
-    assert s.images is not None
-    nb = inspect.neighbors(
-        s.model,
-        query,
-        s.images.images,
-        k=min(k + 1, len(s.images)),
-        mean=s.preprocess.mean,
-        std=s.preprocess.std,
-    )
-
-    def others(indices: torch.Tensor) -> list[int]:
-        return [i for i in indices[0].tolist() if i != index][:k]
-
+    if s.images is None:
+        raise RequestError(f"{served.name} has no images; start the server with --images", 404)
+    nb = views.neighbours_view(s, index, k=k, index=_index(served))
+    f, p = nb.feature[0], nb.pixel[0]
     return {
         "index": index,
-        "feature": others(nb.feature_indices),
-        "pixel": others(nb.pixel_indices),
+        "k": nb.k,
+        "metric": nb.metric,
+        "feature": [n.image_index for n in f],
+        "feature_distances": [n.distance for n in f],
+        "feature_labels": [n.label_name for n in f],
+        "pixel": [n.image_index for n in p],
+        "pixel_distances": [n.distance for n in p],
+        "pixel_labels": [n.label_name for n in p],
     }
 
 
 def unit_fields(served: Served, layer: str, row: int, col: int) -> dict[str, Any]:
-    """The theoretical receptive field of unit (row, col) of `layer` and the layer's effective one."""
+    """The theoretical receptive field of unit (row, col) of `layer` (clipped too) and the layer's
+    effective one."""
     r = served.layer(layer)
     shape = r.output_shape
     oh, ow = (shape[-2], shape[-1]) if len(shape) == 3 else (1, 1)
@@ -256,20 +264,14 @@ def unit_fields(served: Served, layer: str, row: int, col: int) -> dict[str, Any
         raise RequestError(f"layer {layer!r} has a {oh} x {ow} map; no unit ({row}, {col})", 404)
     if r.rf is None:
         raise RequestError(f"layer {layer!r} has no receptive field on the input (flat output)")
-    s = served.subject
-    erf = effective_receptive_field(s.model, layer, s.image_shape, n=16)
-    # The effective field of the centre unit, moved to the clicked unit (the layers are convolutions:
-    # shifting the input by one jump shifts the field by one jump, away from the borders).
-    cy, cx = r.rf.center(row, col)
+    u = views.unit_fields_view(served.subject, layer, row, col, samples=16)
+    assert u.erf is not None and u.erf_shift is not None
     return {
-        "layer": layer,
-        "unit": [row, col],
-        "box": list(r.rf.box(row, col)),
-        "rf": r.rf.to_dict(),
+        **u.to_dict(),
         "erf": {
-            "map": data_url(heat_png(erf.map**0.5, cmap="viridis")),
-            "radius": erf.radius,
-            "shift": [cy - erf.center[0], cx - erf.center[1]],
+            "map": data_url(heat_png(u.erf.map**0.5, cmap="viridis")),
+            "radius": u.erf.radius,
+            "shift": list(u.erf_shift),
         },
     }
 
@@ -306,9 +308,11 @@ def projector_zip(served: Served, limit: int | None) -> bytes:
     s = served.subject
     if s.images is None:
         raise RequestError(f"{served.name} has no images to export", 409)
-    idx = evenly(len(s.images), limit)
-    feats = features(served, idx).numpy()
-    names = [s.class_name(int(y)) for y in s.images.labels[idx]]
+    with served.lock:
+        e = views.embedding_view(s, limit=limit if limit is not None else len(s.images), tsne=False)
+    assert e.features is not None
+    feats = e.features.numpy()
+    names = [s.class_name(int(y)) for y in s.images.labels[e.indices]]
     tensors = io.StringIO()
     np.savetxt(tensors, feats, delimiter="\t", fmt="%.6g")
     config = {

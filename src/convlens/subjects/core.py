@@ -21,6 +21,7 @@ from convlens.data.dataset import Dataset, denormalize, normalize
 from convlens.errors import ConvlensError
 
 if TYPE_CHECKING:
+    from convlens.subjects.images import ImageList
     from convlens.train.run_dir import Run
 
 # torchvision's ImageNet statistics, the default for a model that says nothing else.
@@ -92,6 +93,8 @@ class Subject:
         run: the run directory it came from, when it came from one (history, training config).
         info: free-form facts for reports (weights file, source), shown as given.
         data_root: where a run's data set lives when not where it was trained (``--data-dir``).
+        image_list: a folder's files, scanned but not decoded, for a streaming pass over a folder
+            of any size (:mod:`convlens.index`); :meth:`data` decodes it when asked (small folders).
     """
 
     model: nn.Module
@@ -102,6 +105,7 @@ class Subject:
     run: Run | None = None
     info: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
+    image_list: ImageList | None = None
     _splits: dict[str, Dataset] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -132,6 +136,9 @@ class Subject:
             ConvlensError: no images given and no run to load them from, or the data set is missing.
         """
         if self.images is not None:
+            return self.images
+        if self.image_list is not None:
+            self.images = self.image_list.load(self.preprocess)  # a small folder, decoded once
             return self.images
         if self.run is None:
             raise ConvlensError(

@@ -191,7 +191,8 @@ def load_images(paths: Sequence[str | Path], pre: Preprocess) -> tuple[torch.Ten
         raise InputError(
             f"{len(files)} images at {c}x{h}x{w} would take "
             f"{len(files) * c * h * w / 1024**3:.1f} GiB in memory (limit "
-            f"{MAX_FOLDER_BYTES / 1024**3:.0f} GiB); pass fewer images"
+            f"{MAX_FOLDER_BYTES / 1024**3:.0f} GiB); pass fewer images (`convlens evaluate` and "
+            "`convlens index build` stream a folder of any size)"
         )
     out = np.empty((len(files), c, h, w), dtype=np.uint8)
     per_file: list[list[str]] = [[] for _ in files]
@@ -285,23 +286,30 @@ def load_image_set(path: str | Path, pre: Preprocess) -> Dataset:
     otherwise (``labels`` all 0, ``classes == ["unlabelled"]``, ``extra["labelled"] = False``).
     ``extra["notices"]`` lists what was converted, resized, skipped; ``extra["files"]`` the paths.
     """
-    files, classes, notices = scan_images(path)
-    images, more = load_images([f.path for f in files], pre)
-    labelled = classes is not None
-    labels = torch.tensor([max(f.label, 0) for f in files], dtype=torch.int64)
+    return load_image_list(scan_image_list(path), pre)
+
+
+def load_image_list(images: ImageList, pre: Preprocess) -> Dataset:
+    """Decode every file of an :class:`ImageList` into one in-memory :class:`Dataset`.
+
+    Raises:
+        InputError: a file cannot be read, or the decoded images would pass
+            :data:`MAX_FOLDER_BYTES` (stream such a folder with :mod:`convlens.index`).
+    """
+    pixels, more = load_images(images.files, pre)
     return Dataset(
-        name=f"images:{Path(path)}",
+        name=f"images:{Path(images.source)}",
         split="test",
-        images=images,
-        labels=labels,
-        classes=list(classes) if classes is not None else ["unlabelled"],
+        images=pixels,
+        labels=torch.from_numpy(np.maximum(images.labels, 0)),
+        classes=list(images.classes) if images.classes is not None else ["unlabelled"],
         mean=pre.mean,
         std=pre.std,
-        source=str(path),
+        source=images.source,
         extra={
-            "labelled": labelled,
-            "notices": _summarise(notices + more),
-            "files": [str(f.path) for f in files],
+            "labelled": images.labelled,
+            "notices": _summarise(images.notices + more),
+            "files": [str(f) for f in images.files],
         },
     )
 
@@ -330,3 +338,82 @@ def _summarise(notices: list[str], limit: int = 5) -> list[str]:
     if len(notices) <= limit:
         return notices
     return [*notices[:limit], f"... and {len(notices) - limit} more like these"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming: a folder of any size, decoded file by file (DataLoader workers), never all in memory
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageList:
+    """The scanned files of a folder, not decoded: what a streaming pass reads.
+
+    Attributes:
+        source: the file or folder it was scanned from.
+        files: the image files, in the scanner's order (= image index).
+        labels: int64 ``(N,)``; class folder index, or the model's output index once the folder
+            names are matched to the model's classes; -1 for unlabelled images.
+        classes: the names of the values in `labels` (None: unlabelled).
+        notices: what the scanner skipped.
+    """
+
+    source: str
+    files: list[Path]
+    labels: np.ndarray
+    classes: list[str] | None
+    notices: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the images carry true labels (class folders)."""
+        return self.classes is not None
+
+    def load(self, pre: Preprocess) -> Dataset:
+        """Every image decoded into memory (:func:`load_image_list`: refused past the limit)."""
+        return load_image_list(self, pre)
+
+
+def scan_image_list(path: str | Path) -> ImageList:
+    """The image files of a file or folder (:func:`scan_images`), as an :class:`ImageList`."""
+    files, classes, notices = scan_images(path)
+    return ImageList(
+        source=str(path),
+        files=[f.path for f in files],
+        labels=np.array([f.label for f in files], dtype=np.int64),
+        classes=list(classes) if classes is not None else None,
+        notices=notices,
+    )
+
+
+class StreamingImages(torch.utils.data.Dataset[tuple[torch.Tensor, int, str]]):
+    """Image files decoded one by one through the one decoder, for a ``DataLoader``'s workers.
+
+    Item `i` is ``(uint8 (C, H, W), i, problem)``: `problem` is "" for a good image; for a file that
+    cannot be read (vanished, truncated, not an image) the pixels are zeros and `problem` is the
+    one-line reason, so that one bad file in the middle of a large folder does not end the pass.
+    """
+
+    def __init__(self, files: Sequence[str | Path], pre: Preprocess) -> None:
+        self.files = [Path(f) for f in files]
+        self.pre = pre
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        path = self.files[i]
+        notices: list[str] = []  # converted / resized: the same for every file of a folder
+        try:
+            if not path.is_file():
+                raise InputError(f"no image file at {path}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS
+                arr = _decode(path, str(path), self.pre, notices)
+        except InputError as e:
+            return torch.zeros(self.pre.image_shape, dtype=torch.uint8), i, str(e)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(arr)), i, ""

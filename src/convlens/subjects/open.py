@@ -35,6 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,7 +56,7 @@ from convlens.subjects.core import (
     from_run,
     num_outputs,
 )
-from convlens.subjects.images import common_size, is_labelled, load_image_set
+from convlens.subjects.images import common_size, is_labelled, load_image_set, scan_image_list
 
 _USER_CODE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w.]*):(?P<fn>[A-Za-z_]\w*)$")
 
@@ -69,6 +70,7 @@ def open_subject(
     device: str = "cpu",
     data_dir: str | Path | None = None,
     download: bool = False,
+    in_memory: bool = True,
 ) -> Subject:
     """The subject named by `spec` (see the module doc), on `device`, with the given images.
 
@@ -81,6 +83,9 @@ def open_subject(
         device: where the model runs.
         data_dir: where a run's data set lives, when not where it was trained.
         download: fetch pretrained torchvision/timm weights that are not cached (only when asked).
+        in_memory: decode `images` now into ``subject.images`` (a folder up to
+            :data:`~convlens.subjects.images.MAX_FOLDER_BYTES` decoded); False scans the files into
+            ``subject.image_list`` only, for a streaming pass (:mod:`convlens.index`) over any size.
 
     Raises:
         ConvlensError: anything that cannot be opened, with what to do about it.
@@ -107,10 +112,14 @@ def open_subject(
         if len(names) != k:
             raise InputError(f"{classes} names {len(names)} classes but the model has {k} outputs")
         sub.classes = names
-    if images is not None:
+    if images is not None and in_memory:
         sub.images = load_image_set(images, sub.preprocess)
         notices += list(sub.images.extra.get("notices", []))  # type: ignore[call-overload]
         notices += _match_labels(sub, names is not None)
+    elif images is not None:
+        sub.image_list = scan_image_list(images)
+        notices += sub.image_list.notices
+        notices += _match_list_labels(sub, names is not None)
     sub.info["notices"] = notices
     return sub
 
@@ -375,21 +384,46 @@ def _match_labels(sub: Subject, names_given: bool) -> list[str]:
     ds = sub.images
     if ds is None or not is_labelled(ds):
         return []
-    folders = list(ds.classes)
+    index, notices = _folder_outputs(sub, list(ds.classes), ds.source, names_given)
+    if index is not None:
+        ds.labels = torch.tensor(index, dtype=torch.int64)[ds.labels]
+        ds.classes = list(sub.classes)
+    return notices
+
+
+def _match_list_labels(sub: Subject, names_given: bool) -> list[str]:
+    """:func:`_match_labels` for a streamed folder (``subject.image_list``)."""
+    images = sub.image_list
+    if images is None or images.classes is None:
+        return []
+    index, notices = _folder_outputs(sub, list(images.classes), images.source, names_given)
+    if index is not None:
+        images.labels = np.asarray(index, dtype=np.int64)[images.labels]
+        images.classes = list(sub.classes)
+    return notices
+
+
+def _folder_outputs(
+    sub: Subject, folders: list[str], source: str, names_given: bool
+) -> tuple[list[int] | None, list[str]]:
+    """The model output of each class folder (None: the names do not match), and notices.
+
+    A model without class names takes the folder names when their number matches its outputs.
+    """
     numbered = sub.classes == _numbered(len(sub.classes))
     if numbered and not names_given and len(folders) == len(sub.classes):
         sub.classes = folders
-        return [f"class names from the folders of {ds.source}: {', '.join(folders[:5])}"
-                + (", ..." if len(folders) > 5 else "")]  # fmt: skip
+        return list(range(len(folders))), [
+            f"class names from the folders of {source}: {', '.join(folders[:5])}"
+            + (", ..." if len(folders) > 5 else "")
+        ]
     lookup = {c.lower(): i for i, c in enumerate(sub.classes)}
     index = [lookup.get(f.lower()) for f in folders]
     if all(i is not None for i in index):
-        ds.labels = torch.tensor(index, dtype=torch.int64)[ds.labels]
-        ds.classes = list(sub.classes)
-        return []
+        return [int(i) for i in index if i is not None], []
     unknown = [f for f, i in zip(folders, index, strict=True) if i is None]
-    return [
-        f"the folder names of {ds.source} ({', '.join(unknown[:3])}"
+    return None, [
+        f"the folder names of {source} ({', '.join(unknown[:3])}"
         + (", ..." if len(unknown) > 3 else "")
         + ") are not the model's class names: no accuracy or confusion matrix; the folders "
         "still colour the t-SNE map and mark neighbours"

@@ -1,7 +1,7 @@
 """`convlens visualize` runners for what the layers look for.
 
-filters, activations, neighbors, tsne, top-patches and erf: each asks `convlens.inspect` (or
-`convlens.anatomy`) for the numbers, `convlens.render.layers` for the figure, and writes PNGs into
+filters, activations, neighbors, tsne, top-patches and erf: each asks :mod:`convlens.views` for the
+numbers (and the defaults it resolved), `convlens.render.layers` for the figure, and writes PNGs into
 `--out` (plus `.npy`/`.json` with `--save-data`). No computation happens here.
 """
 
@@ -18,6 +18,9 @@ from convlens.cli.visualize import VisualizeRequest, console, method
 from convlens.errors import ConvlensError
 from convlens.fileio import atomic_open, atomic_write_json
 from convlens.render.common import save_figure
+from convlens.views import defaults
+
+FIGURE_LAYERS = 12  # activation grids drawn by default (the last of each resolution beyond)
 
 
 def _slug(name: str) -> str:
@@ -65,39 +68,50 @@ def _positive(value: int | None, default: int, option: str) -> int:
 
 @method("filters", help="First conv layer's filters (or --layer) as an image grid.")
 def run_filters(req: VisualizeRequest) -> list[Path]:
-    from convlens.inspect.filters import filters, first_conv
     from convlens.render.layers import filters_figure
+    from convlens.views import layer_view
 
-    model = req.subject.model
-    layer = _single_layer(req) or first_conv(model)
-    w = filters(model, layer)  # (C_out, C_in, kH, kW)
     count = _positive(req.count, 64, "--count")
+    v = layer_view(
+        req.subject, _single_layer(req) or _first_conv(req), channels=count, parts=("filters",)
+    )
+    assert v.filters is not None
     paths = [
         save_figure(
-            filters_figure(w, layer=layer, max_filters=count),
-            req.out / f"filters_{_slug(layer)}.png",
+            filters_figure(v.filters, layer=v.layer, max_filters=count),
+            req.out / f"filters_{_slug(v.layer)}.png",
         )
     ]
     if req.save_data:
-        paths.append(_save_npy(req.out / f"filters_{_slug(layer)}.npy", w))
+        paths.append(_save_npy(req.out / f"filters_{_slug(v.layer)}.npy", v.filters))
     return paths
+
+
+def _first_conv(req: VisualizeRequest) -> str:
+    from convlens.views import network_view
+
+    convs = network_view(req.subject).conv_layers
+    if not convs:
+        raise ConvlensError(f"{req.subject.name} has no Conv2d layer; pass a layer by name")
+    return convs[0]
 
 
 @method(
     "activations", help="Every channel of each conv/pool stage (or --layer a,b) for each image."
 )
 def run_activations(req: VisualizeRequest) -> list[Path]:
-    from convlens.inspect.activations import activations
     from convlens.render.layers import activations_figure
+    from convlens.views import activations_view
 
-    run = req.subject
     images, titles = req.query_images(n_default=1)  # uint8 (N, C, H, W)
-    x = run.normalize(images)
     max_channels = _positive(req.count, 32, "--count")
+    layers = _layers_option(req)
     paths = []
-    batch = activations(run.model, x, _layers_option(req))  # {layer: (N, C, H, W)}
     for i, (img, title) in enumerate(zip(images, titles, strict=True)):
-        acts = {name: a[i] for name, a in batch.items()}  # {layer: (C, H, W)}
+        view = activations_view(
+            req.subject, img, layers, max_layers=None if layers else FIGURE_LAYERS
+        )
+        acts = {m.name: m.values for m in view.layers if m.name != "output"}  # {layer: (C, H, W)}
         fig = activations_figure(img, acts, title=title, max_channels=max_channels)
         paths.append(save_figure(fig, req.out / f"activations_{i}.png"))
         if req.save_data:
@@ -108,35 +122,25 @@ def run_activations(req: VisualizeRequest) -> list[Path]:
 
 @method("neighbors", help="k nearest training images in feature space beside pixel space.")
 def run_neighbors(req: VisualizeRequest) -> list[Path]:
-    from convlens.inspect.neighbors import METRICS, neighbors
+    from convlens.inspect.neighbors import METRICS
     from convlens.render.layers import neighbors_figure
+    from convlens.views import neighbours_view
 
-    metric = req.metric or "cosine"
+    metric = req.metric or defaults.METRIC
     if metric not in METRICS:
         raise ConvlensError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
     k = _positive(req.k, 5, "--k")
     queries, qtitles = req.query_images(n_default=_positive(req.count, 4, "--count"))
     train = _dataset(req, "train")
-    run = req.subject
-    nb = neighbors(
-        run.model, queries, train.images, k, metric=metric, mean=run.preprocess.mean, std=run.preprocess.std,
-        progress=True,
-    )  # fmt: skip
-    cls = train.classes
+    nb = neighbours_view(req.subject, queries, k=k, metric=metric, split="train", progress=True)
 
-    def caption(idx: torch.Tensor, dist: torch.Tensor) -> list[list[str]]:
-        return [
-            [
-                f"{cls[int(train.labels[i])]} {d:.3g}"  # 0.0042, not 0.00
-                for i, d in zip(row_i.tolist(), row_d.tolist(), strict=True)
-            ]
-            for row_i, row_d in zip(idx, dist, strict=True)
-        ]
+    def caption(rows: Any) -> list[list[str]]:
+        return [[f"{n.label_name or ''} {n.distance:.3g}" for n in row] for row in rows]
 
+    fi, pi = nb.indices("feature"), nb.indices("pixel")
     fig = neighbors_figure(
-        queries, train.images[nb.feature_indices], train.images[nb.pixel_indices],
-        query_titles=qtitles, feature_titles=caption(nb.feature_indices, nb.feature_distances),
-        pixel_titles=caption(nb.pixel_indices, nb.pixel_distances), metric=metric,
+        queries, train.images[fi], train.images[pi], query_titles=qtitles,
+        feature_titles=caption(nb.feature), pixel_titles=caption(nb.pixel), metric=metric,
     )  # fmt: skip
     paths = [save_figure(fig, req.out / "neighbors.png")]
     if req.save_data:
@@ -146,10 +150,11 @@ def run_neighbors(req: VisualizeRequest) -> list[Path]:
                 {
                     "metric": metric,
                     "queries": qtitles,
-                    "feature_indices": nb.feature_indices.tolist(),
-                    "feature_distances": nb.feature_distances.tolist(),
-                    "pixel_indices": nb.pixel_indices.tolist(),
-                    "pixel_distances": nb.pixel_distances.tolist(),
+                    "k": nb.k,
+                    "feature_indices": fi.tolist(),
+                    "feature_distances": [[n.distance for n in row] for row in nb.feature],
+                    "pixel_indices": pi.tolist(),
+                    "pixel_distances": [[n.distance for n in row] for row in nb.pixel],
                     "split": "train",
                 },
             )
@@ -159,34 +164,27 @@ def run_neighbors(req: VisualizeRequest) -> list[Path]:
 
 @method("tsne", help="t-SNE map of penultimate features (--count images), scatter and image grid.")
 def run_tsne(req: VisualizeRequest) -> list[Path]:
-    from convlens.inspect.features import extract_features
-    from convlens.inspect.tsne import tsne, tsne_grid
     from convlens.render.layers import tsne_image_grid, tsne_scatter
+    from convlens.views import embedding_view
 
-    run = req.subject
-    count = _positive(req.count, 2000, "--count")
+    count = _positive(req.count, defaults.EMBEDDING_LIMIT, "--count")
     # The test split unless more points are asked for than it has; then the (larger) training split.
     data = _dataset(req, "test")
+    split = "test"
     if count > len(data):
-        data = _dataset(req, "train")
-    split = data.split
-    gen = torch.Generator().manual_seed(req.seed)
-    pick = torch.randperm(len(data), generator=gen)[: min(count, len(data))].sort().values
-    images, labels = data.images[pick], data.labels[pick]
+        data, split = _dataset(req, "train"), "train"
     layer = _single_layer(req)
-    feats = extract_features(
-        run.model,
-        images,
-        mean=run.preprocess.mean,
-        std=run.preprocess.std,
-        layer=layer,
-        progress=True,
-    )  # (N, D)
-    with console.status(f"t-SNE of {len(feats)} x {feats.shape[1]} features"):
-        emb = tsne(feats, seed=req.seed)
+    with console.status(f"t-SNE of {min(count, len(data))} images' features"):
+        emb = embedding_view(
+            req.subject, limit=count, seed=req.seed, layer=layer, split=split, progress=True
+        )
+    assert emb.features is not None and emb.kl_divergence is not None
+    feats, pick = emb.features, emb.indices
+    images, labels = data.images[pick], data.labels[pick]
+    split = data.split
     where = f"{layer or 'penultimate'} features, {len(feats)} {data.name} {split} images"
     side = int(np.clip(round(np.sqrt(len(feats)) / 1.5), 6, 40))
-    grid = tsne_grid(emb.coords, side, side)
+    grid = emb.grid(side, side)
     paths = [
         save_figure(
             tsne_scatter(
@@ -250,38 +248,27 @@ def _projector(
     "top-patches", help="For each channel, the training images and patches that excite it most."
 )
 def run_top_patches(req: VisualizeRequest) -> list[Path]:
-    from convlens import models
-    from convlens.inspect.top_patches import crop_patches, top_patches
     from convlens.render.layers import top_images_figure, top_patches_figure
+    from convlens.views import layer_view
 
-    run = req.subject
-    layer = _single_layer(req) or models.default_layer(run.model, run.image_shape)
     channels: int | list[int] = (
         req.parsed_channels([]) if req.channels else _positive(req.count, 8, "--count")
     )
-    n = _positive(req.k, 8, "--k")
-    data = _dataset(req, "train")
-    top = top_patches(
-        run.model,
-        layer,
-        data.images,
-        channels,
-        n,
-        mean=run.preprocess.mean,
-        std=run.preprocess.std,
-        progress=True,
-    )
-    crops = crop_patches(data.images, top)  # (K, n, C, h, w)
-    slug = _slug(layer)
+    v = layer_view(
+        req.subject, _single_layer(req), channels=channels, patches=_positive(req.k, 8, "--k"),
+        limit=req.limit, parts=("patches",), split="train", progress=True,
+        index=req.index("train") if req.limit is None else None,
+    )  # fmt: skip
+    if v.crops is None or v.boxes is None or v.images is None or v.rf_size is None:
+        raise ConvlensError(f"{req.subject.name} has no images to search; pass --images")
+    layer, slug = v.layer, _slug(v.layer)
     paths = [
         save_figure(
-            top_patches_figure(crops, top.values, top.channels, layer=layer, rf_size=top.rf_size),
+            top_patches_figure(v.crops, v.values, v.channels, layer=layer, rf_size=v.rf_size),
             req.out / f"top_patches_{slug}.png",
         ),
         save_figure(
-            top_images_figure(
-                data.images[top.indices], top.boxes, top.values, top.channels, layer=layer
-            ),
+            top_images_figure(v.images, v.boxes, v.values, v.channels, layer=layer),
             req.out / f"top_images_{slug}.png",
         ),
     ]
@@ -291,14 +278,17 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
                 req.out / f"top_patches_{slug}.json",
                 {
                     "layer": layer,
-                    "split": "train",
-                    "channels": top.channels,
-                    "values": top.values.tolist(),
-                    "indices": top.indices.tolist(),
-                    "positions": top.positions.tolist(),
-                    "boxes": top.boxes.tolist(),
-                    "map_size": list(top.map_size),
-                    "rf_size": list(top.rf_size),
+                    "split": "train" if req.subject.images is None else "images",
+                    "searched": v.limit,
+                    "channels": list(v.channels),
+                    "values": v.values.tolist(),
+                    "indices": [[p.image_index for p in row] for row in v.patches],
+                    "positions": [[list(p.position) for p in row] for row in v.patches],
+                    "boxes": v.boxes.tolist(),
+                    "clipped_boxes": [[list(p.box) for p in row] for row in v.patches],
+                    "labels": [[p.label_name for p in row] for row in v.patches],
+                    "map_size": list(v.map_size) if v.map_size else None,
+                    "rf_size": list(v.rf_size),
                 },
             )
         )
@@ -309,17 +299,14 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
     "erf", help="Effective receptive field of a layer's centre unit beside the theoretical one."
 )
 def run_erf(req: VisualizeRequest) -> list[Path]:
-    from convlens import models
-    from convlens.anatomy import effective_receptive_field
     from convlens.render.layers import erf_figure
+    from convlens.views import unit_fields_view
 
-    run = req.subject
-    layer = _single_layer(req) or models.default_layer(run.model, run.image_shape)
-    n = _positive(req.count, 32, "--count")
-    with console.status(f"effective receptive field of {layer} ({n} random inputs)"):
-        erf = effective_receptive_field(run.model, layer, run.image_shape, n=n, seed=req.seed)
-    rf = erf.theoretical
-    box = rf.box(*erf.unit)
+    n = _positive(req.count, defaults.ERF_SAMPLES, "--count")
+    with console.status(f"effective receptive field ({n} random inputs)"):
+        u = unit_fields_view(req.subject, _single_layer(req), samples=n, seed=req.seed)
+    assert u.erf is not None
+    erf, rf, box, layer = u.erf, u.rf, u.box, u.layer
     fig = erf_figure(
         erf.map,
         box,
