@@ -5,8 +5,11 @@ flavours:
 
 * **readable** (default): the image is parameterised in Fourier space with `1 / f` scaling and
   decorrelated colours, squashed to [0, 1] with a sigmoid, and seen by the model through a random
-  shift, zoom and rotation at every step; Adam climbs the objective (Olah et al., "Feature
-  Visualization", Distill 2017; Lucid/Lucent's defaults, see :mod:`convlens.inspect.param`).
+  whole-pixel shift, a small zoom and rotation at every step; Adam climbs the objective (Olah et
+  al., "Feature Visualization", Distill 2017; Lucid/Lucent's recipe, see
+  :mod:`convlens.inspect.param`). The last eighth of the steps sees the image untransformed, and
+  the image returned is each channel's best so far by the objective of the untransformed image, so
+  it never scores below its start (:func:`convlens.inspect.ascent.readable_ascent`).
 * **simple** (`simple=True`): the Keras `conv_filter_visualization.py` example: plain pixels starting
   from grey plus a little noise, the gradient divided by its L2 norm, 20 steps of plain ascent.
 
@@ -19,7 +22,11 @@ the speed differs. (In float64 they agree to 1e-9. In float32 the convolution ke
 differently for batch sizes 1 and K; the images agree within 1e-3 in the tests, but over many steps a
 ReLU sitting exactly on its threshold can flip in one run and not the other.)
 
-Two details beyond Lucid's defaults, both measured on a trained LeNet-5 (see the constants below and
+The objective defaults to the channel's mean, except on a layer whose output is an affine function
+of the image (a first convolution), where it is the centre unit: a linear filter's mean over the
+map depends only on the image's mean colour, so maximising it gives a flat colour square.
+
+Two more details beyond Lucid's defaults, both measured on a trained LeNet-5 (see the constants below and
 :func:`convlens.inspect.param.margin_for`): the image is synthesised with a margin that is cropped
 away, and ReLU modules get Lucid's redirected gradient, with a short warm-up in which it always
 applies, so that a unit that is off for the grey start image can still be switched on.
@@ -78,15 +85,19 @@ class ActMaxResult:
             the channel's mean activation (`channel` and `negative`; the latter minimised it), the
             centre unit's activation (`neuron`) or the class logit (`logit`).
         history: float `(steps, K)`, the same quantity at every step (on the transformed image).
+        start_values: float `(K,)`, the quantity for each start image, seen without transforms. In
+            the readable mode `values` is never worse than it (higher; lower for `negative`).
         channels: the requested channels (class indices for `logit`), in order.
         layer: the layer name, or None for the model's output.
-        objective: `channel`, `neuron`, `logit` or `negative`.
+        objective: the objective that ran: `channel`, `neuron`, `logit` or `negative` (what
+            `objective=None` resolved to).
         simple: True for the Keras-style plain gradient ascent.
     """
 
     images: torch.Tensor
     values: torch.Tensor
     history: torch.Tensor
+    start_values: torch.Tensor
     channels: list[int]
     layer: str | None
     objective: str
@@ -100,7 +111,7 @@ def activation_maximization(
     *,
     size: int,
     steps: int | None = None,
-    objective: Objective | str = "channel",
+    objective: Objective | str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     in_channels: int | None = None,
@@ -137,7 +148,12 @@ def activation_maximization(
         steps: optimisation steps; default 256 (readable) or 20 (simple).
         objective: `channel` (mean activation of the channel), `neuron` (its centre unit), `logit`
             (a class score, Simonyan et al. 2013; use the output layer) or `negative` (minimise the
-            channel's mean: what the filter does not want to see).
+            channel's mean: what the filter does not want to see). None (the default) chooses:
+            `logit` for `layer=None`; `neuron` when the layer's output is an affine function of the
+            image (the first convolution, with or without its BatchNorm; checked by the midpoint
+            test on two random images), because the mean of a linear filter's map depends only on
+            the image's mean colour, so its maximum is a flat colour square, while the centre unit
+            draws the filter's own pattern; `channel` otherwise. The result's `objective` says which ran.
         mean: per-channel mean of the data set in [0, 1] units, applied inside (default 0).
         std: per-channel standard deviation (default 1).
         in_channels: image channels; default `len(mean)`, else the first convolution's input channels.
@@ -148,7 +164,9 @@ def activation_maximization(
         decorrelate: mix the colours of 3-channel images with `color_matrix`.
         color_matrix: `(3, 3)` colour square root; default Lucid's ImageNet matrix. Pass
             :func:`convlens.inspect.param.color_correlation_sqrt` of the data set for its own colours.
-        transforms: random shift, zoom and rotation each step (sized by `TransformConfig.for_size`).
+        transforms: a random whole-pixel shift, zoom and rotation at each step but the last eighth
+            (sized by `TransformConfig.for_size`); False: none. Either way the readable mode
+            returns each image's best so far, judged without transforms.
         l2: weight of an L2 penalty on the pixels' distance to grey (0.5), per image mean.
         blur: weight of a penalty on the difference between the image and its 3x3 blur (Lucid's
             `blur_input_each_step`), per image mean.
@@ -175,7 +193,7 @@ def activation_maximization(
         ConvlensError: unknown layer or objective, a channel out of range, an input the model
             cannot take.
     """
-    if objective not in OBJECTIVES:
+    if objective is not None and objective not in OBJECTIVES:
         raise ConvlensError(
             f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}"
         )
@@ -188,6 +206,8 @@ def activation_maximization(
     chans = [int(c) for c in channels]
     if not chans:
         raise ConvlensError("no channels requested; pass e.g. channels=[0, 1, 2]")
+    if layer is None and objective is None:
+        objective = "logit"  # the model's output: class scores
     if layer is None and objective != "logit":
         raise ConvlensError(f"objective {objective!r} needs a layer name")
     if layer is not None:
@@ -222,6 +242,9 @@ def activation_maximization(
     with evaluating(model, freeze=True):
         with _largest_output(model) as largest:  # one grey image, float32
             n_out = _output_channels(partial(forward, low=False), c_in, size, dev, dtype, layer)
+        if objective is None:
+            affine = _is_affine(partial(forward, low=False), c_in, size, dev, dtype)
+            objective = "neuron" if affine else "channel"
         if fold_bn:
             net = fold_batchnorm(model, layer, (c_in, size, size), dev, dtype)
         bad = [c for c in chans if not 0 <= c < n_out]
@@ -249,7 +272,7 @@ def activation_maximization(
         with progress_bar(steps, f"actmax {layer or 'output'}", enabled=progress) as bar:
             if simple:
                 step_norm = lr if lr is not None else math.sqrt(c_in * size * size) / 255.0
-                images, history = simple_ascent(
+                images, history, start = simple_ascent(
                     score, sign, gens, shape, steps, step_norm, dev, dtype, bar, chunks, bf16
                 )
             else:
@@ -259,7 +282,7 @@ def activation_maximization(
                         IMAGENET_COLOR_SQRT if color_matrix is None else color_matrix.float()
                     ).to(dev, dtype)
                 with redirected_relus(net) as redirect:
-                    images, history = readable_ascent(
+                    images, history, start = readable_ascent(
                         score, sign, gens, shape, steps, lr if lr is not None else DEFAULT_LR,
                         dev, dtype, bar, redirect, chunks, bf16, param=str(param), color_matrix=cm,
                         transforms=transforms, l2=l2, blur=blur,
@@ -270,6 +293,7 @@ def activation_maximization(
         images=images.detach().cpu(),
         values=values.detach().cpu(),
         history=history.cpu(),
+        start_values=start.cpu(),
         channels=chans,
         layer=layer,
         objective=str(objective),
@@ -379,6 +403,29 @@ def _per_channel(
     if len(v) != c:
         raise ConvlensError(f"{what} has {len(v)} values but the images have {c} channels")
     return torch.tensor(v, dtype=torch.float32, device=dev).view(1, c, 1, 1)
+
+
+def _is_affine(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    c_in: int,
+    size: int,
+    dev: torch.device,
+    dtype: torch.dtype,
+) -> bool:
+    """Whether the layer's output is an affine function of the image, by the midpoint test.
+
+    `f((a + b) / 2) == (f(a) + f(b)) / 2` on two random images holds for every affine map (a
+    convolution, a convolution and an eval-mode BatchNorm) and fails, beyond rounding, as soon as a
+    ReLU, a pooling or a tanh in between acts on them. Three images, one forward pass.
+    """
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, c_in, size, size, generator=g, dtype=dtype).to(dev).unbind(0)
+    with torch.no_grad():
+        out = forward(torch.stack([a, b, (a + b) / 2]))  # (3, C, ...)
+    mid = (out[0] + out[1]) / 2
+    spread = float((out[:2].amax() - out[:2].amin()).clamp_min(1e-12))
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    return float((out[2] - mid).abs().max()) <= tol * spread
 
 
 def _first_conv_in(model: nn.Module) -> int | None:

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 # Lucid's `color_correlation_svd_sqrt`: the square root (U * sqrt(S) of an SVD) of the colour covariance
-# of ImageNet pixels; rows are R, G, B, columns the principal colour directions.
+# of ImageNet pixels; rows are R, G, B, columns the principal colour directions (brightness first).
+# Its product with its transpose is that covariance, in [0, 1] pixel units squared:
+#     [[0.0761, 0.0692, 0.0627], [0.0692, 0.0754, 0.0714], [0.0627, 0.0714, 0.0819]].
 IMAGENET_COLOR_SQRT = torch.tensor(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float32
 )
@@ -118,23 +120,27 @@ class TransformConfig:
     """How much each step's random transform moves the image (Lucent's `standard_transforms`, scaled).
 
     Attributes:
-        jitter: largest shift, in pixels, in each direction.
-        scale: largest relative zoom (0.1 = zoom drawn from [0.9, 1.1]).
+        jitter: largest shift, in whole pixels, in each direction.
+        scale: largest relative zoom (0.05 = zoom drawn from [0.95, 1.05]).
         degrees: largest rotation, in degrees.
     """
 
     jitter: float
-    scale: float = 0.1
-    degrees: float = 10.0
+    scale: float = 0.05
+    degrees: float = 5.0
 
     @classmethod
     def for_size(cls, size: int) -> TransformConfig:
-        """Lucent's defaults are for 224 px (jitter 8 px, zoom 0.9-1.1, rotation +-10 deg).
+        """Lucent's shift is 8 px at 224 px (and zoom 0.9-1.1, rotation +-10 deg).
 
-        The shift is scaled with the image (8 px at 224, 1 px at 28-32) so that a 28 px digit moves by
-        as large a fraction of itself as an ImageNet photo does; zoom and rotation are relative already.
+        The shift is scaled with the image (8 px at 224, 2 px at 64, 1 px at 28-32) so that a 28 px
+        digit moves by as large a fraction of itself as an ImageNet photo does, and rounded to whole
+        pixels. Zoom and rotation are half Lucent's: they resample the image (bilinear), which blurs
+        away the pixel-sized patterns a unit may want; with Lucent's full amounts and fractional
+        shifts, only 14 of 32 channels of a random RegNet layer ended above the best of 64 noise
+        images (benchmarks/actmax_regnet_check.py).
         """
-        return cls(jitter=max(1.0, 8.0 * size / 224.0))
+        return cls(jitter=float(max(1, round(8.0 * size / 224.0))))
 
 
 def draw_transforms(steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -173,12 +179,15 @@ def view(
     angle = torch.deg2rad(config.degrees * d[:, 3])
     # affine_grid maps output coordinates to input ones in [-1, 1] units: the window covers size/w of
     # the input, and dividing by the zoom enlarges.
+    # Whole-pixel shifts (Lucid's jitter is a crop): a fractional shift would resample, which blurs
+    # the pixel-sized patterns that many units (all of a random network's) respond to.
+    shift = torch.round(d[:, :2] * config.jitter)  # (K, 2) pixels, x then y
     rx, ry = size / w, size / h
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack(
         [
-            torch.stack([cos * rx, -sin * ry, d[:, 0] * config.jitter * 2.0 / w], dim=1),
-            torch.stack([sin * rx, cos * ry, d[:, 1] * config.jitter * 2.0 / h], dim=1),
+            torch.stack([cos * rx, -sin * ry, shift[:, 0] * 2.0 / w], dim=1),
+            torch.stack([sin * rx, cos * ry, shift[:, 1] * 2.0 / h], dim=1),
         ],
         dim=1,
     )  # (K, 2, 3)
