@@ -86,3 +86,22 @@ def test_neighbors_errors(setup: tuple) -> None:
         neighbors(model, queries, data, 3, metric="cos", mean=MEAN, std=STD)
     with pytest.raises(ConvlensError, match=r"\(1, 32, 32\)"):
         neighbors(model, torch.zeros(1, 1, 32, 32, dtype=torch.uint8), data, 3, mean=MEAN, std=STD)
+
+
+def test_pixel_search_equals_a_float64_brute_force() -> None:
+    """PixelSearch ranks in float32 and re-ranks exactly: it equals a NumPy float64 brute force,
+    ties (duplicated images) broken by the lower index."""
+    from convlens.inspect import PixelSearch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (500, 3, 8, 8), dtype=torch.uint8, generator=g)
+    images[300] = images[17]  # an exact duplicate: a tie at distance 0 for query 17
+    images[301] = images[17]
+    queries = images[[17, 42, 499]]
+    idx, dist = PixelSearch(images).search(queries, 6)
+    x = images.flatten(1).numpy().astype(np.float64)
+    for r, q in enumerate(queries.flatten(1).numpy().astype(np.float64)):
+        d = ((x - q) ** 2).sum(1)
+        order = np.lexsort((np.arange(len(d)), d))[:6]  # by distance, then index
+        assert idx[r].tolist() == order.tolist()
+        np.testing.assert_allclose(dist[r].numpy(), np.sqrt(d[order]) / 255, rtol=1e-12)

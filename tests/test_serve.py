@@ -850,3 +850,7 @@ def test_an_indexed_subject_answers_from_its_index(
     sim[7] = -float("inf")
     expected = sim.argsort(descending=True)[:5].tolist()
     assert nb["feature"] == expected
+    pixels = data.images.flatten(1).double()
+    dist = ((pixels - pixels[7]) ** 2).sum(1)
+    dist[7] = float("inf")
+    assert nb["pixel"] == dist.argsort(stable=True)[:5].tolist()  # brute force in pixel space

@@ -56,7 +56,7 @@ from convlens.inspect.actmax import ActMaxResult, activation_maximization
 from convlens.inspect.attribution import grad_cam, guided_backprop, guided_grad_cam, saliency
 from convlens.inspect.features import extract_features
 from convlens.inspect.filters import filters
-from convlens.inspect.neighbors import Neighbors, neighbors
+from convlens.inspect.neighbors import Neighbors, PixelSearch, neighbors
 from convlens.inspect.occlusion import OcclusionResult, occlusion
 from convlens.inspect.top_patches import TopPatches, crop_patches, top_patches
 from convlens.inspect.tsne import TSNEMap, tsne, tsne_grid
@@ -65,6 +65,7 @@ __all__ = [
     "ActMaxResult",
     "Neighbors",
     "OcclusionResult",
+    "PixelSearch",
     "TSNEMap",
     "TopPatches",
     "activation_maximization",

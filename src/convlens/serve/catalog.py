@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,10 @@ from convlens.index import Index, find_index
 from convlens.serve.errors import RequestError, not_found
 from convlens.subjects import Subject, from_run
 from convlens.train.run_dir import RUN_JSON, WEIGHTS, load_run, read_run_json
+from convlens.views import pixel_search
+
+if TYPE_CHECKING:
+    from convlens.views.neighbours import PixelSearch
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 
@@ -65,6 +69,7 @@ class Served:
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
     _index: Index | None = None
     _index_looked: bool = False
+    _pixels: PixelSearch | None = None
 
     @property
     def ok(self) -> bool:
@@ -129,6 +134,16 @@ class Served:
                             self._index = None
                     self._index_looked = True
         return self._index
+
+    @property
+    def pixels(self) -> PixelSearch:
+        """The pixel-space search over the subject's images, made on the first neighbour click
+        (float32 pixels: four times the images' memory) and kept."""
+        if self._pixels is None:
+            with self._load_lock:
+                if self._pixels is None:
+                    self._pixels = pixel_search(self.subject)
+        return self._pixels
 
     def layer(self, name: str) -> Any:
         """The summary row of layer `name` (404 listing the layers when there is none)."""

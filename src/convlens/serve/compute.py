@@ -245,7 +245,10 @@ def neighbours(served: Served, index: int, k: int | None = None) -> dict[str, An
     s = served.subject
     if s.images is None:
         raise RequestError(f"{served.name} has no images; start the server with --images", 404)
-    nb = views.neighbours_view(s, index, k=k, index=_index(served))
+    idx = _index(served)
+    nb = views.neighbours_view(
+        s, index, k=k, index=idx, pixels=served.pixels if idx is not None else None
+    )
     f, p = nb.feature[0], nb.pixel[0]
     return {
         "index": index,

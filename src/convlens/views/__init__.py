@@ -33,6 +33,7 @@ from convlens.views.neighbours import (
     NeighboursView,
     embedding_view,
     neighbours_view,
+    pixel_search,
 )
 from convlens.views.network import Block, NetworkView, network_view
 from convlens.views.prediction import (
@@ -70,6 +71,7 @@ __all__ = [
     "layer_view",
     "neighbours_view",
     "network_view",
+    "pixel_search",
     "prediction_view",
     "predictions_view",
     "probabilities",

@@ -4,7 +4,7 @@ a t-SNE map of the penultimate features."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from convlens.errors import ConvlensError
 from convlens.subjects import Subject
 from convlens.views import defaults
 from convlens.views.common import ImageIndex, Report, evenly, images_of, no_report
+
+if TYPE_CHECKING:
+    from convlens.inspect import PixelSearch
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def neighbours_view(
     split: str = "test",
     pool: torch.Tensor | None = None,
     index: ImageIndex | None = None,
+    pixels: PixelSearch | None = None,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> NeighboursView:
@@ -83,15 +87,18 @@ def neighbours_view(
         split: "test" (the subject's images) or "train" (a run's training split).
         pool: int64 indices of the images to search among the split's (default all of them);
             neighbours are still numbered by their index in the split.
-        index: the subject's index: feature neighbours come from it (for an integer `query`).
+        index: the subject's index: feature neighbours come from it (for an integer `query`), and
+            no image goes through the model.
+        pixels: a :class:`~convlens.inspect.PixelSearch` over the same images (see
+            :func:`pixel_search`), kept by a caller that answers many queries; used with `index`.
     """
-    from convlens.inspect import neighbors
+    from convlens.inspect import PixelSearch, neighbors
 
     k = defaults.NEIGHBOURS_K if k is None else k
     metric = metric or defaults.METRIC
     ds = images_of(subject, split)
     where = torch.arange(len(ds)) if pool is None else pool.long()  # (P,) into the split
-    images = ds.images[where]
+    images = ds.images if pool is None else ds.images[where]  # a copy only for a pool
     labelled = bool(ds.extra.get("labelled", True))
     classes = list(ds.classes)
 
@@ -110,6 +117,23 @@ def neighbours_view(
     else:
         queries, extra = query, 0
     kk = min(k + extra, len(images))
+    if index is not None and isinstance(query, int) and pool is None:
+        # Features from the index (one product over its memory-mapped features), pixels from a
+        # search over the raw images: no image goes through the model.
+        fi, fd = index.neighbours(query, k + 1, metric)
+        pairs = [(int(i), float(d)) for i, d in zip(fi, fd, strict=True) if int(i) != query][:k]
+        search = pixels if pixels is not None else PixelSearch(images)
+        pi, pd = search.search(queries, kk)
+        pix = [(int(i), float(d)) for i, d in zip(pi[0], pd[0], strict=True) if int(i) != query]
+        return NeighboursView(
+            feature=(row([p[0] for p in pairs], [p[1] for p in pairs]),),
+            pixel=(row([p[0] for p in pix[:k]], [p[1] for p in pix[:k]]),),
+            k=k,
+            metric=metric,
+            split=split,
+            pool_size=len(images),
+            source="index",
+        )
     pre = subject.preprocess
     nb = neighbors(
         subject.model, queries, images, kk, metric=metric, mean=pre.mean, std=pre.std,
@@ -123,22 +147,23 @@ def neighbours_view(
             rows.append(row([p[0] for p in pairs], [p[1] for p in pairs]))
         return tuple(rows)
 
-    feature = keep(nb.feature_indices, nb.feature_distances)
-    source = "model"
-    if index is not None and isinstance(query, int) and pool is None:
-        fi, fd = index.neighbours(query, k + 1, metric)
-        pairs = [(int(i), float(d)) for i, d in zip(fi, fd, strict=True) if int(i) != query][:k]
-        feature = (row([p[0] for p in pairs], [p[1] for p in pairs]),)
-        source = "index"
     return NeighboursView(
-        feature=feature,
+        feature=keep(nb.feature_indices, nb.feature_distances),
         pixel=keep(nb.pixel_indices, nb.pixel_distances),
         k=k,
         metric=metric,
         split=split,
         pool_size=len(images),
-        source=source,
+        source="model",
     )
+
+
+def pixel_search(subject: Subject, split: str = "test") -> PixelSearch:
+    """A :class:`~convlens.inspect.PixelSearch` over the subject's images (or a run's `split`),
+    for a caller that keeps it between queries (the web app: one per subject)."""
+    from convlens.inspect import PixelSearch
+
+    return PixelSearch(images_of(subject, split).images)
 
 
 @dataclass(frozen=True)
