@@ -50,8 +50,9 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
 
     run = req.subject
     model = run.model
-    objective = req.objective or "channel"
-    if objective not in OBJECTIVES:
+    # None: the method's rule (the centre neuron of an affine first layer, else the channel mean)
+    objective = req.objective
+    if objective is not None and objective not in OBJECTIVES:
         raise ConvlensError(
             f"--objective {objective!r} is not one of {', '.join(OBJECTIVES)}"
         )  # fmt: skip
@@ -74,13 +75,16 @@ def run_actmax(req: VisualizeRequest) -> list[Path]:
 
     what = "classes" if layer is None else f"channels of {layer}"
     mode = "simple (Keras example)" if req.simple else "readable (Fourier, transforms)"
-    console.print(f"actmax: {len(channels)} {what}, objective {objective}, {size}x{size}, {mode}")
+    console.print(
+        f"actmax: {len(channels)} {what}, objective {objective or 'default'}, {size}x{size}, {mode}"
+    )
     res = activation_maximization(
         model, layer, channels, size=size, steps=req.steps, objective=objective,
         mean=run.preprocess.mean, std=run.preprocess.std, in_channels=c, seed=req.seed, color_matrix=cm,
         simple=req.simple, device=req.device, progress=True, precision=req.precision,
     )  # fmt: skip
     steps = res.history.shape[0]
+    objective = res.objective  # the one that ran
     names = run.classes if layer is None else None
     title = f"{run.name} {layer or 'output'}: {objective}, {steps} steps" + (
         ", Keras-style" if req.simple else ""
