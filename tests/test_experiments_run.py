@@ -184,10 +184,13 @@ def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["experiment", "stack", "--resume", "--out", str(empty)]) == 1
+    assert main(["experiment", "stack", "--device", "tpu", "--out", str(tmp_path / "t")]) == 1
+    assert not (tmp_path / "t").exists()  # refused before any folder is made
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert re.search(r"small or paper", err)
     assert "nothing to resume" in err
+    assert "unknown device 'tpu'" in err
 
 
 def test_ctrl_c_names_the_experiments_resume_command(

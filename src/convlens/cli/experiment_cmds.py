@@ -66,8 +66,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Measure one of the notes' claims: train the networks, write tables, verdicts and a page."""
         from convlens import experiments
+        from convlens.cli import checks
 
         exp = experiments.get(name)
+        checks.device(device)  # an unknown or missing device is refused before any folder is made
         if report_dir is not None:
             result = experiments.report(
                 report_dir, name=exp.name, data_root=data_dir, console=err_console
