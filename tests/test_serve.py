@@ -167,6 +167,20 @@ def test_other_attributions_answer_an_overlay(client: TestClient, method: str) -
     assert decode(r.json()["overlay"]).shape[:2] == (28, 28)
 
 
+def test_attribution_colour_bar_range_is_captums_saliency(client: TestClient, run: Any) -> None:
+    """The saliency overlay's colour bar spans the map's min and max: |gradient| max over channels,
+    as Captum's Saliency computes it for the predicted class."""
+    from captum.attr import Saliency
+
+    model, data = run
+    r = client.post(api("/attribution"), json={"image": "test:3", "method": "saliency"}).json()
+    x = model.normalize(data.images[3:4]).requires_grad_()
+    target = int(model.model(x).argmax())
+    theirs = Saliency(model.model).attribute(x, target=target, abs=True).amax(1)[0]  # (H, W)
+    assert r["target"] == target
+    np.testing.assert_allclose([r["min"], r["max"]], [theirs.min(), theirs.max()], rtol=1e-5)
+
+
 def test_unit_receptive_field_by_hand(client: TestClient) -> None:
     # conv1 5x5 padding 2, pool 2x2 stride 2, conv2 5x5: 14 x 14 pixels, jump 2, unit (0, 0)'s
     # unit (r, c) sees rows 2r - 2 .. 2r + 11 and columns 2c - 2 .. 2c + 11.

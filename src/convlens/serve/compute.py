@@ -111,12 +111,15 @@ def conv_layer(served: Served, layer: str | None) -> str | None:
 
 def _attribution_json(a: views.AttributionView) -> dict[str, Any]:
     if a.maps.dim() == 4:  # (1, C, H, W) shaped like the input: shown as |values|, scaled
-        g = a.maps[0].abs()
-        overlay = data_url(scaled_png(g / g.max().clamp_min(1e-12)))
+        shown = a.maps[0].abs()
+        overlay = data_url(scaled_png(shown / shown.max().clamp_min(1e-12)))
     else:
-        heat = a.maps[0].clamp_min(0) if a.method == "occlusion" else a.maps[0]
-        overlay = data_url(heat_png(heat))
+        shown = a.maps[0].clamp_min(0) if a.method == "occlusion" else a.maps[0]
+        overlay = data_url(heat_png(shown))
     return {
+        # the range the overlay's colours span (its colour bar): the drawn map's min and max
+        "min": float(shown.min()),
+        "max": float(shown.max()),
         "method": a.method,
         "target": int(a.targets[0]),
         "target_p": float(a.target_probs[0]),
