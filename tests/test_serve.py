@@ -249,6 +249,34 @@ def test_layer_grid_in_two_parts_equals_the_whole(client: TestClient) -> None:
     assert bad.status_code == 422
 
 
+def test_layer_grid_objective(client: TestClient, run: Any) -> None:
+    """The layer page's objective choice reaches the synthesis; left out, the method's rule picks the
+    centre neuron of the affine first layer. The value reported is the network's own on the image."""
+    model, _ = run
+    base = {"count": 2, "steps": 4, "parts": ["actmax"]}
+    auto = wait(client, client.post(api("/jobs/layer"), json={**base, "layer": "conv1"}).json())
+    assert auto["result"]["objective"] == "neuron"
+    for objective in ("channel", "neuron"):
+        job = client.post(
+            api("/jobs/layer"), json={**base, "layer": "conv2", "objective": objective}
+        )
+        res = wait(client, job.json())["result"]
+        assert res["objective"] == objective
+        for c in res["channels"]:
+            img = torch.from_numpy(decode(c["actmax"]).astype(np.uint8))[
+                None, None
+            ]  # (1, 1, 28, 28)
+            net = model.model
+            with torch.inference_mode():
+                a = net.conv2(net.pool1(net.act1(net.conv1(model.normalize(img)))))
+            a = a[0, c["channel"]]  # (h, w)
+            value = a.mean() if objective == "channel" else a[a.shape[0] // 2, a.shape[1] // 2]
+            # the PNG rounds the image to 8 bits: the value agrees to that precision
+            assert abs(float(value) - c["actmax_value"]) < 0.05 * (1 + abs(c["actmax_value"]))
+    bad = client.post(api("/jobs/layer"), json={**base, "layer": "conv2", "objective": "pixel"})
+    assert bad.status_code == 422
+
+
 def test_occlusion_job(client: TestClient) -> None:
     job = client.post(api("/jobs/occlusion"), json={"image": "test:2", "window": 6, "stride": 3})
     done = wait(client, job.json())

@@ -175,6 +175,7 @@ def layer_grid(
     limit: int | None,
     report: Report,
     parts: list[str] | None = None,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     """Per channel: the filter (first layer), the activation-maximisation image, top patches (one
     PNG each, with the image, its label and the clipped receptive-field box).
@@ -188,6 +189,7 @@ def layer_grid(
     v = views.layer_view(
         s, layer, channels=list(range(start, start + count)), steps=steps, patches=patches,
         limit=limit, index=_index(served), lock=served.lock, report=report, parts=parts,
+        objective=objective,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
     for k, c in enumerate(v.channels):
@@ -213,6 +215,7 @@ def layer_grid(
         "rf": rf.to_dict() if rf else None,
         "steps": v.steps,
         "size": v.size,
+        "objective": v.objective,
         "limit": v.limit,
         "source": v.source,
         "rf_size": list(v.rf_size) if v.rf_size else None,

@@ -96,4 +96,7 @@ def as_dict(
         "k": NEIGHBOURS_K,
         "metric": METRIC,
         "top": TOP,
+        # a layer grid's synthesised images maximise one of these (None: the method's rule)
+        "objectives": ["channel", "neuron"],
+        "objective": None,
     }

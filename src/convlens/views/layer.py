@@ -62,7 +62,10 @@ class LayerView:
         first_layer: whether it is the first convolution (then `filters` holds its weights).
         filters: float32 ``(K, C_in, kh, kw)`` the channels' weights (first layer only), else None.
         actmax: float32 ``(K, C, S, S)`` pixels in [0, 1] synthesised per channel, else None.
-        actmax_values: ``(K,)`` the channel's mean activation on its synthesised image.
+        actmax_values: ``(K,)`` the objective's value on each synthesised image.
+        objective: what the images maximise: "channel" (the mean of the channel's map) or "neuron"
+            (its centre unit); resolved by :func:`convlens.inspect.activation_maximization` when
+            not given (the centre neuron of an affine first layer, else the channel).
         steps, size: the gradient-ascent steps and image side used (None when not computed).
         patches: per channel, the top images, best first.
         crops: uint8 ``(K, n, C, h, w)`` the receptive-field crops of `patches` (padded with grey
@@ -82,6 +85,7 @@ class LayerView:
     actmax_values: torch.Tensor | None = None
     steps: int | None = None
     size: int | None = None
+    objective: str | None = None
     patches: tuple[tuple[Patch, ...], ...] = ()
     crops: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
@@ -105,6 +109,7 @@ def layer_view(
     steps: int | None = None,
     patches: int | None = None,
     limit: int | None = None,
+    objective: str | None = None,
     index: ImageIndex | None = None,
     parts: Collection[str] | None = None,
     seed: int = 0,
@@ -121,6 +126,7 @@ def layer_view(
         layer: a conv layer; default :func:`defaults.default_layer`.
         channels: a list, or the first N; default :func:`defaults.channels`.
         steps: gradient-ascent steps; default :func:`defaults.actmax_steps`.
+        objective: "channel" or "neuron" for the synthesised images; default the method's rule.
         patches: top images per channel; default :data:`defaults.PATCHES`.
         limit: images searched without an index, spread evenly; default :data:`defaults.IMAGES_LIMIT`
             (None in `index` mode: the index covers them all).
@@ -181,7 +187,7 @@ def layer_view(
         steps = defaults.actmax_steps(macs) if steps is None else steps
         size = defaults.actmax_size(subject)
         pre = subject.preprocess
-        images, values = [], []
+        images, values, ran = [], [], []
         # Always in chunks of ACTMAX_CHUNK: every face gets the same images for the same channels.
         for i in range(0, len(chans), ACTMAX_CHUNK):
             part = chans[i : i + ACTMAX_CHUNK]
@@ -194,11 +200,17 @@ def layer_view(
                 res = inspect.activation_maximization(
                     subject.model, layer, part, size=size, steps=steps, mean=pre.mean,
                     std=pre.std, in_channels=pre.channels, seed=seed, progress=progress,
+                    objective=objective,
                 )  # fmt: skip
             images.append(res.images)
+            ran.append(res.objective)
             values.append(torch.as_tensor(res.values, dtype=torch.float32))
         fields.update(
-            actmax=torch.cat(images), actmax_values=torch.cat(values), steps=steps, size=size
+            actmax=torch.cat(images),
+            actmax_values=torch.cat(values),
+            steps=steps,
+            size=size,
+            objective=ran[0] if ran else objective,
         )
     report(total, total, "done")
     return LayerView(layer=layer, channels=tuple(chans), first_layer=first, **fields)

@@ -33,6 +33,8 @@ class LayerGridRequest(BaseModel):
     parts: list[Literal["filters", "actmax", "patches"]] | None = Field(
         default=None, min_length=1, max_length=3
     )  # None: all three
+    # what the synthesised images maximise; None: the method's rule for the layer
+    objective: Literal["channel", "neuron"] | None = None
 
 
 class OcclusionRequest(BaseModel):

@@ -24,13 +24,16 @@ export async function render(root, ctx) {
   const PAGE = d.channels_per_page ?? 64;  // channels per job; "more" fetches the next ones
   // The objective of the synthesised images, only when the server says it takes one.
   const objectives = d.objectives ?? null;
-  let objective = params.objective || d.objective || (Array.isArray(objectives) ? objectives[0] : null);
+  // None chosen: the server's rule for the layer (the centre neuron of a linear first layer, whose
+  // channel mean would give a flat square; the whole channel elsewhere).
+  let objective = params.objective || d.objective || null;
   const head = el("div", { class: "controls" });
   if (Array.isArray(objectives) && objectives.length > 1) {
     const pick = el("select", { "aria-label": "objective", id: "objective",
-      onchange: (e) => { objective = e.target.value; restart(); } });
+      onchange: (e) => { objective = e.target.value || null; restart(); } });
+    pick.append(new Option("as suits the layer", ""));
     for (const o of objectives) pick.append(new Option(o === "neuron" ? "centre neuron" : o === "channel" ? "whole channel (mean)" : o, o));
-    pick.value = objective;
+    pick.value = objective ?? "";
     head.append(el("label", {}, "synthesise for ", pick));
   }
   root.append(el("p", { class: "note" },
