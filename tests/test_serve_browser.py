@@ -541,6 +541,9 @@ def test_arithmetic_view(page: Any, url: str) -> None:
     # AlexNet's first layer: 227, 11, 4 -> 96×55×55.
     page.locator("#alexnet").click()
     expect(page.locator("#out-size")).to_have_text("96×55×55")
+    # The notes' W×H×D text is translated into this page's C×H×W order.
+    expect(page.locator("pre.explain")).to_contain_text("227x227x3 is 3×227×227")
+    expect(page.locator("pre.explain")).to_contain_text("55x55x96 is 96×55×55")
     assert page.locator('input[name="size"]').input_value() == "227"
     assert page.locator('input[name="kernel"]').input_value() == "11"
 

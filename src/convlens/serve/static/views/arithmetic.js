@@ -68,7 +68,11 @@ export async function render(root) {
         el("div", {}, el("b", { id: "params" }, fmt(r.params)), " parameters with sharing"),
         el("div", {}, el("b", { id: "params-unshared" }, fmt(r.params_unshared)), " without sharing"),
         el("div", {}, el("b", { id: "macs" }, fmt(r.macs)), " multiply-adds"));
-      lines.textContent = (r.lines || []).join("\n");
+      // The explanation follows the notes, which write volumes W×H×D; say so in this page's C×H×W.
+      const d = values.depth, w = values.size;
+      lines.textContent = `The notes write a volume as W×H×D: their input ${w}x${w}x${d} is ${d}×${w}×${w} ` +
+        `(C×H×W, the order of every other shape here), their output ${ow}x${oh}x${f} is ${f}×${oh}×${ow}.\n\n` +
+        (r.lines || []).join("\n");
       paint();
     } catch (e) {
       if (mine !== request) return;
