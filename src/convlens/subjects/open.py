@@ -26,12 +26,7 @@ apply); a model without class names takes the folder names when their number mat
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import json
-import re
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +43,7 @@ from convlens.models.weights import (
     load_torchscript,
     read_state_dict,
 )
-from convlens.subjects import hub
+from convlens.subjects import hub, user_code
 from convlens.subjects.core import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -58,8 +53,6 @@ from convlens.subjects.core import (
     num_outputs,
 )
 from convlens.subjects.images import image_sizes, is_labelled, load_image_set, scan_image_list
-
-_USER_CODE = re.compile(r"^(?P<target>.+\.py|[A-Za-z_][\w.]*):(?P<fn>[A-Za-z_]\w*)$")
 
 
 def open_subject(
@@ -100,10 +93,10 @@ def open_subject(
         sub = _torchvision_subject(spec.removeprefix("torchvision:"), weights, download, names)
     elif spec.startswith("timm:"):
         sub = _timm_subject(spec.removeprefix("timm:"), weights, download, names)
-    elif _USER_CODE.match(spec) and not path.is_file():
+    elif user_code.is_spec(spec) and not path.is_file():
         sub = _user_code_subject(spec, weights, images, names)
     elif path.is_file() and path.suffix == ".py":
-        raise InputError(_name_the_function(path))
+        raise InputError(user_code.name_the_function(path))
     elif path.is_file():
         sub = _file_subject(path, weights, images, device)
     else:
@@ -302,22 +295,7 @@ def _file_subject(
 def _user_code_subject(
     spec: str, weights: str | None, images: str | Path | None, names: list[str] | None
 ) -> Subject:
-    m = _USER_CODE.match(spec)
-    assert m is not None
-    target, fn_name = m.group("target"), m.group("fn")
-    module = _import_user_module(target)
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise InputError(f"{target} has no function {fn_name!r}.{did_you_mean(fn_name, found)}")
-    try:
-        result = fn()
-    except SystemExit as e:  # sys.exit() in a factory: a failure, not the end of convlens
-        raise InputError(
-            f"{spec} called sys.exit({e.code!r}) instead of returning a model"
-        ) from None
-    except Exception as e:  # the user's code: report where it failed, in one line
-        raise InputError(f"{spec} raised {_where(e, target)}") from None
+    result = user_code.build(spec)
     if isinstance(result, Subject):
         if weights is not None:
             load_into(result.model, read_state_dict(weights), source=weights, what=spec)
@@ -337,67 +315,6 @@ def _user_code_subject(
     pre = _guess_preprocess(result, images, notices)
     k = _outputs_of_guess(result, pre, images, f"the model of {spec}")
     return Subject(result, pre, _numbered(k), name=spec, info=info)
-
-
-def _name_the_function(path: Path) -> str:
-    """The message for ``--model file.py`` without ``:function``: the functions it defines (read
-    with `ast`, so none of its code runs)."""
-    import ast
-
-    try:
-        tree = ast.parse(path.read_bytes())
-        found = [
-            n.name
-            for n in tree.body
-            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.name.startswith("_")
-        ]
-    except (SyntaxError, ValueError, OSError):
-        found = []
-    listed = f"; it defines {', '.join(found[:8])}" if found else ""
-    example = found[0] if found else "build"
-    return (
-        f"{path} is Python code: name the function that builds the model, as "
-        f"--model {path}:{example}{listed}"
-    )
-
-
-def _import_user_module(target: str) -> Any:
-    """Import `target` (a .py file or a dotted module): this runs the user's code."""
-    if target.endswith(".py"):
-        path = Path(target).expanduser().resolve()
-        if not path.is_file():
-            raise InputError(f"no Python file at {target}")
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-        spec = importlib.util.spec_from_file_location(f"convlens_user_{digest}", path)
-        if spec is None or spec.loader is None:
-            raise InputError(f"{target} cannot be imported as Python")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except SystemExit as e:
-            raise InputError(f"importing {target} called sys.exit({e.code!r})") from None
-        except Exception as e:
-            raise InputError(f"importing {target} raised {_where(e, str(path))}") from None
-        return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as e:
-        raise InputError(
-            f"no Python module {target!r} ({e}); is it installed or on PYTHONPATH?"
-        ) from None
-    except SystemExit as e:
-        raise InputError(f"importing {target} called sys.exit({e.code!r})") from None
-    except Exception as e:
-        raise InputError(f"importing {target} raised {_where(e, target)}") from None
-
-
-def _where(e: BaseException, hint: str) -> str:
-    """`ValueError: bad (my_net.py:12)`: the exception and the last frame in the user's file."""
-    frames = traceback.extract_tb(e.__traceback__)
-    name = Path(hint).name
-    mine = [f for f in frames if Path(f.filename).name == name] or frames[-1:]
-    at = f" ({Path(mine[-1].filename).name}:{mine[-1].lineno})" if mine else ""
-    return f"{type(e).__name__}: {e}{at}"
 
 
 # --------------------------------------------------------------------------------------------------
