@@ -58,12 +58,6 @@ def network(served: Served) -> dict[str, Any]:
         return views.network_view(served.subject, summary=summary, graph=graph).to_dict()
 
 
-def _index(served: Served) -> views.ImageIndex | None:
-    """The subject's index (:class:`convlens.index.Index`) when the catalog found one, else None:
-    the views then read top patches, neighbours, the map and predictions from it."""
-    return served.index
-
-
 def _label(served: Served, image_index: int | None) -> int | None:
     images = served.subject.images
     if image_index is None or images is None or not served.subject.labels_are_outputs(images):
@@ -79,7 +73,7 @@ def predict(
     s = served.subject
     p = views.prediction_view(
         s, image, label=_label(served, image_index), k=top, image_index=image_index,
-        index=_index(served),
+        index=served.index,
     )  # fmt: skip
     acts = views.activations_view(s, image)
     return {
@@ -184,11 +178,11 @@ def layer_grid(
     quick ones first (filters and patches, read from the index) and the synthesised images second.
     """
     s = served.subject
-    if parts is not None and s.images is None and s.image_list is None and _index(served) is None:
+    if parts is not None and s.images is None and s.image_list is None and served.index is None:
         parts = [p for p in parts if p != "patches"]  # no images: no patches to look for
     v = views.layer_view(
         s, layer, channels=list(range(start, start + count)), steps=steps, patches=patches,
-        limit=limit, index=_index(served), lock=served.lock, report=report, parts=parts,
+        limit=limit, index=served.index, lock=served.lock, report=report, parts=parts,
         objective=objective,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
@@ -231,7 +225,7 @@ def embedding(served: Served, limit: int | None, report: Report) -> dict[str, An
             f"{served.name} has no images to embed; start the server with --images", 409
         )
     with served.lock:
-        e = views.embedding_view(s, limit=limit, index=_index(served), report=report)
+        e = views.embedding_view(s, limit=limit, index=served.index, report=report)
     coords = np.round(e.coords.astype(np.float32), 3)
     return {
         "indices": e.indices.tolist(),
@@ -251,7 +245,7 @@ def neighbours(served: Served, index: int, k: int | None = None) -> dict[str, An
     s = served.subject
     if s.images is None:
         raise RequestError(f"{served.name} has no images; start the server with --images", 404)
-    idx = _index(served)
+    idx = served.index
     nb = views.neighbours_view(
         s, index, k=k, index=idx, pixels=served.pixels if idx is not None else None
     )
