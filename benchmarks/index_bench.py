@@ -23,7 +23,7 @@ Three measurements, each printed with the load average (`os.getloadavg`):
 
 Full size (the lead's run; an hour or more on 2 cores):
 `CONVLENS_DATA=../shared/data .venv/bin/python benchmarks/index_bench.py --cifar-images 50000
---big-images 20000 --rss-sizes 10000,50000 --eval-images 30000 --points 50000`
+--big-images 20000 --rss-sizes 10000,50000 --eval-images 30000 --points 50000 --rounds 3`
 """
 
 from __future__ import annotations
@@ -104,7 +104,10 @@ def extract(data: Path, out: Path, n: int, split: str, size: int | None = None) 
     return out
 
 
-def throughput(name: str, spec: str, folder: Path, batch: int, work: Path) -> None:
+def throughput(name: str, spec: str, folder: Path, batch: int, work: Path, rounds: int) -> None:
+    """Interleaved rounds: bare, index, bare, index, ..., bare; each round's ratio is its index pass
+    against the mean of the bare forwards just before and after it (this machine's speed drifts by
+    +-20 % over minutes); the median round is the figure."""
     from convlens.index import build_index
     from convlens.subjects import open_subject
     from convlens.subjects.images import load_images, scan_image_list
@@ -121,19 +124,27 @@ def throughput(name: str, spec: str, folder: Path, batch: int, work: Path) -> No
                 sub.model(sub.normalize(pixels[i : i + batch]))
         return len(pixels) / (time.perf_counter() - t0)
 
-    b1 = bare()
-    t0 = time.perf_counter()
-    shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
-    build_index(sub, scan_image_list(folder), cache_dir=work / f"cache-{name}",
-                batch_size=batch, progress=False)  # fmt: skip
-    ours = len(pixels) / (time.perf_counter() - t0)
-    b2 = bare()
-    ref = (b1 + b2) / 2
-    print(
-        f"throughput {name}: {len(pixels):,} images, batch {batch}: bare forward {ref:.1f} img/s "
-        f"({b1:.1f}, {b2:.1f}), index pass {ours:.1f} img/s, ratio {ours / ref:.2f} [{load()}]",
-        flush=True,
-    )
+    before = bare()
+    ratios = []
+    for r in range(rounds):
+        shutil.rmtree(work / f"cache-{name}", ignore_errors=True)  # a fresh pass: nothing cached
+        t0 = time.perf_counter()
+        build_index(sub, scan_image_list(folder), cache_dir=work / f"cache-{name}",
+                    batch_size=batch, progress=False)  # fmt: skip
+        ours = len(pixels) / (time.perf_counter() - t0)
+        after = bare()
+        ref = (before + after) / 2
+        ratios.append(ours / ref)
+        print(
+            f"throughput {name} round {r + 1}/{rounds}: {len(pixels):,} images, batch {batch}: "
+            f"bare forward {ref:.1f} img/s ({before:.1f}, {after:.1f}), index pass {ours:.1f} "
+            f"img/s, ratio {ours / ref:.3f} [{load()}]",
+            flush=True,
+        )
+        before = after
+    ratios.sort()
+    print(f"throughput {name}: median ratio {ratios[len(ratios) // 2]:.3f} over {rounds} rounds "
+          f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})", flush=True)  # fmt: skip
 
 
 def neighbours(points: int, work: Path) -> None:
@@ -202,6 +213,7 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, default=3000)
     p.add_argument("--points", type=int, default=50_000)
     p.add_argument("--parts", default="throughput,rss,neighbours,evaluate")
+    p.add_argument("--rounds", type=int, default=3, help="Interleaved throughput rounds.")
     a = p.parse_args()
     if not a.data_dir:
         raise SystemExit("pass --data-dir or set CONVLENS_DATA")
@@ -215,10 +227,10 @@ def main() -> None:
         split = "train" if a.cifar_images > 10_000 else "test"
         if a.cifar_images:
             small = extract(data, work / f"cifar-{a.cifar_images}", a.cifar_images, split)
-            throughput("resnet20@32", "resnet20", small, 256, work)
+            throughput("resnet20@32", "resnet20", small, 256, work, a.rounds)
         if a.big_images:
             big = extract(data, work / f"big-{a.big_images}", a.big_images, "test", size=224)
-            throughput("resnet18@224", "torchvision:resnet18", big, 64, work)
+            throughput("resnet18@224", "torchvision:resnet18", big, 64, work, a.rounds)
     if "rss" in parts:
         for n in (int(s) for s in a.rss_sizes.split(",")):
             split = "train" if n > 10_000 else "test"

@@ -250,7 +250,7 @@ def _build(
     device = _device(sub.model)
     src = resolve_source(sub, source)
     files_sig = files_digest(src.files) if src.images is None and src.files is not None else None
-    key, parts = index_key(sub, src)
+    key, parts = index_key(sub, src, files_sig)
     if rt is not None and rt.broadcast_object(key) != key:
         raise ConvlensError(f"{src.name} changed while the ranks were reading it; run again")
     root = cache_root(cache_dir)

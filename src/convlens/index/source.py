@@ -158,12 +158,13 @@ def files_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def images_digest(src: Source) -> str:
+def images_digest(src: Source, files: str | None = None) -> str:
     """SHA-256 of the source's image files (when it has them: the same folder streamed or loaded in
-    memory gives one key) or else its pixels, and its labels."""
+    memory gives one key) or else its pixels, and its labels. `files`: the files' digest, when the
+    caller has it already (a ``stat`` per file is not free over 50,000 files)."""
     h = hashlib.sha256()
     if src.files is not None:
-        h.update(files_digest(src.files).encode())
+        h.update((files or files_digest(src.files)).encode())
     else:
         assert src.images is not None
         h.update(str(tuple(src.images.shape)).encode())
@@ -172,11 +173,12 @@ def images_digest(src: Source) -> str:
     return h.hexdigest()
 
 
-def index_key(sub: Subject, src: Source) -> tuple[str, dict[str, str]]:
-    """The cache key of `sub` over `src` (24 hex digits) and the digests it is made of."""
+def index_key(sub: Subject, src: Source, files: str | None = None) -> tuple[str, dict[str, str]]:
+    """The cache key of `sub` over `src` (24 hex digits) and the digests it is made of (`files`:
+    see :func:`images_digest`)."""
     parts = {
         "weights": weights_digest(sub.model),
-        "images": images_digest(src),
+        "images": images_digest(src, files),
         "preprocess": hashlib.sha256(
             json.dumps(asdict(sub.preprocess), sort_keys=True).encode()
         ).hexdigest(),

@@ -71,7 +71,7 @@ def prepare(im: Image.Image, pre: Preprocess, name: str, notices: list[str]) -> 
     """A decoded PIL image -> uint8 ``(H, W)`` or ``(H, W, 3)`` at ``pre.size`` (see the module doc)."""
     h, w = pre.size
     flt = _FILTERS.get(pre.interpolation, Image.Resampling.BILINEAR)
-    im = ImageOps.exif_transpose(im) or im
+    ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of an upright image
     target = "L" if pre.channels == 1 else "RGB"
     if im.mode != target:
         notices.append(f"{name}: converted {im.mode} to {target}")
@@ -212,8 +212,32 @@ def load_images(paths: Sequence[str | Path], pre: Preprocess) -> tuple[torch.Ten
     return torch.from_numpy(out), [n for notes in per_file for n in notes]
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
+def _files_under(folder: Path, recursive: bool) -> list[Path]:
+    """The files in `folder` (and its sub-folders when `recursive`, links followed), in path
+    order (part by part, as ``sorted`` orders ``Path`` objects).
+
+    ``os.scandir`` knows each entry's type from the directory listing: a folder of 50,000 images
+    is listed without a ``stat`` per file.
+    """
+    found: list[str] = []
+    stack = [str(folder)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:  # unreadable or vanished sub-folder: nothing in it is listed
+            continue
+        with entries:
+            for e in entries:
+                if recursive and e.is_dir():
+                    stack.append(e.path)
+                elif e.is_file():
+                    found.append(e.path)
+    found.sort(key=lambda s: s.split(os.sep))
+    return [Path(s) for s in found]
 
 
 def scan_images(path: str | Path) -> tuple[list[ImageFile], list[str] | None, list[str]]:
@@ -233,13 +257,12 @@ def scan_images(path: str | Path) -> tuple[list[ImageFile], list[str] | None, li
         raise InputError(f"no image file or folder at {root}")
     notices: list[str] = []
     # class folders: sub-folders holding at least one image (not __pycache__, .git, empty ones)
-    subdirs = sorted(
-        d
-        for d in root.iterdir()
-        if d.is_dir()
-        and not d.name.startswith((".", "__"))
-        and any(_is_image(p) for p in d.rglob("*"))
-    )
+    under = {
+        d: _files_under(d, recursive=True)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith((".", "__"))
+    }
+    subdirs = [d for d, fs in under.items() if any(_is_image_name(f.name) for f in fs)]
     skipped: list[Path] = []
     files: list[ImageFile] = []
     classes: list[str] | None = None
@@ -252,16 +275,16 @@ def scan_images(path: str | Path) -> tuple[list[ImageFile], list[str] | None, li
                 f"({', '.join(p.name for p in sorted(loose)[:3])})"
             )
         for label, d in enumerate(subdirs):
-            for p in sorted(d.rglob("*")):
-                if _is_image(p):
+            for p in under[d]:
+                if _is_image_name(p.name):
                     files.append(ImageFile(p, label))
-                elif p.is_file() and not p.name.startswith("."):
+                elif not p.name.startswith("."):
                     skipped.append(p)
     else:
-        for p in sorted(root.iterdir()):
-            if _is_image(p):
+        for p in _files_under(root, recursive=False):
+            if _is_image_name(p.name):
                 files.append(ImageFile(p))
-            elif p.is_file() and not p.name.startswith("."):
+            elif not p.name.startswith("."):
                 skipped.append(p)
     if skipped:
         notices.append(
