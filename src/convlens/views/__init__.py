@@ -15,6 +15,7 @@ view                        what it answers
 :func:`activations_view`    every layer's output for one image, with min and max
 :func:`attribution_view`    Grad-CAM, guided Grad-CAM, saliency, guided backprop, occlusion
 :func:`layer_view`          a layer's filters, synthesised images and top data-set patches
+:func:`synthesis_view`      the image each channel of a layer (or each class) wants to see
 :func:`neighbours_view`     nearest images in feature space beside pixel space, with distances
 :func:`embedding_view`      a t-SNE map of the features, with labels and predictions
 :func:`unit_fields_view`    one unit's theoretical (clipped) and effective receptive field
@@ -46,9 +47,11 @@ from convlens.views.prediction import (
     prediction_view,
     predictions_view,
 )
+from convlens.views.synthesis import OBJECTIVES, SynthesisView, synthesis_view
 
 __all__ = [
     "METHODS",
+    "OBJECTIVES",
     "ActivationsView",
     "AttributionView",
     "Block",
@@ -63,6 +66,7 @@ __all__ = [
     "Patch",
     "PredictionView",
     "PredictionsView",
+    "SynthesisView",
     "UnitFieldsView",
     "activations_view",
     "attribution_view",
@@ -75,6 +79,7 @@ __all__ = [
     "prediction_view",
     "predictions_view",
     "probabilities",
+    "synthesis_view",
     "top_k",
     "unit_fields_view",
 ]

@@ -22,6 +22,12 @@ BIG_NETWORK_MACS = 500_000_000
 BIG_NETWORK_ACTMAX_STEPS = 16
 BIG_NETWORK_ACTMAX_CHANNELS = 8
 
+# `convlens visualize actmax` (:func:`convlens.views.synthesis_view`): the first 64 channels, the
+# method's full schedule (None steps), the data set's own colours from up to 2,000 test images.
+SYNTHESIS_CHANNELS = 64
+COLOUR_IMAGES = 2_000
+COLOURS = ("data", "imagenet")  # "data": the data set's colour covariance; "imagenet": Lucid's
+
 CHANNELS = 16  # channels of a layer grid shown by default (8 for a big network)
 PATCHES = 6  # top data-set patches per channel
 IMAGES_LIMIT = 2_000  # images searched for top patches when there is no index (evenly spread)
@@ -67,6 +73,24 @@ def channels(available: int, macs: int | None) -> list[int]:
 def actmax_size(subject: Subject) -> int:
     """Side of the synthesised images: the model's input height."""
     return subject.image_shape[1]
+
+
+def synthesis_layer(subject: Subject, objective: str | None, size: int) -> str | None:
+    """The layer a synthesised image maximises unless told: the model's output (None) for the
+    ``logit`` objective, else :func:`convlens.models.default_layer` at the synthesised size."""
+    from convlens.models import default_layer as rule
+
+    if objective == "logit":
+        return None
+    return rule(subject.model, (subject.image_shape[0], size, size))
+
+
+def synthesis_steps(simple: bool) -> int:
+    """Gradient-ascent steps of a synthesised image unless told: the method's full schedule
+    (256 readable, 20 for the Keras-style simple ascent; :mod:`convlens.inspect.actmax`)."""
+    from convlens.inspect.actmax import DEFAULT_STEPS, SIMPLE_STEPS
+
+    return SIMPLE_STEPS if simple else DEFAULT_STEPS
 
 
 def as_dict(

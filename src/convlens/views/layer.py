@@ -184,33 +184,24 @@ def layer_view(
         w = inspect.filters(subject.model, layer)  # (C_out, C_in, kh, kw)
         fields["filters"] = w[chans].detach().float().cpu()
     if "actmax" in parts:
-        steps = defaults.actmax_steps(macs) if steps is None else steps
-        size = defaults.actmax_size(subject)
-        pre = subject.preprocess
-        images, values, ran = [], [], []
+        from convlens.views.synthesis import synthesis_view
+
+        def chunk_report(done: int, chunks: int, message: str) -> None:
+            if done < chunks:  # the grid reports its own end
+                report(1 + done, total, message)
+
         # Always in chunks of ACTMAX_CHUNK: every face gets the same images for the same channels.
-        for i in range(0, len(chans), ACTMAX_CHUNK):
-            part = chans[i : i + ACTMAX_CHUNK]
-            report(
-                1 + i // ACTMAX_CHUNK,
-                total,
-                f"activation maximisation, channels {part[0]}-{part[-1]}",
-            )
-            with guard:
-                res = inspect.activation_maximization(
-                    subject.model, layer, part, size=size, steps=steps, mean=pre.mean,
-                    std=pre.std, in_channels=pre.channels, seed=seed, progress=progress,
-                    objective=objective,
-                )  # fmt: skip
-            images.append(res.images)
-            ran.append(res.objective)
-            values.append(torch.as_tensor(res.values, dtype=torch.float32))
+        syn = synthesis_view(
+            subject, layer, chans, steps=defaults.actmax_steps(macs) if steps is None else steps,
+            size=defaults.actmax_size(subject), objective=objective, seed=seed, colours="imagenet",
+            chunk=ACTMAX_CHUNK, lock=guard, report=chunk_report, progress=progress,
+        )  # fmt: skip
         fields.update(
-            actmax=torch.cat(images),
-            actmax_values=torch.cat(values),
-            steps=steps,
-            size=size,
-            objective=ran[0] if ran else objective,
+            actmax=syn.images,
+            actmax_values=syn.values.float(),
+            steps=syn.steps,
+            size=syn.size,
+            objective=syn.objective,
         )
     report(total, total, "done")
     return LayerView(layer=layer, channels=tuple(chans), first_layer=first, **fields)
