@@ -72,7 +72,7 @@ class VisualizeRequest:
             self._subject = so.open_cli_subject(
                 self.run_dir, model=self.model, weights=self.weights, images=self.image_set,
                 classes=self.classes, download=self.download, device=self.device,
-                data_dir=self.data_dir,
+                data_dir=self.data_dir, in_memory=self.method not in STREAMED,
             )  # fmt: skip
         return self._subject
 
@@ -96,8 +96,20 @@ class VisualizeRequest:
         return index
 
     def dataset(self, split: str) -> Dataset:
-        """The `--images` set, else the run's `split` (see :meth:`Subject.data`)."""
-        return self.subject.data(split)
+        """The `--images` set, else the run's `split` (see :meth:`Subject.data`).
+
+        A folder opened without decoding it (a :data:`STREAMED` method) is decoded here, with the
+        notes that opening it in memory would have printed.
+        """
+        sub = self.subject
+        decoding = sub.images is None and sub.image_list is not None
+        ds = sub.data(split)
+        if decoding:
+            shown = set(sub.info.get("notices", []))
+            for n in ds.extra.get("notices", []):  # type: ignore[attr-defined]
+                if n not in shown:
+                    console.print(f"[yellow]note:[/] {n}", highlight=False)
+        return ds
 
     def query_images(self, n_default: int = 4) -> tuple[torch.Tensor, list[str]]:
         """uint8 `(N, C, H, W)` query images and their labels for titles.
@@ -138,6 +150,11 @@ class VisualizeRequest:
             raise UsageError(f"--channels {self.channels!r}: expected e.g. 0-63 or 0,3,5") from None
         return out
 
+
+# Methods that can look at a folder of any size through its cached index (`convlens index build`):
+# their subject is opened without decoding the folder, which is decoded only when they ask for it
+# (when there is no index).
+STREAMED = frozenset({"tsne"})
 
 Runner = Callable[[VisualizeRequest], list[Path]]
 _RUNNERS: dict[str, tuple[Runner, str]] = {}

@@ -192,6 +192,7 @@ def neighbors_figure(
     feature_titles: Sequence[Sequence[str]],
     pixel_titles: Sequence[Sequence[str]],
     metric: str = "cosine",
+    subtitle: str = "",
 ) -> Figure:
     """Each query beside its k nearest images in feature space and, to the right, in pixel space.
 
@@ -203,6 +204,7 @@ def neighbors_figure(
         feature_titles: `(Q, k)` captions (e.g. class and distance).
         pixel_titles: `(Q, k)` captions.
         metric: the feature-space metric, for the heading.
+        subtitle: a second heading line (which images were searched), or "".
     """
     q = _np(queries)
     fi, pi = _np(feature_images), _np(pixel_images)
@@ -221,7 +223,7 @@ def neighbors_figure(
             axes[r, 2 + k + j].set_title(pixel_titles[r][j], fontsize=6)
     fig.suptitle(
         f"query  |  {k} nearest in feature space ({metric}, penultimate layer)  |  "
-        f"{k} nearest in pixel space (L2)",
+        f"{k} nearest in pixel space (L2)" + (f"\n{subtitle}" if subtitle else ""),
         fontsize=9,
     )
     fig.tight_layout()

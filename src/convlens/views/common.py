@@ -48,6 +48,12 @@ class ImageIndex(Protocol):
     def labels(self) -> np.ndarray: ...  # (N,) int64, -1 unlabelled
 
     @property
+    def classes(self) -> list[str] | None: ...  # names of the label values; None unlabelled
+
+    @property
+    def labels_are_outputs(self) -> bool: ...  # the labels index the model's outputs
+
+    @property
     def top_classes(self) -> np.ndarray: ...  # (N, 5) int64, from the logits
 
     @property
@@ -67,6 +73,8 @@ class ImageIndex(Protocol):
     def embedding(self, limit: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
 
     def image(self, i: int) -> torch.Tensor: ...
+
+    def features(self) -> np.ndarray: ...  # (N, D) float16 penultimate features, memory-mapped
 
 
 def evenly(n: int, limit: int | None) -> torch.Tensor:

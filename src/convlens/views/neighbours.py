@@ -219,7 +219,8 @@ def embedding_view(
 
     Args:
         limit: images mapped; default :data:`defaults.EMBEDDING_LIMIT`.
-        index: the subject's index: coordinates and predictions come from it.
+        index: the subject's index: coordinates, labels and predictions come from it, and no
+            image is decoded (not with `layer`, whose features it does not hold).
         layer: the features' layer; default the penultimate (the classifier's input).
         tsne: False: only the features and predictions (a projector export), no map.
     """
@@ -228,19 +229,22 @@ def embedding_view(
     from convlens.views.prediction import predictions_view
 
     limit = defaults.EMBEDDING_LIMIT if limit is None else limit
+    if index is not None and layer is None and tsne:
+        # Everything from the index: no image is decoded (a folder of any size).
+        idx_np, coords = index.embedding(limit=limit, seed=seed)
+        idx = torch.from_numpy(np.asarray(idx_np)).long()
+        pred = torch.from_numpy(np.asarray(index.top_classes[idx_np, 0])).long()
+        labels = torch.from_numpy(np.asarray(index.labels[idx_np])).long()
+        # An unlabelled set is named as the in-memory loader names it (labels all -1).
+        names = index.classes if index.classes is not None else ["unlabelled"]
+        return EmbeddingView(
+            indices=idx, coords=np.asarray(coords), labels=labels, predicted=pred,
+            correct=(pred == labels) if index.labels_are_outputs else None, classes=list(names),
+            features=None, perplexity=None, kl_divergence=None, limit=limit, source="index",
+        )  # fmt: skip
     ds = images_of(subject, split)
     labelled = subject.labels_are_outputs(ds)
     labels_all = ds.labels if bool(ds.extra.get("labelled", True)) else torch.full((len(ds),), -1)
-    if index is not None and layer is None and tsne:
-        idx_np, coords = index.embedding(limit=limit, seed=seed)
-        idx = torch.from_numpy(np.asarray(idx_np)).long()
-        pred = torch.from_numpy(index.top_classes[idx_np, 0]).long()
-        labels = labels_all[idx]
-        return EmbeddingView(
-            indices=idx, coords=np.asarray(coords), labels=labels, predicted=pred,
-            correct=(pred == labels) if labelled else None, classes=list(ds.classes),
-            features=None, perplexity=None, kl_divergence=None, limit=limit, source="index",
-        )  # fmt: skip
     if len(ds) < 10 and tsne:
         raise ConvlensError(f"there are only {len(ds)} images; t-SNE needs at least 10")
     idx = evenly(len(ds), limit)

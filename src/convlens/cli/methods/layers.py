@@ -8,8 +8,9 @@ numbers (and the defaults it resolved), `convlens.render.layers` for the figure,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +21,14 @@ from convlens.fileio import atomic_open, atomic_write_json
 from convlens.render.common import save_figure
 from convlens.views import defaults
 
+if TYPE_CHECKING:
+    from convlens.views import ImageIndex
+
 FIGURE_LAYERS = 12  # activation grids drawn by default (the last of each resolution beyond)
+# A t-SNE map read from an index may hold up to 50,000 points: its TensorBoard projector (every
+# point's features and thumbnail, float32 in memory) is written up to these sizes, else skipped.
+PROJECTOR_POINTS = 10_000
+PROJECTOR_BYTES = 1024 * 2**20
 
 
 def _slug(name: str) -> str:
@@ -124,42 +132,83 @@ def run_activations(req: VisualizeRequest) -> list[Path]:
 def run_neighbors(req: VisualizeRequest) -> list[Path]:
     from convlens.inspect.neighbors import METRICS
     from convlens.render.layers import neighbors_figure
-    from convlens.views import neighbours_view
+    from convlens.views import neighbours_view, pixel_search
+    from convlens.views.common import head_indices
 
     metric = req.metric or defaults.METRIC
     if metric not in METRICS:
         raise ConvlensError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
     k = _positive(req.k, 5, "--k")
-    queries, qtitles = req.query_images(n_default=_positive(req.count, 4, "--count"))
-    train = _dataset(req, "train")
-    nb = neighbours_view(req.subject, queries, k=k, metric=metric, split="train", progress=True)
+    count = _positive(req.count, 4, "--count")
+    queries, qtitles = req.query_images(n_default=count)
+    # Queries from the subject's own images and an index of them: search the indexed images
+    # (features from the index, no image through the model); else a run's training split.
+    index = None if req.images else req.index("test")
+    searched = _dataset(req, "test") if index is not None else None
+    if index is not None and searched is not None and index.n != len(searched):
+        console.print(
+            f"[yellow]note:[/] the index holds {index.n:,} images, the set {len(searched):,}: "
+            "the features are computed from the images instead",
+            highlight=False,
+        )
+        index = None
+    query_indices: list[int] | None = None
+    if index is not None and searched is not None:
+        query_indices = head_indices(searched, count).tolist()  # the images `queries` holds
+        pixels = pixel_search(req.subject, "test")
+        rows = [
+            neighbours_view(req.subject, q, k=k, metric=metric, index=index, pixels=pixels)
+            for q in query_indices
+        ]
+        feature = tuple(r.feature[0] for r in rows)
+        pixel = tuple(r.pixel[0] for r in rows)
+        pool, split = searched, _own_split(req)
+        where = f"among the {len(searched):,} indexed {_images_of(split)} (features from the index)"
+    else:
+        pool, split = _dataset(req, "train"), "train"
+        nb = neighbours_view(req.subject, queries, k=k, metric=metric, split=split, progress=True)
+        feature, pixel, where = nb.feature, nb.pixel, ""
 
     def caption(rows: Any) -> list[list[str]]:
         return [[f"{n.label_name or ''} {n.distance:.3g}" for n in row] for row in rows]
 
-    fi, pi = nb.indices("feature"), nb.indices("pixel")
+    def ids(rows: Any) -> torch.Tensor:
+        return torch.tensor([[n.image_index for n in row] for row in rows], dtype=torch.int64)
+
+    fi, pi = ids(feature), ids(pixel)
     fig = neighbors_figure(
-        queries, train.images[fi], train.images[pi], query_titles=qtitles,
-        feature_titles=caption(nb.feature), pixel_titles=caption(nb.pixel), metric=metric,
+        queries, pool.images[fi], pool.images[pi], query_titles=qtitles,
+        feature_titles=caption(feature), pixel_titles=caption(pixel), metric=metric,
+        subtitle=where,
     )  # fmt: skip
     paths = [save_figure(fig, req.out / "neighbors.png")]
     if req.save_data:
-        paths.append(
-            _save_json(
-                req.out / "neighbors.json",
-                {
-                    "metric": metric,
-                    "queries": qtitles,
-                    "k": nb.k,
-                    "feature_indices": fi.tolist(),
-                    "feature_distances": [[n.distance for n in row] for row in nb.feature],
-                    "pixel_indices": pi.tolist(),
-                    "pixel_distances": [[n.distance for n in row] for row in nb.pixel],
-                    "split": "train",
-                },
-            )
-        )
+        data = {
+            "metric": metric,
+            "queries": qtitles,
+            "k": k,
+            "feature_indices": fi.tolist(),
+            "feature_distances": [[n.distance for n in row] for row in feature],
+            "pixel_indices": pi.tolist(),
+            "pixel_distances": [[n.distance for n in row] for row in pixel],
+            "split": split,
+        }
+        if query_indices is not None:  # the queries are images of the searched set
+            data["query_indices"] = query_indices
+        paths.append(_save_json(req.out / "neighbors.json", data))
     return paths
+
+
+def _images_of(split: str) -> str:
+    """ "test images" for a run's split, "images" for the user's."""
+    return "images" if split == "images" else f"{split} images"
+
+
+def _own_split(req: VisualizeRequest) -> str:
+    """What the subject's own images (those an index covers) are called: a run's "test" split,
+    or the user's "images"."""
+    sub = req.subject
+    return "test" if sub.images is None and sub.image_list is None else "images"
 
 
 @method("tsne", help="t-SNE map of penultimate features (--count images), scatter and image grid.")
@@ -168,12 +217,16 @@ def run_tsne(req: VisualizeRequest) -> list[Path]:
     from convlens.views import embedding_view
 
     count = _positive(req.count, defaults.EMBEDDING_LIMIT, "--count")
+    layer = _single_layer(req)
+    # An index holds the penultimate features and their map: --layer needs the model.
+    index = req.index("test") if layer is None else None
+    if index is not None:
+        return _tsne_from_index(req, index, count)
     # The test split unless more points are asked for than it has; then the (larger) training split.
     data = _dataset(req, "test")
     split = "test"
     if count > len(data):
         data, split = _dataset(req, "train"), "train"
-    layer = _single_layer(req)
     with console.status(f"t-SNE of {min(count, len(data))} images' features"):
         emb = embedding_view(
             req.subject, limit=count, seed=req.seed, layer=layer, split=split, progress=True
@@ -222,10 +275,92 @@ def run_tsne(req: VisualizeRequest) -> list[Path]:
     return paths
 
 
+def _tsne_from_index(req: VisualizeRequest, index: ImageIndex, count: int) -> list[Path]:
+    """`visualize tsne` from the subject's index: the map stored in it, its labels, and only the
+    images drawn in the grid decoded (a folder of any size)."""
+    from convlens.render.layers import tsne_image_grid, tsne_scatter
+    from convlens.views import embedding_view
+
+    with console.status(f"t-SNE of {min(count, index.n):,} images' features (from the index)"):
+        emb = embedding_view(req.subject, limit=count, seed=req.seed, index=index, progress=True)
+    pick = emb.indices  # (M,) into the indexed images
+    labels, classes = emb.labels.clamp_min(0), emb.classes  # unlabelled: all "unlabelled"
+    split = _own_split(req)
+    where = f"penultimate features, {len(pick):,} of {index.n:,} indexed {_images_of(split)}"
+    side = int(np.clip(round(np.sqrt(len(pick)) / 1.5), 6, 40))
+    grid = emb.grid(side, side)  # (side, side) positions in `pick`, -1 empty
+    drawn = np.unique(grid[grid >= 0])  # decode only these
+    local = np.full(len(pick), -1, dtype=np.int64)
+    local[drawn] = np.arange(len(drawn))
+    images = torch.stack([index.image(int(pick[i])) for i in drawn])  # uint8 (G, C, H, W)
+    paths = [
+        save_figure(
+            tsne_scatter(
+                emb.coords,
+                labels,
+                classes,
+                title=f"t-SNE of {where} (map stored in the index; KL not recorded)",
+            ),
+            req.out / "tsne.png",
+        ),
+        save_figure(
+            tsne_image_grid(
+                np.where(grid >= 0, local[np.maximum(grid, 0)], -1),
+                images,
+                title=f"t-SNE of {where}",
+            ),
+            req.out / "tsne_grid.png",
+        ),
+    ]
+    if req.save_data:
+        paths.append(_save_npy(req.out / "tsne.npy", emb.coords))
+        paths.append(
+            _save_json(
+                req.out / "tsne.json",
+                {
+                    "split": split,
+                    "indices": pick.tolist(),
+                    "labels": labels.tolist(),
+                    "classes": classes,
+                    "layer": "penultimate",
+                    "kl_divergence": None,  # the index keeps the map, not its KL divergence
+                    "perplexity": None,
+                    "coords": "tsne.npy",
+                },
+            )
+        )
+    c, h, w = req.subject.image_shape
+    if len(pick) > PROJECTOR_POINTS or len(pick) * c * h * w * 4 > PROJECTOR_BYTES:
+        console.print(
+            f"[yellow]note:[/] no TensorBoard projector for {len(pick):,} points at {c}x{h}x{w} "
+            f"(its thumbnails would pass {PROJECTOR_POINTS:,} images or "
+            f"{PROJECTOR_BYTES // 2**20:,} MiB); ask for fewer with --count",
+            highlight=False,
+        )
+        return paths
+    feats = torch.from_numpy(np.asarray(index.features()[pick.numpy()], dtype=np.float32))
+
+    def thumbnails() -> torch.Tensor:  # decoded only when tensorboard is there to take them
+        return torch.stack([index.image(int(i)) for i in pick])
+
+    projector = _projector(req.out / "projector", feats, labels, classes, thumbnails)
+    if projector is not None:
+        paths.append(projector)
+    return paths
+
+
 def _projector(
-    path: Path, feats: torch.Tensor, labels: torch.Tensor, classes: list[str], images: torch.Tensor
+    path: Path,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    images: torch.Tensor | Callable[[], torch.Tensor],
 ) -> Path | None:
-    """TensorBoard projector files for the features, when tensorboard is installed; else None."""
+    """TensorBoard projector files for the features, when tensorboard is installed; else None.
+
+    `images`: the uint8 ``(M, C, H, W)`` thumbnails, or a function that decodes them (called only
+    when tensorboard is there to take them).
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -235,7 +370,7 @@ def _projector(
         writer.add_embedding(
             feats,
             metadata=[classes[int(y)] for y in labels],
-            label_img=images.float() / 255.0,
+            label_img=(images if isinstance(images, torch.Tensor) else images()).float() / 255.0,
             tag="features",
         )
     finally:
