@@ -151,3 +151,38 @@ def test_without_an_index_nothing_changes(
     assert "reading the index" not in err and not (tmp_path / "empty").exists()
     data = json.loads((out / "neighbors.json").read_text())
     assert data["split"] == "train" and "query_indices" not in data
+
+
+def test_a_runs_index_covers_its_test_split(
+    trained_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_forward_over_images: None,
+) -> None:
+    """A run's index holds its test split: neighbors searches it (and says so), not the training
+    split it searches without an index."""
+    from convlens.data.dataset import spread_by_class
+    from convlens.train.run_dir import load_run
+
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(capsys, ["index", "build", str(trained_run), "-q"])
+    assert code == 0, err
+    index = open_index(Path(out.strip().splitlines()[-1]))
+    code, _, err = run_cli(
+        capsys, ["visualize", str(trained_run), "neighbors", "--k", "3", "--count", "2",
+                 "--metric", "l2", "--save-data", "--out", str(tmp_path / "vis")],
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads((tmp_path / "vis" / "neighbors.json").read_text())
+    test = load_run(trained_run).load_data("test")
+    assert data["split"] == "test" and index.n == len(test)
+    labels = test.labels
+    sorted_labels = bool((labels[1:] >= labels[:-1]).all())
+    want_q = spread_by_class(labels)[:2].tolist() if sorted_labels else [0, 1]
+    assert data["query_indices"] == want_q
+    x = index.features().astype(np.float64)
+    for q, fi in zip(data["query_indices"], data["feature_indices"], strict=True):
+        d = np.linalg.norm(x - x[q], axis=1)
+        d[q] = np.inf
+        assert fi == np.lexsort((np.arange(len(d)), d))[:3].tolist()

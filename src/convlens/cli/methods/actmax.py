@@ -7,8 +7,9 @@ normalised gradient ascent), `--seed`, `--device`. Writes `actmax_<layer>_<objec
 and, with `--save-data`, the images as `.npy` (float32 `(K, C, S, S)` in [0, 1]) and a `.json` with
 the channels and the objective each image reached.
 
-For colour data sets the colours are decorrelated with the data set's own colour covariance
-(computed from up to 2,000 test images), or Lucid's ImageNet matrix when the data cannot be loaded.
+An encoder of :func:`convlens.views.synthesis_view`, which resolves the defaults and chooses the
+colours: for colour data sets the data set's own colour covariance (from up to 2,000 of its
+images), or Lucid's ImageNet matrix when the data cannot be loaded (printed as a note).
 """
 
 from __future__ import annotations
