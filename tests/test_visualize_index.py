@@ -131,6 +131,11 @@ def test_tsne_comes_from_the_index(
     np.testing.assert_array_equal(np.load(out / "tsne.npy"), want_c)
     assert meta["labels"] == index.labels[want_i].tolist() and meta["classes"] == CIFAR_CLASSES
     assert len(set(meta["indices"])) == 150 and meta["split"] == "images"
+    if (out / "projector").is_dir():  # tensorboard installed: the index's rows, as float32
+        tsv = next((out / "projector").rglob("tensors.tsv")).read_text().splitlines()
+        got = np.array([line.split("\t") for line in tsv], dtype=np.float64)
+        want = index.features()[want_i].astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_without_an_index_nothing_changes(
