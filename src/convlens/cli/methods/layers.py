@@ -128,7 +128,11 @@ def run_activations(req: VisualizeRequest) -> list[Path]:
     return paths
 
 
-@method("neighbors", help="k nearest training images in feature space beside pixel space.")
+@method(
+    "neighbors",
+    help="k nearest training images (the indexed ones, with an index) in feature space beside "
+    "pixel space.",
+)
 def run_neighbors(req: VisualizeRequest) -> list[Path]:
     from convlens.inspect.neighbors import METRICS
     from convlens.render.layers import neighbors_figure
