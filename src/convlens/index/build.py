@@ -59,6 +59,7 @@ from convlens.index.source import Source, files_digest, index_key, resolve_sourc
 from convlens.index.store import (
     DamagedIndex,
     Index,
+    building_lock,
     cache_root,
     note,
     open_index,
@@ -265,51 +266,56 @@ def _build(
     names = list(dict.fromkeys(layers)) if layers else default_layers(sub.model, sub.image_shape)
     for name in names:
         get_layer(sub.model, name)
-    try:
-        idx = open_index(folder)
-        if _covers(idx, names, k):
-            return idx
-        if rank == 0:
-            note(
-                f"the cached index {key} has layers {', '.join(idx.layers)} and k={idx.k}; "
-                f"rebuilding it for layers {', '.join(names)} and k={k}"
-            )
-    except DamagedIndex as e:
-        if rank == 0 and (folder / "manifest.json").is_file():
-            note(f"{e}; rebuilding it")
-    except ConvlensError:
-        if rank == 0:
-            _other_weightsnote(root, key, parts)
-    h, w = sub.preprocess.size
-    bs = batch_size or (256 if h * w <= 64 * 64 or device.type == "cuda" else 64)
-    if bs < 1:
-        raise ConvlensError(f"batch size must be at least 1, got {bs}")
-    plan = Plan(key, len(src), names, k, bs, math.ceil(max(shard_size, 1) / bs) * bs, not layers)
-    building = folder / "building"
-    try:
-        if rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            plan = resumed_plan(building, plan) if building.is_dir() else plan
-            prepare_building(building, plan)
-        if rt is not None:
-            rt.barrier()
-            plan = resumed_plan(building, plan)
-        done = {s for s in range(plan.shards) if shard_dir(building, s).is_dir()}
-        mine = [s for s in range(plan.shards) if s % world == rank and s not in done]
-        if done and rank == 0:
-            note(f"resuming the index pass: {len(done)} of {plan.shards} shards already done")
-        _run(sub, src, plan, building, mine, device, num_workers, progress and rank == 0,
-             on_shard, len(done))  # fmt: skip
-        if rt is not None:
-            rt.barrier()
-        if rank == 0:
-            finalize(folder, building, plan, sub, src, parts, files_sig,
-                      time.perf_counter() - started)  # fmt: skip
-        if rt is not None:
-            rt.barrier()
-    except OSError as e:
-        raise _disk_error(e, root) from None
-    return open_index(folder)
+    # One process builds a folder at a time; a second waits, then finds the index made (the
+    # check below runs again under the lock). torchrun's ranks coordinate with barriers.
+    with building_lock(root, key, enabled=rt is None):
+        try:
+            idx = open_index(folder)
+            if _covers(idx, names, k):
+                return idx
+            if rank == 0:
+                note(
+                    f"the cached index {key} has layers {', '.join(idx.layers)} and k={idx.k}; "
+                    f"rebuilding it for layers {', '.join(names)} and k={k}"
+                )
+        except DamagedIndex as e:
+            if rank == 0 and (folder / "manifest.json").is_file():
+                note(f"{e}; rebuilding it")
+        except ConvlensError:
+            if rank == 0:
+                _other_weightsnote(root, key, parts)
+        h, w = sub.preprocess.size
+        bs = batch_size or (256 if h * w <= 64 * 64 or device.type == "cuda" else 64)
+        if bs < 1:
+            raise ConvlensError(f"batch size must be at least 1, got {bs}")
+        plan = Plan(
+            key, len(src), names, k, bs, math.ceil(max(shard_size, 1) / bs) * bs, not layers
+        )
+        building = folder / "building"
+        try:
+            if rank == 0:
+                folder.mkdir(parents=True, exist_ok=True)
+                plan = resumed_plan(building, plan) if building.is_dir() else plan
+                prepare_building(building, plan)
+            if rt is not None:
+                rt.barrier()
+                plan = resumed_plan(building, plan)
+            done = {s for s in range(plan.shards) if shard_dir(building, s).is_dir()}
+            mine = [s for s in range(plan.shards) if s % world == rank and s not in done]
+            if done and rank == 0:
+                note(f"resuming the index pass: {len(done)} of {plan.shards} shards already done")
+            _run(sub, src, plan, building, mine, device, num_workers, progress and rank == 0,
+                 on_shard, len(done))  # fmt: skip
+            if rt is not None:
+                rt.barrier()
+            if rank == 0:
+                finalize(folder, building, plan, sub, src, parts, files_sig,
+                          time.perf_counter() - started)  # fmt: skip
+            if rt is not None:
+                rt.barrier()
+        except OSError as e:
+            raise _disk_error(e, root) from None
+        return open_index(folder)
 
 
 def _run(
