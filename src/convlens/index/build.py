@@ -201,8 +201,8 @@ def build_index(
         k: images kept per channel.
         cache_dir: the cache folder; default ``$CONVLENS_CACHE/index`` or ``~/.cache/convlens/index``.
         batch_size: images per forward pass; default 256 up to 64x64 pixels (or on a GPU), else 64.
-        num_workers: DataLoader processes decoding a folder; default up to 4, one core left to
-            the model.
+        num_workers: DataLoader processes decoding a folder; default up to 4 on the CPU (one
+            core left to the model), up to 8 with a GPU.
         progress: show a progress bar with the time remaining.
         shard_size: images per shard (rounded up to a multiple of `batch_size`).
         on_shard: called with ``(shards finished, shards in all)`` after each shard is written
@@ -332,7 +332,8 @@ def _run(
         num_workers = (
             0
             if src.images is not None or len(ranges) < 2
-            else min(4, max(1, (os.cpu_count() or 2) - 1))
+            # on the CPU the model needs the cores too; a GPU's pass is fed by the decoders
+            else min(8 if device.type == "cuda" else 4, max(1, (os.cpu_count() or 2) - 1))
         )
     total = sum(b - a for a, b in ranges)
     worker = BatchPass(sub, src, plan, device)
