@@ -20,10 +20,12 @@ Three measurements, each printed with the load average (`os.getloadavg`):
 4. **evaluate**: peak RSS of `convlens evaluate --model my_net.py:build --weights w.safetensors
    --images DIR` over `--eval-images` 224x224 JPEGs in class folders (a small CNN of the user's:
    what is measured is memory, not the network). Target: < 2.5 GB at 30,000.
+5. **gpu** (only with `--parts gpu`, on a CUDA machine): see :func:`gpu`.
 
 Full size (the lead's run; an hour or more on 2 cores):
 `CONVLENS_DATA=../shared/data .venv/bin/python benchmarks/index_bench.py --cifar-images 50000
 --big-images 20000 --rss-sizes 10000,50000 --eval-images 30000 --points 50000 --rounds 3`
+On a GPU machine: `... index_bench.py --parts gpu --gpu-images 20000`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from PIL import Image
@@ -115,7 +118,10 @@ def throughput(name: str, spec: str, folder: Path, batch: int, work: Path, round
     sub = open_subject(spec, images=folder, in_memory=False)
     images = sub.image_list
     assert images is not None
-    pixels, _ = load_images(images.files, sub.preprocess)  # decoded once, for the bare forward
+    # Decoded once, for the bare forward: 20,000 images at 224x224 are 3 GB, above what a subject
+    # may hold in memory (the index pass streams them); the reference is allowed to.
+    with patch("convlens.subjects.images.MAX_FOLDER_BYTES", 1 << 40):
+        pixels, _ = load_images(images.files, sub.preprocess)
 
     def bare() -> float:
         t0 = time.perf_counter()
@@ -145,6 +151,63 @@ def throughput(name: str, spec: str, folder: Path, batch: int, work: Path, round
     ratios.sort()
     print(f"throughput {name}: median ratio {ratios[len(ratios) // 2]:.3f} over {rounds} rounds "
           f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})", flush=True)  # fmt: skip
+
+
+def gpu(folder: Path, work: Path, small: int) -> None:
+    """Issue 22's GPU item: torchvision ResNet-50 (random weights) at 224x224 over the folder on
+    CUDA, batch 256: the bare forward of the decoded images (copied from pinned memory per batch)
+    against the index pass (DataLoader workers decode, pinned batches, every record written;
+    target >= 2,000 img/s), then the index pass over the first `small` images on the GPU and on
+    the CPU (nothing may be slower on the GPU)."""
+    from convlens.index import build_index
+    from convlens.subjects import open_subject
+    from convlens.subjects.images import ImageList, load_images, scan_image_list
+
+    if not torch.cuda.is_available():
+        print("gpu: no CUDA device; skipped", flush=True)
+        return
+    print(f"gpu: {torch.cuda.get_device_name()}, {os.cpu_count()} CPUs", flush=True)
+    sub = open_subject("torchvision:resnet50", images=folder, in_memory=False)
+    images = sub.image_list
+    assert images is not None
+    with patch("convlens.subjects.images.MAX_FOLDER_BYTES", 1 << 40):
+        pixels, _ = load_images(images.files, sub.preprocess)
+    pixels = pixels.pin_memory()
+    batch = 256
+    sub.model.cuda()
+
+    def bare() -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(pixels), batch):
+                sub.model(sub.normalize(pixels[i : i + batch].cuda(non_blocking=True)))
+        torch.cuda.synchronize()
+        return len(pixels) / (time.perf_counter() - t0)
+
+    def index(files: ImageList, tag: str) -> float:
+        shutil.rmtree(work / f"cache-gpu-{tag}", ignore_errors=True)
+        t0 = time.perf_counter()
+        build_index(sub, files, cache_dir=work / f"cache-gpu-{tag}", batch_size=batch,
+                    progress=False)  # fmt: skip
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return len(files) / (time.perf_counter() - t0)
+
+    bare()  # cuDNN's algorithm search and the allocator's warm-up
+    b1 = bare()
+    ours = index(scan_image_list(folder), "all")
+    b2 = bare()
+    print(f"gpu resnet50@224 over {len(pixels):,} images, batch {batch}: bare forward "
+          f"{(b1 + b2) / 2:.0f} img/s ({b1:.0f}, {b2:.0f}), index pass {ours:.0f} img/s "
+          f"(target >= 2,000), ratio {ours / ((b1 + b2) / 2):.2f}", flush=True)  # fmt: skip
+    few = ImageList(images.source, images.files[:small], images.labels[:small], images.classes)
+    on_gpu = index(few, "few-gpu")
+    sub.model.cpu()
+    on_cpu = index(few, "few-cpu")
+    print(f"gpu resnet50@224 index pass over {small} images: GPU {on_gpu:.1f} img/s, CPU "
+          f"{on_cpu:.1f} img/s ({'not slower' if on_gpu >= on_cpu else 'SLOWER'} on the GPU)",
+          flush=True)  # fmt: skip
 
 
 def neighbours(points: int, work: Path) -> None:
@@ -214,6 +277,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=50_000)
     p.add_argument("--parts", default="throughput,rss,neighbours,evaluate")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved throughput rounds.")
+    p.add_argument("--gpu-images", type=int, default=20_000, help="Images of the `gpu` part.")
     a = p.parse_args()
     if not a.data_dir:
         raise SystemExit("pass --data-dir or set CONVLENS_DATA")
@@ -229,8 +293,13 @@ def main() -> None:
             small = extract(data, work / f"cifar-{a.cifar_images}", a.cifar_images, split)
             throughput("resnet20@32", "resnet20", small, 256, work, a.rounds)
         if a.big_images:
-            big = extract(data, work / f"big-{a.big_images}", a.big_images, "test", size=224)
+            split = "train" if a.big_images > 10_000 else "test"
+            big = extract(data, work / f"big-{a.big_images}", a.big_images, split, size=224)
             throughput("resnet18@224", "torchvision:resnet18", big, 64, work, a.rounds)
+    if "gpu" in parts:
+        split = "train" if a.gpu_images > 10_000 else "test"
+        big = extract(data, work / f"big-{a.gpu_images}", a.gpu_images, split, size=224)
+        gpu(big, work, min(512, a.gpu_images))
     if "rss" in parts:
         for n in (int(s) for s in a.rss_sizes.split(",")):
             split = "train" if n > 10_000 else "test"

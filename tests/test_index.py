@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from convlens import models
-from convlens.errors import ConvlensError, Interrupted
+from convlens.errors import ConvlensError, InputError, Interrupted
 from convlens.index import (
     DamagedIndex,
     IndexNote,
     build_index,
+    delete_index,
     find_index,
     list_indexes,
     open_index,
+    store,
 )
 from convlens.inspect import activations, extract_features, top_patches
 from convlens.subjects import Preprocess, Subject, load_image_set, subject
@@ -193,6 +197,54 @@ def test_interrupted_then_resumed_equals_uninterrupted(
         np.testing.assert_array_equal(a.values, b.values)
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_two_builders_of_one_index_take_turns(
+    folder: Path, built: tuple[Subject, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second pass over the same key waits for the first, then reads its index (runs no pass);
+    while the first runs, `list` says "building" and `delete` refuses it."""
+    _, whole = built
+    paused, release = threading.Event(), threading.Event()
+    got: dict[str, object] = {}
+    second_shards: list[int] = []
+    notes: list[str] = []
+    monkeypatch.setattr(store, "note", notes.append)  # warnings are not thread-safe to record
+
+    def pause(done: int, total: int) -> None:
+        if done == 1:
+            paused.set()
+            release.wait(60)
+
+    def first() -> None:
+        got["first"] = _build(_subject(folder), tmp_path, on_shard=pause)
+
+    def second() -> None:  # same weights (same seed), another model object: the same key
+        got["second"] = _build(_subject(folder), tmp_path, on_shard=second_shards.append)
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert paused.wait(60)
+    b = threading.Thread(target=second)
+    b.start()
+    deadline = time.monotonic() + 60
+    while not notes and time.monotonic() < deadline:  # B reaches the lock, then says it waits
+        time.sleep(0.05)
+    assert notes == [f"another process is building the index {whole.key}; waiting for it to finish"]  # type: ignore[attr-defined]
+    assert b.is_alive()
+    assert [e.status for e in list_indexes(tmp_path)] == ["building"]
+    with pytest.raises(InputError, match="being built by another process"):
+        delete_index(whole.key, cache_dir=tmp_path)
+    release.set()
+    a.join(60)
+    b.join(60)
+    assert second_shards == []  # it ran no pass: it read the first one's index
+    for name in ("top_classes.npy", "features.npy"):
+        np.testing.assert_array_equal(
+            np.load(got["second"].path / name),  # type: ignore[attr-defined]
+            np.load(whole.path / name),  # type: ignore[attr-defined]
+        )
+    assert [e.status for e in list_indexes(tmp_path)] == ["ok"]
 
 
 def test_cached_index_is_reused_and_bad_caches_rebuilt(folder: Path, tmp_path: Path) -> None:

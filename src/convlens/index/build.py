@@ -59,6 +59,7 @@ from convlens.index.source import Source, files_digest, index_key, resolve_sourc
 from convlens.index.store import (
     DamagedIndex,
     Index,
+    building_lock,
     cache_root,
     note,
     open_index,
@@ -200,8 +201,8 @@ def build_index(
         k: images kept per channel.
         cache_dir: the cache folder; default ``$CONVLENS_CACHE/index`` or ``~/.cache/convlens/index``.
         batch_size: images per forward pass; default 256 up to 64x64 pixels (or on a GPU), else 64.
-        num_workers: DataLoader processes decoding a folder; default up to 4, one core left to
-            the model.
+        num_workers: DataLoader processes decoding a folder; default up to 4 on the CPU (one
+            core left to the model), up to 8 with a GPU.
         progress: show a progress bar with the time remaining.
         shard_size: images per shard (rounded up to a multiple of `batch_size`).
         on_shard: called with ``(shards finished, shards in all)`` after each shard is written
@@ -265,51 +266,56 @@ def _build(
     names = list(dict.fromkeys(layers)) if layers else default_layers(sub.model, sub.image_shape)
     for name in names:
         get_layer(sub.model, name)
-    try:
-        idx = open_index(folder)
-        if _covers(idx, names, k):
-            return idx
-        if rank == 0:
-            note(
-                f"the cached index {key} has layers {', '.join(idx.layers)} and k={idx.k}; "
-                f"rebuilding it for layers {', '.join(names)} and k={k}"
-            )
-    except DamagedIndex as e:
-        if rank == 0 and (folder / "manifest.json").is_file():
-            note(f"{e}; rebuilding it")
-    except ConvlensError:
-        if rank == 0:
-            _other_weightsnote(root, key, parts)
-    h, w = sub.preprocess.size
-    bs = batch_size or (256 if h * w <= 64 * 64 or device.type == "cuda" else 64)
-    if bs < 1:
-        raise ConvlensError(f"batch size must be at least 1, got {bs}")
-    plan = Plan(key, len(src), names, k, bs, math.ceil(max(shard_size, 1) / bs) * bs, not layers)
-    building = folder / "building"
-    try:
-        if rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            plan = resumed_plan(building, plan) if building.is_dir() else plan
-            prepare_building(building, plan)
-        if rt is not None:
-            rt.barrier()
-            plan = resumed_plan(building, plan)
-        done = {s for s in range(plan.shards) if shard_dir(building, s).is_dir()}
-        mine = [s for s in range(plan.shards) if s % world == rank and s not in done]
-        if done and rank == 0:
-            note(f"resuming the index pass: {len(done)} of {plan.shards} shards already done")
-        _run(sub, src, plan, building, mine, device, num_workers, progress and rank == 0,
-             on_shard, len(done))  # fmt: skip
-        if rt is not None:
-            rt.barrier()
-        if rank == 0:
-            finalize(folder, building, plan, sub, src, parts, files_sig,
-                      time.perf_counter() - started)  # fmt: skip
-        if rt is not None:
-            rt.barrier()
-    except OSError as e:
-        raise _disk_error(e, root) from None
-    return open_index(folder)
+    # One process builds a folder at a time; a second waits, then finds the index made (the
+    # check below runs again under the lock). torchrun's ranks coordinate with barriers.
+    with building_lock(root, key, enabled=rt is None):
+        try:
+            idx = open_index(folder)
+            if _covers(idx, names, k):
+                return idx
+            if rank == 0:
+                note(
+                    f"the cached index {key} has layers {', '.join(idx.layers)} and k={idx.k}; "
+                    f"rebuilding it for layers {', '.join(names)} and k={k}"
+                )
+        except DamagedIndex as e:
+            if rank == 0 and (folder / "manifest.json").is_file():
+                note(f"{e}; rebuilding it")
+        except ConvlensError:
+            if rank == 0:
+                _other_weightsnote(root, key, parts)
+        h, w = sub.preprocess.size
+        bs = batch_size or (256 if h * w <= 64 * 64 or device.type == "cuda" else 64)
+        if bs < 1:
+            raise ConvlensError(f"batch size must be at least 1, got {bs}")
+        plan = Plan(
+            key, len(src), names, k, bs, math.ceil(max(shard_size, 1) / bs) * bs, not layers
+        )
+        building = folder / "building"
+        try:
+            if rank == 0:
+                folder.mkdir(parents=True, exist_ok=True)
+                plan = resumed_plan(building, plan) if building.is_dir() else plan
+                prepare_building(building, plan)
+            if rt is not None:
+                rt.barrier()
+                plan = resumed_plan(building, plan)
+            done = {s for s in range(plan.shards) if shard_dir(building, s).is_dir()}
+            mine = [s for s in range(plan.shards) if s % world == rank and s not in done]
+            if done and rank == 0:
+                note(f"resuming the index pass: {len(done)} of {plan.shards} shards already done")
+            _run(sub, src, plan, building, mine, device, num_workers, progress and rank == 0,
+                 on_shard, len(done))  # fmt: skip
+            if rt is not None:
+                rt.barrier()
+            if rank == 0:
+                finalize(folder, building, plan, sub, src, parts, files_sig,
+                          time.perf_counter() - started)  # fmt: skip
+            if rt is not None:
+                rt.barrier()
+        except OSError as e:
+            raise _disk_error(e, root) from None
+        return open_index(folder)
 
 
 def _run(
@@ -326,7 +332,8 @@ def _run(
         num_workers = (
             0
             if src.images is not None or len(ranges) < 2
-            else min(4, max(1, (os.cpu_count() or 2) - 1))
+            # on the CPU the model needs the cores too; a GPU's pass is fed by the decoders
+            else min(8 if device.type == "cuda" else 4, max(1, (os.cpu_count() or 2) - 1))
         )
     total = sum(b - a for a, b in ranges)
     worker = BatchPass(sub, src, plan, device)

@@ -13,6 +13,11 @@ last, so a folder without one is never read as an index):
   paths) or ``images.npy`` uint8 ``(N, C, H, W)`` (a data set that was in memory); ``embedding-*.npy``.
 - ``building/`` while a pass runs: ``state.json`` and one folder per finished shard (see
   :mod:`convlens.index.build`).
+
+Beside the folder, ``<cache>/.<key>.lock`` is held (``fcntl.flock``) by the process building it: a
+second process waits for it, `convlens index list` shows the folder as being built and
+`convlens index delete` refuses it. The kernel releases the lock when the process ends, however
+it ends.
 """
 
 from __future__ import annotations
@@ -21,9 +26,16 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no lock (one process at a time is the user's rule)
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -46,6 +58,55 @@ def default_cache_dir() -> Path:
 def cache_root(cache_dir: str | Path | None) -> Path:
     """The cache folder to use (the default when None)."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def _lock_path(root: Path, key: str) -> Path:
+    return root / f".{key}.lock"
+
+
+@contextmanager
+def building_lock(root: Path, key: str, enabled: bool = True) -> Iterator[None]:
+    """Hold the exclusive lock of index `key` in cache `root` while building it. A second process
+    building the same index waits for the first (one line says so), then finds it made.
+
+    Raises:
+        ConvlensError: the cache folder cannot be written (full disk, permissions).
+    """
+    if not enabled or fcntl is None:
+        yield
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(_lock_path(root, key), "a+")  # noqa: SIM115 (held across the yield)
+    except OSError as e:
+        raise ConvlensError(f"cannot write the index cache at {root}: {e.strerror or e}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note(f"another process is building the index {key}; waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def being_built(root: Path, key: str) -> bool:
+    """Whether another process holds the building lock of index `key` now."""
+    path = _lock_path(root, key)
+    if fcntl is None or not path.is_file():
+        return False
+    try:
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
 
 
 class IndexNote(UserWarning):
@@ -363,6 +424,8 @@ def list_indexes(cache_dir: str | Path | None = None) -> list[IndexEntry]:
             unfinished = (folder / "building").is_dir()
             status = "unfinished" if unfinished else "damaged"
             reason = "stopped part-way; build again to resume" if unfinished else str(e)
+            if being_built(root, folder.name):
+                status, reason = "building", "another process is building it now"
         out.append(IndexEntry(folder, folder.name, status, reason, manifest, _size(folder)))
     out.sort(key=lambda e: e.path.stat().st_mtime, reverse=True)
     return out
@@ -396,5 +459,10 @@ def delete_index(target: str | Path | Index, cache_dir: str | Path | None = None
     looks = (folder / "manifest.json").is_file() or (folder / "building").is_dir()
     if not in_cache and not looks:
         raise InputError(f"{folder} is not an index folder; not deleting it")
+    if being_built(folder.parent, folder.name):
+        raise InputError(
+            f"the index {folder.name} is being built by another process; stop it first"
+        )
     shutil.rmtree(folder)
+    _lock_path(folder.parent, folder.name).unlink(missing_ok=True)
     return folder
