@@ -47,7 +47,7 @@ def indexed(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
     cache = root / "cache"
     assert main(["index", "build", *args, "--cache-dir", str(cache / "index"), "-q"]) == 0
-    (path,) = list((cache / "index").iterdir())
+    (path,) = [p.parent for p in (cache / "index").glob("*/manifest.json")]
     return args, path
 
 
