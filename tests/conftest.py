@@ -6,7 +6,10 @@ CONVLENS_DATA, exactly as a user points convlens at a folder of their own.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,12 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "CONVLENS_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["CONVLENS_DATA"] = str(SHARED_DATA)
+
+# One cache per test session (indexes, decoded data sets, the web app's jobs): an index the user
+# built in ~/.cache/convlens would otherwise change which path a test takes. Subprocesses inherit it.
+_CACHE = tempfile.mkdtemp(prefix="convlens-test-cache-")
+os.environ["CONVLENS_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 # Two cores on CI: one intra-op thread per test process keeps timings stable and avoids oversubscription.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
