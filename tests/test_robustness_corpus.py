@@ -611,7 +611,7 @@ def test_random_weights_are_said(
     argv = ["visualize", "--model", spec, "filters", "--out", str(tmp_path / "v")]
     code, _, err = run_cli(capsys, argv)
     assert code == 0, err
-    assert f"note: {spec} has random weights (no --weights given)" in err and hint in err
+    assert f"note: {spec} has random weights (no --weights given; seed 0)" in err and hint in err
 
 
 def test_device_defaults_to_auto() -> None:

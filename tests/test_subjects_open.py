@@ -403,3 +403,19 @@ def test_flat_folder_is_unlabelled_and_skips_other_files(tmp_path: Path) -> None
     buf = io.BytesIO()
     Image.fromarray(PHOTOS.images[0]).save(buf, "WEBP")
     assert ds.images.shape == (3, 3, 224, 224)
+
+
+def test_a_model_without_weights_is_the_same_random_network_every_time() -> None:
+    """Seeded (so an index built by one command is found by the next), leaving the caller's
+    random state alone; the oracle for "seed 0" is torchvision's own constructor under that seed."""
+    before = torch.random.get_rng_state()
+    a = open_subject("torchvision:resnet18").model.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = open_subject("torchvision:resnet18").model.state_dict()
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18().state_dict()
+    for name, t in ref.items():
+        assert torch.equal(a[name], t) and torch.equal(b[name], t), name
+    one = open_subject("resnet20").model.state_dict()
+    two = open_subject("resnet20").model.state_dict()
+    assert all(torch.equal(one[n], two[n]) for n in one)

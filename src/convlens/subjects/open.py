@@ -27,6 +27,7 @@ apply); a model without class names takes the folder names when their number mat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,8 @@ def open_subject(
     if sub.info.get("weights") == "random":
         pretrained = spec.startswith(("torchvision:", "timm:"))
         notices.append(
-            f"{spec} has random weights (no --weights given): what it shows is untrained; pass "
+            f"{spec} has random weights (no --weights given; seed {RANDOM_SEED}): what it shows "
+            "is untrained; pass "
             + ("--weights DEFAULT for the pretrained ones" if pretrained else "--weights FILE")
         )
     if names is not None:
@@ -200,7 +202,7 @@ def _torchvision_subject(
         from convlens.models import create
 
         k = len(names) if names else 1000
-        model = create(spec, num_classes=k)
+        model = _random(create, spec, num_classes=k)
         classes = categories if categories and k == len(categories) else _numbered(k)
         return Subject(model, pre, classes, name=spec, info={"model": spec, "weights": "random"})
     model = _load_checkpoint(spec, weights, names)
@@ -221,13 +223,26 @@ def _timm_subject(
     if weights is None:
         from convlens.models import create
 
-        model = create(spec, num_classes=len(names) if names else 1000)
+        model = _random(create, spec, num_classes=len(names) if names else 1000)
         info = {"model": spec, "weights": "random"}
     else:
         model = _load_checkpoint(spec, weights, names)
         info = {"model": spec, "weights": weights}
     pre = hub.timm_preprocess(model)
     return Subject(model, pre, _numbered(num_outputs(model, pre)), name=spec, info=info)
+
+
+RANDOM_SEED = 0
+"""The seed of a model opened without weights: the same random network in every process, so that
+`convlens index build` and a later `report` or `serve` of it look at one network (and one index)."""
+
+
+def _random(create: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
+    """`create(*args, **kwargs)` with its random initialisation seeded by :data:`RANDOM_SEED`; the
+    caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return create(*args, **kwargs)
 
 
 def _registry_subject(name: str, weights: str | None, names: list[str] | None) -> Subject:
@@ -244,7 +259,7 @@ def _registry_subject(name: str, weights: str | None, names: list[str] | None) -
     info = models.info(name)
     if weights is None:
         k = len(names) if names else info.num_classes
-        model = models.create(name, num_classes=k, in_channels=info.input_size[0])
+        model = _random(models.create, name, num_classes=k, in_channels=info.input_size[0])
         w_info = "random"
     else:
         model = _load_checkpoint(name, weights, names)
