@@ -138,6 +138,35 @@ def test_tsne_comes_from_the_index(
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_top_patches_come_from_the_index(
+    indexed: tuple[list[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_forward_over_images: None,
+) -> None:
+    """The folder is never decoded whole (it would be refused): the patches are the index's
+    per-channel top-k (tested against brute force in test_index.py), images decoded one by one."""
+    args, path = indexed
+    monkeypatch.setenv("CONVLENS_CACHE", str(path.parent.parent))
+    monkeypatch.setattr("convlens.subjects.images.MAX_FOLDER_BYTES", 1000)
+    monkeypatch.setattr("convlens.inspect.top_patches", lambda *a, **k: pytest.fail("searched"))
+    index = open_index(path)
+    layer = index.layers[-1]
+    out = tmp_path / "vis"
+    code, _, err = run_cli(
+        capsys, ["visualize", *args, "top-patches", "--layer", layer, "--count", "4", "--k", "3",
+                 "--save-data", "--out", str(out)],
+    )  # fmt: skip
+    assert code == 0, err
+    assert "reading the index of 200 images" in " ".join(err.split())
+    meta = json.loads((out / f"top_patches_{layer.replace('/', '_')}.json").read_text())
+    units = index.units(layer)
+    assert meta["indices"] == units.images[:4, :3].tolist()
+    np.testing.assert_allclose(meta["values"], units.values[:4, :3], rtol=1e-6)
+    assert meta["split"] == "images" and meta["searched"] == 200
+
+
 def test_without_an_index_nothing_changes(
     indexed: tuple[list[str], Path],
     tmp_path: Path,

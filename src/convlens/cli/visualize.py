@@ -154,7 +154,7 @@ class VisualizeRequest:
 # Methods that can look at a folder of any size through its cached index (`convlens index build`):
 # their subject is opened without decoding the folder, which is decoded only when they ask for it
 # (when there is no index).
-STREAMED = frozenset({"tsne"})
+STREAMED = frozenset({"tsne", "top-patches"})
 
 Runner = Callable[[VisualizeRequest], list[Path]]
 _RUNNERS: dict[str, tuple[Runner, str]] = {}

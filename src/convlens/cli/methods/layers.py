@@ -393,10 +393,12 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
     channels: int | list[int] = (
         req.parsed_channels([]) if req.channels else _positive(req.count, 8, "--count")
     )
+    index = req.index("train") if req.limit is None else None
+    if index is None and req.subject.image_list is not None:
+        req.dataset("test")  # a folder opened without decoding it: decoded now, with its notes
     v = layer_view(
         req.subject, _single_layer(req), channels=channels, patches=_positive(req.k, 8, "--k"),
-        limit=req.limit, parts=("patches",), split="train", progress=True,
-        index=req.index("train") if req.limit is None else None,
+        limit=req.limit, parts=("patches",), split="train", progress=True, index=index,
     )  # fmt: skip
     if v.crops is None or v.boxes is None or v.images is None or v.rf_size is None:
         raise ConvlensError(f"{req.subject.name} has no images to search; pass --images")
@@ -417,7 +419,7 @@ def run_top_patches(req: VisualizeRequest) -> list[Path]:
                 req.out / f"top_patches_{slug}.json",
                 {
                     "layer": layer,
-                    "split": "train" if req.subject.images is None else "images",
+                    "split": "images" if _own_split(req) == "images" else "train",
                     "searched": v.limit,
                     "channels": list(v.channels),
                     "values": v.values.tolist(),
