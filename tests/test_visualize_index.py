@@ -63,6 +63,22 @@ def no_forward_over_images(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("convlens.views.prediction.predictions_view", refuse)
 
 
+def _visualize(
+    indexed: tuple[list[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    out: Path,
+    *argv: str,
+) -> None:
+    """`convlens visualize SUBJECT ARGV --save-data --out OUT` with the index in the cache: it must
+    succeed and say that it read the index."""
+    args, path = indexed
+    monkeypatch.setenv("CONVLENS_CACHE", str(path.parent.parent))
+    code, _, err = run_cli(capsys, ["visualize", *args, *argv, "--save-data", "--out", str(out)])
+    assert code == 0, err
+    assert "reading the index of 200 images" in " ".join(err.split())
+
+
 def test_neighbors_come_from_the_index(
     indexed: tuple[list[str], Path],
     tmp_path: Path,
@@ -70,15 +86,8 @@ def test_neighbors_come_from_the_index(
     capsys: pytest.CaptureFixture[str],
     no_forward_over_images: None,
 ) -> None:
-    args, path = indexed
-    monkeypatch.setenv("CONVLENS_CACHE", str(path.parent.parent))
-    out = tmp_path / "vis"
-    code, _, err = run_cli(
-        capsys, ["visualize", *args, "neighbors", "--k", "4", "--count", "3", "--save-data",
-                 "--out", str(out)],
-    )  # fmt: skip
-    assert code == 0, err
-    assert "reading the index of 200 images" in " ".join(err.split())
+    path, out = indexed[1], tmp_path / "vis"
+    _visualize(indexed, monkeypatch, capsys, out, "neighbors", "--k", "4", "--count", "3")
     assert (out / "neighbors.png").is_file()
     data = json.loads((out / "neighbors.json").read_text())
     assert data["split"] == "images" and data["k"] == 4 and data["metric"] == "cosine"
@@ -109,17 +118,10 @@ def test_tsne_comes_from_the_index(
     capsys: pytest.CaptureFixture[str],
     no_forward_over_images: None,
 ) -> None:
-    args, path = indexed
-    monkeypatch.setenv("CONVLENS_CACHE", str(path.parent.parent))
+    path, out = indexed[1], tmp_path / "vis"
     # Loading the folder whole would be refused: only the images drawn are decoded.
     monkeypatch.setattr("convlens.subjects.images.MAX_FOLDER_BYTES", 1000)
-    out = tmp_path / "vis"
-    code, _, err = run_cli(
-        capsys, ["visualize", *args, "tsne", "--count", "150", "--seed", "3", "--save-data",
-                 "--out", str(out)],
-    )  # fmt: skip
-    assert code == 0, err
-    assert "reading the index of 200 images" in " ".join(err.split())
+    _visualize(indexed, monkeypatch, capsys, out, "tsne", "--count", "150", "--seed", "3")
     assert (out / "tsne.png").is_file() and (out / "tsne_grid.png").is_file()
     meta = json.loads((out / "tsne.json").read_text())
     assert set(meta) == {"split", "indices", "labels", "classes", "layer", "kl_divergence",
@@ -147,19 +149,23 @@ def test_top_patches_come_from_the_index(
 ) -> None:
     """The folder is never decoded whole (it would be refused): the patches are the index's
     per-channel top-k (tested against brute force in test_index.py), images decoded one by one."""
-    args, path = indexed
-    monkeypatch.setenv("CONVLENS_CACHE", str(path.parent.parent))
     monkeypatch.setattr("convlens.subjects.images.MAX_FOLDER_BYTES", 1000)
     monkeypatch.setattr("convlens.inspect.top_patches", lambda *a, **k: pytest.fail("searched"))
-    index = open_index(path)
-    layer = index.layers[-1]
-    out = tmp_path / "vis"
-    code, _, err = run_cli(
-        capsys, ["visualize", *args, "top-patches", "--layer", layer, "--count", "4", "--k", "3",
-                 "--save-data", "--out", str(out)],
-    )  # fmt: skip
-    assert code == 0, err
-    assert "reading the index of 200 images" in " ".join(err.split())
+    index = open_index(indexed[1])
+    layer, out = index.layers[-1], tmp_path / "vis"
+    _visualize(
+        indexed,
+        monkeypatch,
+        capsys,
+        out,
+        "top-patches",
+        "--layer",
+        layer,
+        "--count",
+        "4",
+        "--k",
+        "3",
+    )
     meta = json.loads((out / f"top_patches_{layer.replace('/', '_')}.json").read_text())
     units = index.units(layer)
     assert meta["indices"] == units.images[:4, :3].tolist()

@@ -22,7 +22,7 @@ from convlens.render.common import save_figure
 from convlens.views import defaults
 
 if TYPE_CHECKING:
-    from convlens.views import ImageIndex
+    from convlens.views import EmbeddingView, ImageIndex
 
 FIGURE_LAYERS = 12  # activation grids drawn by default (the last of each resolution beyond)
 # A t-SNE map read from an index may hold up to 50,000 points: its TensorBoard projector (every
@@ -217,7 +217,6 @@ def _own_split(req: VisualizeRequest) -> str:
 
 @method("tsne", help="t-SNE map of penultimate features (--count images), scatter and image grid.")
 def run_tsne(req: VisualizeRequest) -> list[Path]:
-    from convlens.render.layers import tsne_image_grid, tsne_scatter
     from convlens.views import embedding_view
 
     count = _positive(req.count, defaults.EMBEDDING_LIMIT, "--count")
@@ -238,41 +237,11 @@ def run_tsne(req: VisualizeRequest) -> list[Path]:
     assert emb.features is not None and emb.kl_divergence is not None
     feats, pick = emb.features, emb.indices
     images, labels = data.images[pick], data.labels[pick]
-    split = data.split
-    where = f"{layer or 'penultimate'} features, {len(feats)} {data.name} {split} images"
-    side = int(np.clip(round(np.sqrt(len(feats)) / 1.5), 6, 40))
-    grid = emb.grid(side, side)
-    paths = [
-        save_figure(
-            tsne_scatter(
-                emb.coords,
-                labels,
-                data.classes,
-                title=f"t-SNE of {where} (KL {emb.kl_divergence:.2f})",
-            ),
-            req.out / "tsne.png",
-        ),
-        save_figure(
-            tsne_image_grid(grid, images, title=f"t-SNE of {where}"), req.out / "tsne_grid.png"
-        ),
-    ]
-    if req.save_data:
-        paths.append(_save_npy(req.out / "tsne.npy", emb.coords))
-        paths.append(
-            _save_json(
-                req.out / "tsne.json",
-                {
-                    "split": split,
-                    "indices": pick.tolist(),
-                    "labels": labels.tolist(),
-                    "classes": data.classes,
-                    "layer": layer or "penultimate",
-                    "kl_divergence": emb.kl_divergence,
-                    "perplexity": emb.perplexity,
-                    "coords": "tsne.npy",
-                },
-            )
-        )
+    where = f"{layer or 'penultimate'} features, {len(feats)} {data.name} {data.split} images"
+    paths = _write_tsne(
+        req, emb, labels, data.classes, where, f"KL {emb.kl_divergence:.2f}", data.split,
+        layer or "penultimate", lambda at: images[at],
+    )  # fmt: skip
     projector = _projector(req.out / "projector", feats, labels, data.classes, images)
     if projector is not None:
         paths.append(projector)
@@ -282,7 +251,6 @@ def run_tsne(req: VisualizeRequest) -> list[Path]:
 def _tsne_from_index(req: VisualizeRequest, index: ImageIndex, count: int) -> list[Path]:
     """`visualize tsne` from the subject's index: the map stored in it, its labels, and only the
     images drawn in the grid decoded (a folder of any size)."""
-    from convlens.render.layers import tsne_image_grid, tsne_scatter
     from convlens.views import embedding_view
 
     with console.status(f"t-SNE of {min(count, index.n):,} images' features (from the index)"):
@@ -291,26 +259,67 @@ def _tsne_from_index(req: VisualizeRequest, index: ImageIndex, count: int) -> li
     labels, classes = emb.labels.clamp_min(0), emb.classes  # unlabelled: all "unlabelled"
     split = _own_split(req)
     where = f"penultimate features, {len(pick):,} of {index.n:,} indexed {_images_of(split)}"
+
+    def decode(at: np.ndarray) -> torch.Tensor:  # uint8 (G, C, H, W): only the images drawn
+        return torch.stack([index.image(int(pick[i])) for i in at])
+
+    paths = _write_tsne(
+        req, emb, labels, classes, where, "map stored in the index; KL not recorded", split,
+        "penultimate", decode,
+    )  # fmt: skip
+    c, h, w = req.subject.image_shape
+    if len(pick) > PROJECTOR_POINTS or len(pick) * c * h * w * 4 > PROJECTOR_BYTES:
+        console.print(
+            f"[yellow]note:[/] no TensorBoard projector for {len(pick):,} points at {c}x{h}x{w} "
+            f"(its thumbnails would pass {PROJECTOR_POINTS:,} images or "
+            f"{PROJECTOR_BYTES // 2**20:,} MiB); ask for fewer with --count",
+            highlight=False,
+        )
+        return paths
+    feats = torch.from_numpy(np.asarray(index.features()[pick.numpy()], dtype=np.float32))
+
+    def thumbnails() -> torch.Tensor:  # decoded only when tensorboard is there to take them
+        return decode(np.arange(len(pick)))
+
+    projector = _projector(req.out / "projector", feats, labels, classes, thumbnails)
+    if projector is not None:
+        paths.append(projector)
+    return paths
+
+
+def _write_tsne(
+    req: VisualizeRequest,
+    emb: EmbeddingView,
+    labels: torch.Tensor,
+    classes: list[str],
+    where: str,
+    about: str,
+    split: str,
+    layer: str,
+    images_at: Callable[[np.ndarray], torch.Tensor],
+) -> list[Path]:
+    """The scatter, the image grid and (with --save-data) tsne.npy / tsne.json of one map.
+
+    `images_at(positions)`: uint8 ``(G, C, H, W)`` images of those positions in ``emb.indices``;
+    asked only for the ones the grid draws.
+    """
+    from convlens.render.layers import tsne_image_grid, tsne_scatter
+
+    pick = emb.indices
     side = int(np.clip(round(np.sqrt(len(pick)) / 1.5), 6, 40))
     grid = emb.grid(side, side)  # (side, side) positions in `pick`, -1 empty
-    drawn = np.unique(grid[grid >= 0])  # decode only these
+    drawn = np.unique(grid[grid >= 0])
     local = np.full(len(pick), -1, dtype=np.int64)
     local[drawn] = np.arange(len(drawn))
-    images = torch.stack([index.image(int(pick[i])) for i in drawn])  # uint8 (G, C, H, W)
     paths = [
         save_figure(
-            tsne_scatter(
-                emb.coords,
-                labels,
-                classes,
-                title=f"t-SNE of {where} (map stored in the index; KL not recorded)",
-            ),
+            tsne_scatter(emb.coords, labels, classes, title=f"t-SNE of {where} ({about})"),
             req.out / "tsne.png",
         ),
         save_figure(
             tsne_image_grid(
                 np.where(grid >= 0, local[np.maximum(grid, 0)], -1),
-                images,
+                images_at(drawn),
                 title=f"t-SNE of {where}",
             ),
             req.out / "tsne_grid.png",
@@ -326,30 +335,13 @@ def _tsne_from_index(req: VisualizeRequest, index: ImageIndex, count: int) -> li
                     "indices": pick.tolist(),
                     "labels": labels.tolist(),
                     "classes": classes,
-                    "layer": "penultimate",
-                    "kl_divergence": None,  # the index keeps the map, not its KL divergence
-                    "perplexity": None,
+                    "layer": layer,
+                    "kl_divergence": emb.kl_divergence,  # None from an index: it keeps the map
+                    "perplexity": emb.perplexity,
                     "coords": "tsne.npy",
                 },
             )
         )
-    c, h, w = req.subject.image_shape
-    if len(pick) > PROJECTOR_POINTS or len(pick) * c * h * w * 4 > PROJECTOR_BYTES:
-        console.print(
-            f"[yellow]note:[/] no TensorBoard projector for {len(pick):,} points at {c}x{h}x{w} "
-            f"(its thumbnails would pass {PROJECTOR_POINTS:,} images or "
-            f"{PROJECTOR_BYTES // 2**20:,} MiB); ask for fewer with --count",
-            highlight=False,
-        )
-        return paths
-    feats = torch.from_numpy(np.asarray(index.features()[pick.numpy()], dtype=np.float32))
-
-    def thumbnails() -> torch.Tensor:  # decoded only when tensorboard is there to take them
-        return torch.stack([index.image(int(i)) for i in pick])
-
-    projector = _projector(req.out / "projector", feats, labels, classes, thumbnails)
-    if projector is not None:
-        paths.append(projector)
     return paths
 
 
